@@ -1,0 +1,51 @@
+"""Command line: ``python -m cortex.testing build OUT [--trained] [--context-length N]``.
+
+Writes a tiny model folder to OUT (which must not exist yet, or be empty) and prints its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cortex.testing.model import DEFAULT_CONTEXT_LENGTH, build_model
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cortex.testing", description="Build tiny local models for tests."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="write a tiny model folder")
+    build.add_argument("out", type=Path, help="folder to create (must not exist, or be empty)")
+    build.add_argument(
+        "--trained",
+        action="store_true",
+        help="fit the weights so greedy decoding reproduces the fixtures",
+    )
+    build.add_argument(
+        "--context-length",
+        type=int,
+        default=DEFAULT_CONTEXT_LENGTH,
+        help=f"max_position_embeddings of the model (default {DEFAULT_CONTEXT_LENGTH})",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.context_length < 1:
+        _parser().error("--context-length must be positive")
+    try:
+        path = build_model(args.out, trained=args.trained, context_length=args.context_length)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
