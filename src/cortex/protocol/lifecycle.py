@@ -1,0 +1,126 @@
+"""Neuron ⇄ gateway lifecycle shapes: node status, model records, load/unload requests.
+
+The contract between the two programs; both sides import only this module to speak
+about nodes and models. Data shapes only, no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cortex.protocol.openai import ChatMessage, Tool
+
+ModelState = Literal["loading", "ready", "unloading", "failed"]
+
+_REQUEST = ConfigDict(extra="forbid", strict=True)
+_SHAPE = ConfigDict(extra="ignore")
+
+
+class DeviceInfo(BaseModel):
+    model_config = _SHAPE
+    index: int
+    kind: Literal["cuda", "cpu"]
+    name: str
+    memory_total: int
+    memory_free: int
+    memory_used_by_models: int = 0
+    memory_budget: int | None = None
+
+
+class Capabilities(BaseModel):
+    model_config = _SHAPE
+    tools: bool = False
+    reasoning: bool = False
+
+
+class ModelRecord(BaseModel):
+    model_config = _SHAPE
+    id: str
+    state: ModelState
+    source: str
+    path: str | None = None
+    devices: list[str] = Field(default_factory=list)
+    memory_bytes: int = 0
+    context_length: int | None = None
+    dtype: str | None = None
+    loaded_at: float | None = None
+    last_used_at: float | None = None
+    in_flight: int = 0
+    queued: int = 0
+    tp: int = 1
+    quant: str | None = None
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    error: str | None = None
+
+
+class NodeStatus(BaseModel):
+    model_config = _SHAPE
+    name: str
+    version: str
+    engine: str
+    devices: list[DeviceInfo]
+    models: list[ModelRecord]
+
+
+class AvailableModel(BaseModel):
+    """A model this node could load: from a model dir or the local HF cache."""
+
+    model_config = _SHAPE
+    id: str
+    source: str
+    path: str
+    size_bytes: int | None = None
+    state: ModelState | Literal["available"] = "available"
+
+
+class ModelsView(BaseModel):
+    model_config = _SHAPE
+    loaded: list[ModelRecord]
+    available: list[AvailableModel]
+
+
+class LoadRequest(BaseModel):
+    model_config = _REQUEST
+    model: str = Field(min_length=1)
+    source: str | None = None
+    device: str | None = None
+    tp: int = Field(default=1, ge=1, le=1)
+    quant: Literal["none"] | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+
+
+class UnloadRequest(BaseModel):
+    model_config = _REQUEST
+    model: str = Field(min_length=1)
+    force: bool = False
+
+
+class LoadProgress(BaseModel):
+    """One SSE ``progress`` event of a streamed load."""
+
+    model_config = _SHAPE
+    model: str
+    stage: Literal["resolving", "checking", "loading", "ready"]
+    message: str
+    needed_bytes: int | None = None
+
+
+class DefragResult(BaseModel):
+    model_config = _SHAPE
+    freed_bytes: int
+    devices: list[DeviceInfo]
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[Tool] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class TokenizeResult(BaseModel):
+    model_config = _SHAPE
+    count: int
