@@ -1,0 +1,136 @@
+"""``neuron``: the per-host daemon's command line, a thin layer over ``run()``.
+
+Every flag is also an environment variable (``NEURON_LISTEN``, ``NEURON_MODEL_DIR`` …);
+flags and variables override the config file, which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cortex.config import NeuronConfig, load_neuron_config
+from cortex.errors import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve Hugging Face models.")
+
+DEMO_MODEL = "cortex-tiny"
+
+
+def run(config: NeuronConfig, *, log_level: str = "info", access_log: bool = False) -> None:
+    """Serve until interrupted."""
+    import torch
+    import uvicorn
+
+    from cortex.neuron.app import create_app
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        access_log=access_log,
+        http="httptools",
+        loop="auto",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _load(config_file: Path | None, overrides: dict[str, Any]) -> NeuronConfig:
+    try:
+        return load_neuron_config(config_file, overrides)
+    except ConfigError as exc:
+        typer.echo(f"neuron: bad configuration: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", envvar="NEURON_CONFIG", help="neuron.toml")
+]
+ListenOpt = Annotated[
+    str | None, typer.Option("--listen", envvar="NEURON_LISTEN", help="HOST:PORT [0.0.0.0:13131]")
+]
+LogOpt = Annotated[str, typer.Option("--log-level", envvar="NEURON_LOG_LEVEL")]
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    listen: ListenOpt = None,
+    name: Annotated[str | None, typer.Option(envvar="NEURON_NAME", help="Node name")] = None,
+    model_dir: Annotated[
+        list[Path] | None,
+        typer.Option("--model-dir", envvar="NEURON_MODEL_DIR", help="Folder of model folders"),
+    ] = None,
+    preload: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="NEURON_PRELOAD", help="Model to load at start: NAME, PATH or ID=SOURCE"
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        str | None, typer.Option(envvar="NEURON_MEMORY_BUDGET", help="Cap per device, e.g. 20GiB")
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(envvar="NEURON_ADMIN_TOKEN", help="Bearer token for lifecycle/admin routes"),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(envvar="NEURON_DTYPE", help="auto|float32|bfloat16|float16")
+    ] = None,
+    cpu_threads: Annotated[int | None, typer.Option(envvar="NEURON_CPU_THREADS")] = None,
+    log_level: LogOpt = "info",
+    access_log: Annotated[bool, typer.Option(envvar="NEURON_ACCESS_LOG")] = False,
+) -> None:
+    """Run the neuron daemon."""
+    _configure_logging(log_level)
+    overrides = {
+        "listen": listen,
+        "name": name,
+        "model_dirs": model_dir,
+        "preload": preload,
+        "memory_budget": memory_budget,
+        "admin_token": admin_token,
+        "dtype": dtype,
+        "cpu_threads": cpu_threads,
+    }
+    run(_load(config, overrides), log_level=log_level, access_log=access_log)
+
+
+@app.command()
+def demo(listen: ListenOpt = "127.0.0.1:13131", log_level: LogOpt = "warning") -> None:
+    """Serve the built-in trained tiny model (built once into a cache) and print a curl."""
+    _configure_logging(log_level)
+    from cortex.testing import cached_model
+
+    typer.echo("Preparing the tiny demo model (built once, then cached)…")
+    path = cached_model(trained=True)
+    config = _load(None, {"listen": listen, "preload": [f"{DEMO_MODEL}={path}"], "name": "demo"})
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    url = f"http://{host}:{config.port}"
+    body = json.dumps(
+        {"model": DEMO_MODEL, "messages": [{"role": "user", "content": "Say hello."}]}
+    )
+    typer.echo(f"\nneuron serving {DEMO_MODEL} at {url}\n\nTry:\n")
+    typer.echo(f"  curl -s {url}/v1/chat/completions \\")
+    typer.echo("       -H 'Content-Type: application/json' \\")
+    typer.echo(f"       -d '{body}'\n")
+    run(config, log_level=log_level)
+
+
+def main() -> None:
+    app()

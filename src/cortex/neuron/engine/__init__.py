@@ -1,0 +1,1 @@
+"""The neuron's generation engine (see ``base`` for the contract)."""

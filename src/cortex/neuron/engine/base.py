@@ -1,0 +1,89 @@
+"""The seam between the HTTP layer and whatever generates tokens.
+
+A ``Harness`` owns one loaded model's generation. Contract:
+
+* ``submit`` is called on the event loop, never blocks, and returns at once; the
+  work happens on the harness's own worker thread, never on the event loop.
+* The returned ``InferenceStream`` yields ``InferenceEvent``s in order and ends
+  after exactly one ``Done`` or ``Error``.
+* ``InferenceStream.aclose()`` cancels: the sequence is dropped at the next engine
+  step (waiting or running) and its resources freed. Closing a finished stream is a
+  no-op. Dropping a stream without closing it is a leak the caller must not cause.
+* ``aclose()`` on the harness cancels every sequence and joins the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cortex.neuron.wire.events import InferenceEvent
+from cortex.neuron.wire.output import OutputProcessor
+
+
+@dataclass(slots=True, frozen=True)
+class SamplingParams:
+    """Per-sequence sampling; validated at the HTTP edge, trusted here.
+
+    ``temperature == 0`` means greedy. ``top_k <= 0`` and ``top_p == 1`` and
+    ``min_p == 0`` mean off; penalties at their neutral values cost nothing.
+    """
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    output: OutputProcessor
+    # Token ids that end generation (the model's EOS ids); stop_token_ids add to them.
+    eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+
+
+class InferenceStream(Protocol):
+    def __aiter__(self) -> AsyncIterator[InferenceEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Harness(Protocol):
+    @property
+    def num_running(self) -> int: ...
+
+    @property
+    def num_waiting(self) -> int: ...
+
+    @property
+    def failure(self) -> str | None:
+        """Why the harness can no longer generate (a device error), else None."""
+        ...
+
+    def submit(self, request: InferenceRequest) -> InferenceStream: ...
+
+    async def aclose(self) -> None: ...

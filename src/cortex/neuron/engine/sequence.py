@@ -1,0 +1,69 @@
+"""One request's state inside the engine: ids, sampling params, status, KV cache.
+
+Owned by the worker thread, with one exception: ``cancel()`` may be called from the
+event loop; it only sets a flag the worker reads at the next step.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cortex.neuron.engine.base import InferenceRequest
+from cortex.neuron.wire.events import FinishReason, InferenceEvent
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    request: InferenceRequest
+    # Delivers events to the consumer; thread-safe (posts to the event loop).
+    emit: Callable[[list[InferenceEvent]], None]
+    status: SequenceStatus = SequenceStatus.WAITING
+    output_ids: list[int] = field(default_factory=list)
+    # Runner-owned KV cache for this sequence; None until prefilled and after release.
+    cache: Any = None
+    generator: torch.Generator | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None
+    arrival_time: float = field(default_factory=time.monotonic)
+    first_token_time: float | None = None
+    _cancelled: bool = False
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_ids)
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prompt_tokens + self.num_completion_tokens
+
+    @property
+    def last_token_id(self) -> int:
+        return self.output_ids[-1] if self.output_ids else self.request.prompt_ids[-1]
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def cancel(self) -> None:
+        """Ask the worker to drop this sequence at its next step (any thread)."""
+        self._cancelled = True

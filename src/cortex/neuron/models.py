@@ -1,0 +1,358 @@
+"""``ModelRegistry``: which models this neuron holds, and their lifecycle.
+
+State machine per model id::
+
+    (absent) ──load──▶ loading ──▶ ready ──unload──▶ unloading ──▶ (absent)
+                          └──error──▶ failed ──load/unload──▶ …
+
+Contracts:
+
+* Everything here runs on the event loop; blocking work (resolving, reading weights,
+  freeing memory) goes to threads. Only the event loop mutates the registry, so it
+  needs no lock.
+* Concurrent loads of one id join one load (single-flight); their callers all get
+  the same record or the same error.
+* A load is refused with ``InsufficientMemory`` (507) before any weight is read if
+  the safetensors estimate does not fit the device budget, counting loads in flight.
+* ``acquire()`` waits (bounded) for a model that is still loading; unload waits (bounded)
+  for requests in flight, then cancels what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cortex.config import NeuronConfig
+from cortex.errors import (
+    Conflict,
+    CortexError,
+    InsufficientMemory,
+    InvalidRequest,
+    ModelLoadFailed,
+    ModelNotFound,
+    NeuronUnavailable,
+    NotFound,
+    UpstreamTimeout,
+)
+from cortex.neuron import loader, sources
+from cortex.neuron.devices import Device
+from cortex.neuron.engine.base import Harness
+from cortex.neuron.engine.harness import TransformersHarness
+from cortex.neuron.metrics import NeuronMetrics
+from cortex.protocol.lifecycle import DeviceInfo, LoadProgress, LoadRequest, ModelRecord
+
+log = logging.getLogger(__name__)
+
+ProgressListener = Callable[[LoadProgress], None]
+
+
+@dataclass(slots=True, eq=False)
+class LoadedModel:
+    record: ModelRecord
+    device: Device
+    weights: loader.LoadedWeights
+    harness: Harness
+    active: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.weights.tokenizer
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Counts one request in flight for the model's lifetime (unload drains these)."""
+        self.active += 1
+        self.idle.clear()
+        self.record.last_used_at = time.time()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self.record.last_used_at = time.time()
+            if self.active == 0:
+                self.idle.set()
+
+
+@dataclass(slots=True, eq=False)
+class _Load:
+    task: asyncio.Task[LoadedModel]
+    listeners: list[ProgressListener] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def publish(self, progress: LoadProgress) -> None:
+        for listener in list(self.listeners):
+            listener(progress)
+
+
+class ModelRegistry:
+    def __init__(
+        self, config: NeuronConfig, devices: list[Device], metrics: NeuronMetrics | None = None
+    ) -> None:
+        self.config = config
+        self.devices = devices
+        self.metrics = metrics or NeuronMetrics()
+        self._records: dict[str, ModelRecord] = {}
+        self._ready: dict[str, LoadedModel] = {}
+        self._loads: dict[str, _Load] = {}
+        self._reserved: dict[str, int] = {}  # device label → bytes of loads in flight
+        self._budgets = {d.label: config.memory_budget or d.default_budget() for d in devices}
+        self._tokenizers: dict[Path, Any] = {}
+
+    # --- views ---------------------------------------------------------------------
+
+    def records(self) -> list[ModelRecord]:
+        return [self._snapshot(model_id) for model_id in self._records]
+
+    def record(self, model_id: str) -> ModelRecord:
+        if model_id not in self._records:
+            raise ModelNotFound(f"The model {model_id!r} is not loaded on this node", param="model")
+        return self._snapshot(model_id)
+
+    def ready_ids(self) -> list[str]:
+        return list(self._ready)
+
+    def device_infos(self) -> list[DeviceInfo]:
+        infos = []
+        for device in self.devices:
+            total, free = device.memory()
+            infos.append(
+                DeviceInfo(
+                    index=device.index,
+                    kind=device.kind,
+                    name=device.name,
+                    memory_total=total,
+                    memory_free=free,
+                    memory_used_by_models=self._used(device),
+                    memory_budget=self._budgets[device.label],
+                )
+            )
+        return infos
+
+    def free_bytes(self, device: Device) -> int:
+        """What a new model may still take on ``device``: budget left, capped by real free."""
+        budget_left = self._budgets[device.label] - self._used(device)
+        budget_left -= self._reserved.get(device.label, 0)
+        _, actually_free = device.memory()
+        return max(0, min(budget_left, actually_free))
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def load(
+        self, request: LoadRequest, listener: ProgressListener | None = None
+    ) -> ModelRecord:
+        source = request.source or request.model
+        model_id = request.model if request.source else sources.default_id(request.model)
+        if model_id in self._ready:
+            ready = self._ready[model_id]
+            if listener is not None:
+                listener(LoadProgress(model=model_id, stage="ready", message="already loaded"))
+            return self._snapshot(ready.record.id)
+        current = self._records.get(model_id)
+        if current is not None and current.state == "unloading":
+            raise Conflict(f"The model {model_id!r} is being unloaded; load it again after that")
+        load = self._loads.get(model_id)
+        if load is None:
+            load = _Load(
+                task=asyncio.get_running_loop().create_task(self._load(model_id, source, request))
+            )
+            self._loads[model_id] = load
+            load.task.add_done_callback(lambda task: self._load_done(model_id, task))
+        if listener is not None:
+            load.listeners.append(listener)
+        try:
+            loaded = await asyncio.shield(load.task)
+        finally:
+            if listener is not None and listener in load.listeners:
+                load.listeners.remove(listener)
+        return self._snapshot(loaded.record.id)
+
+    async def _load(self, model_id: str, source: str, request: LoadRequest) -> LoadedModel:
+        record = ModelRecord(id=model_id, state="loading", source=source)
+        self._records[model_id] = record
+        progress = self._progress_publisher(model_id)
+        progress("resolving", f"looking for {source}")
+        try:
+            path = await asyncio.to_thread(sources.resolve, source, self.config.model_dirs)
+        except CortexError:
+            self._records.pop(model_id, None)
+            raise
+        record.path = str(path)
+        device = self._pick_device(request.device)
+        dtype = loader.choose_dtype(request.dtype or self.config.dtype, device)
+        needed = await asyncio.to_thread(
+            sources.estimate_bytes, path, dtype.itemsize if dtype.is_floating_point else None
+        )
+        free = self.free_bytes(device)
+        progress("checking", f"needs {needed} bytes, {free} free on {device.label}", needed)
+        if needed > free:
+            self._records.pop(model_id, None)
+            raise InsufficientMemory(
+                f"Not enough memory to load {model_id!r} on {device.label}: "
+                f"needs {needed} bytes, {free} bytes free within the budget",
+                extra={"needed_bytes": needed, "free_bytes": free, "device": device.label},
+            )
+        self._reserved[device.label] = self._reserved.get(device.label, 0) + needed
+        record.devices = [device.label]
+        record.dtype = str(dtype).removeprefix("torch.")
+        progress("loading", f"reading weights from {path}", needed)
+        try:
+            weights = await asyncio.to_thread(loader.load_weights, path, device, dtype)
+        except Exception as exc:  # any load failure is kept in the record and reported
+            log.exception("loading %s failed", model_id)
+            record.state, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            raise ModelLoadFailed(f"Loading {model_id!r} failed: {record.error}") from exc
+        finally:
+            self._reserved[device.label] -= needed
+        harness = TransformersHarness(
+            weights.model,
+            device.torch_device,
+            max_model_len=weights.context_length,
+            name=model_id,
+        )
+        now = time.time()
+        record.state, record.error = "ready", None
+        record.memory_bytes = weights.memory_bytes
+        record.context_length = weights.context_length
+        record.loaded_at = record.last_used_at = now
+        loaded = LoadedModel(record=record, device=device, weights=weights, harness=harness)
+        loaded.idle.set()
+        self._ready[model_id] = loaded
+        progress("ready", f"{model_id} is ready on {device.label}")
+        log.info(
+            "loaded %s from %s on %s (%d bytes)", model_id, path, device.label, weights.memory_bytes
+        )
+        return loaded
+
+    async def unload(self, model_id: str, *, force: bool = False) -> ModelRecord:
+        record = self._records.get(model_id)
+        if record is None:
+            raise ModelNotFound(f"The model {model_id!r} is not loaded on this node", param="model")
+        if record.state == "failed":
+            del self._records[model_id]
+            return record
+        if record.state == "loading":
+            raise Conflict(f"The model {model_id!r} is still loading; unload it once it is ready")
+        if record.state == "unloading":
+            raise Conflict(f"The model {model_id!r} is already being unloaded")
+        loaded = self._ready[model_id]
+        record.state = "unloading"
+        if not force:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(loaded.idle.wait(), self.config.unload_drain_timeout)
+        snapshot = self._snapshot(model_id)
+        await loaded.harness.aclose()  # cancels whatever is still running
+        del self._ready[model_id]
+        del self._records[model_id]
+        await asyncio.to_thread(loader.free, loaded.weights, loaded.device)
+        self.metrics.model_unloads.labels(model_id).inc()
+        log.info("unloaded %s", model_id)
+        return snapshot
+
+    async def aclose(self) -> None:
+        for model_id in list(self._ready):
+            await self.unload(model_id, force=True)
+
+    async def acquire(self, model_id: str) -> LoadedModel:
+        """A ready model; waits (bounded) while it loads. Count its use with ``session()``."""
+        loaded = self._ready.get(model_id)
+        if loaded is None:
+            loaded = await self._wait_for(model_id)
+        if loaded.record.state != "ready":
+            raise NeuronUnavailable(f"The model {model_id!r} is being unloaded")
+        return loaded
+
+    async def tokenizer_for(self, model_id: str) -> Any:
+        """A model's tokenizer, loaded or not (the tokenizer alone is cheap to read)."""
+        if model_id in self._ready:
+            return self._ready[model_id].tokenizer
+        record = self._records.get(model_id)
+        source = record.source if record else model_id
+        path = await asyncio.to_thread(sources.resolve, source, self.config.model_dirs)
+        if path not in self._tokenizers:
+            if len(self._tokenizers) >= 8:
+                self._tokenizers.pop(next(iter(self._tokenizers)))
+            self._tokenizers[path] = await asyncio.to_thread(loader.load_tokenizer, path)
+        return self._tokenizers[path]
+
+    # --- internals -----------------------------------------------------------------
+
+    def _load_done(self, model_id: str, task: asyncio.Task[LoadedModel]) -> None:
+        load = self._loads.pop(model_id, None)
+        if task.cancelled():
+            result = "cancelled"
+        else:
+            # Retrieved here, so a load nobody awaits any more logs no warning.
+            error = task.exception()
+            result = "ok" if error is None else _load_result(error)
+        self.metrics.model_loads.labels(model_id, result).inc()
+        if result == "ok" and load is not None:
+            duration = time.monotonic() - load.started
+            self.metrics.model_load_duration.labels(model_id).observe(duration)
+
+    async def _wait_for(self, model_id: str) -> LoadedModel:
+        load = self._loads.get(model_id)
+        if load is None:
+            record = self._records.get(model_id)
+            if record is not None and record.state == "failed":
+                raise ModelLoadFailed(f"Loading {model_id!r} failed: {record.error}")
+            raise ModelNotFound(
+                f"The model {model_id!r} does not exist or is not loaded on this node",
+                param="model",
+            )
+        try:
+            return await asyncio.wait_for(asyncio.shield(load.task), self.config.load_wait_timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"The model {model_id!r} is still loading after {self.config.load_wait_timeout:g}s"
+            ) from None
+
+    def _snapshot(self, model_id: str) -> ModelRecord:
+        record = self._records[model_id]
+        loaded = self._ready.get(model_id)
+        if loaded is None:
+            return record.model_copy()
+        # Requests being prepared count as in flight, and so do sequences the engine has
+        # not dropped yet (a cancelled one leaves at its next step).
+        queued = loaded.harness.num_waiting
+        in_flight = max(loaded.active - queued, loaded.harness.num_running)
+        return record.model_copy(update={"in_flight": in_flight, "queued": queued})
+
+    def _used(self, device: Device) -> int:
+        return sum(m.weights.memory_bytes for m in self._ready.values() if m.device == device)
+
+    def _pick_device(self, wanted: str | None) -> Device:
+        if wanted is not None:
+            for device in self.devices:
+                if wanted in (device.label, str(device.index)):
+                    return device
+            labels = ", ".join(d.label for d in self.devices)
+            raise InvalidRequest(
+                f"No device {wanted!r} on this node (it has {labels})", param="device"
+            )
+        return max(self.devices, key=self.free_bytes)
+
+    def _progress_publisher(self, model_id: str) -> Callable[..., None]:
+        def publish(stage: Any, message: str, needed: int | None = None) -> None:
+            load = self._loads.get(model_id)
+            if load is not None:
+                load.publish(
+                    LoadProgress(model=model_id, stage=stage, message=message, needed_bytes=needed)
+                )
+
+        return publish
+
+
+def _load_result(error: BaseException) -> str:
+    if isinstance(error, InsufficientMemory):
+        return "no_memory"
+    if isinstance(error, NotFound):
+        return "not_found"
+    return "failed"
