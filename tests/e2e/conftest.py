@@ -1,0 +1,58 @@
+"""Real processes on 127.0.0.1 with free ports, always stopped, also when a test fails."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.procs import Neuron
+
+
+@pytest.fixture(scope="session")
+def model_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, trained_model: Path
+) -> Path:
+    """A model dir holding the tiny models under the names tests use."""
+    root = tmp_path_factory.mktemp("models")
+    for name, source in {
+        "tiny": tiny_model,
+        "trained": trained_model,
+        "tiny-b": tiny_model,
+    }.items():
+        shutil.copytree(source, root / name)
+    return root
+
+
+@pytest.fixture
+def start_neuron(tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``start_neuron(*args)`` → a running Neuron, stopped after the test."""
+    started: list[Neuron] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Neuron:
+        neuron = Neuron(list(args), tmp_path / f"neuron-{len(started)}.log", env)
+        started.append(neuron)
+        neuron.wait_ready()
+        return neuron
+
+    yield start
+    for neuron in started:
+        neuron.stop()
+
+
+@pytest.fixture(scope="module")
+def neuron(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Neuron]:
+    """One neuron per test module, with the model dir and ``tiny`` preloaded."""
+    log_dir = tmp_path_factory.mktemp("neuron-log")
+    process = Neuron(
+        ["--model-dir", str(model_dir), "--preload", "tiny", "--name", "e2e"],
+        log_dir / "neuron.log",
+    )
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
