@@ -140,3 +140,24 @@ def test_admin_token_guards_lifecycle_routes(start_neuron: Any, model_dir: Path)
     assert neuron.post("/models/load", json={"model": "tiny"}, headers=auth).status_code == 200
     assert neuron.get("/node").status_code == 200  # status stays open
     assert neuron.post("/models/unload", json={"model": "tiny"}, headers=auth).status_code == 200
+
+
+def test_different_models_loading_at_once_all_come_up_intact(
+    start_neuron: Any, model_dir: Path
+) -> None:
+    from cortex.testing import FIXTURES
+
+    neuron = start_neuron("--model-dir", str(model_dir))
+    with ThreadPoolExecutor(3) as pool:
+        responses = list(
+            pool.map(
+                lambda m: neuron.post("/models/load", json={"model": m}),
+                ["tiny", "trained", "tiny-b"],
+            )
+        )
+    assert [r.json()["state"] for r in responses] == ["ready"] * 3
+    fixture = FIXTURES["plain"]
+    reply = neuron.post(
+        "/v1/chat/completions", json={"model": "trained", "messages": fixture.message_list()}
+    ).json()
+    assert reply["choices"][0]["message"]["content"] == fixture.reply

@@ -151,6 +151,8 @@ class NeuronApp:
     async def _load_events(self, load: LoadRequest) -> AsyncIterator[bytes]:
         progress: asyncio.Queue[LoadProgress] = asyncio.Queue()
         task = asyncio.create_task(self.registry.load(load, progress.put_nowait))
+        # The load goes on if this client leaves; its outcome is then read by nobody.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         while not task.done():
             getter = asyncio.ensure_future(progress.get())
             await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)

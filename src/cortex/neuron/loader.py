@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ from typing import Any
 import torch
 
 from cortex.neuron.devices import Device
+
+# from_pretrained builds models on the meta device by patching process-wide state, so two
+# loads on two threads at once corrupt each other ("Cannot copy out of meta tensor",
+# tied weights reported missing). Loads therefore take turns.
+_FROM_PRETRAINED = threading.Lock()
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,9 +59,10 @@ def load_weights(path: Path, device: Device, dtype: torch.dtype) -> LoadedWeight
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     tokenizer = load_tokenizer(path)
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, local_files_only=True, low_cpu_mem_usage=True
-    )
+    with _FROM_PRETRAINED:
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, local_files_only=True, low_cpu_mem_usage=True
+        )
     model.to(device.torch_device)
     model.eval()
     memory = sum(t.numel() * t.element_size() for t in model.parameters())

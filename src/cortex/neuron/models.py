@@ -152,6 +152,11 @@ class ModelRegistry:
         model_id = request.model if request.source else sources.default_id(request.model)
         if model_id in self._ready:
             ready = self._ready[model_id]
+            if request.source and request.source != ready.record.source:
+                raise Conflict(
+                    f"The model {model_id!r} is already loaded from {ready.record.source}; "
+                    f"unload it before loading {request.source} under that name"
+                )
             if listener is not None:
                 listener(LoadProgress(model=model_id, stage="ready", message="already loaded"))
             return self._snapshot(ready.record.id)

@@ -1,0 +1,98 @@
+"""The model registry in-process: waiting on loads, single flight, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cortex.config import NeuronConfig
+from cortex.errors import InsufficientMemory, ModelNotFound, SourceNotFound
+from cortex.neuron import loader
+from cortex.neuron.devices import discover
+from cortex.neuron.models import ModelRegistry
+from cortex.protocol.lifecycle import LoadRequest
+
+
+@pytest.fixture
+def slow_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make every weight load take 0.3 s longer and record each one."""
+    calls: list[str] = []
+    real = loader.load_weights
+
+    def slow(path: Path, *args: Any) -> loader.LoadedWeights:
+        calls.append(path.name)
+        time.sleep(0.3)
+        return real(path, *args)
+
+    monkeypatch.setattr(loader, "load_weights", slow)
+    return calls
+
+
+def _registry(tmp_path: Path, **config: Any) -> ModelRegistry:
+    return ModelRegistry(NeuronConfig(name="t", **config), discover())
+
+
+async def test_requests_wait_for_a_loading_model_and_loads_join(
+    tmp_path: Path, tiny_model: Path, slow_loads: list[str]
+) -> None:
+    registry = _registry(tmp_path)
+    request = LoadRequest(model="m", source=str(tiny_model))
+    loads = [asyncio.create_task(registry.load(request)) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    assert registry.record("m").state == "loading"
+    waiting = await registry.acquire("m")  # blocks until the load is done
+    assert waiting.record.state == "ready"
+    records = await asyncio.gather(*loads)
+    assert len(slow_loads) == 1
+    assert {r.loaded_at for r in records} == {records[0].loaded_at}
+    await registry.aclose()
+
+
+async def test_unknown_model_and_unknown_source(tmp_path: Path) -> None:
+    registry = _registry(tmp_path, model_dirs=[tmp_path])
+    with pytest.raises(ModelNotFound):
+        await registry.acquire("nothing")
+    with pytest.raises(SourceNotFound) as info:
+        await registry.load(LoadRequest(model="nothing"))
+    assert str(tmp_path) in info.value.message
+    assert registry.records() == []
+
+
+async def test_budget_counts_loads_in_flight(
+    tiny_model: Path, tmp_path: Path, slow_loads: list[str]
+) -> None:
+    # Room for one tiny model (~0.56 MB in float32) but not two.
+    registry = _registry(tmp_path, memory_budget=900_000)
+    first = asyncio.create_task(registry.load(LoadRequest(model="a", source=str(tiny_model))))
+    await asyncio.sleep(0.05)
+    with pytest.raises(InsufficientMemory) as info:
+        await registry.load(LoadRequest(model="b", source=str(tiny_model)))
+    assert info.value.status == 507
+    assert info.value.extra["needed_bytes"] > info.value.extra["free_bytes"]
+    await first
+    assert [r.id for r in registry.records()] == ["a"]
+    await registry.aclose()
+
+
+async def test_unload_waits_for_requests_in_flight(tiny_model: Path, tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    await registry.load(LoadRequest(model="m", source=str(tiny_model)))
+    model = await registry.acquire("m")
+    finished: list[str] = []
+
+    async def request() -> None:
+        with model.session():
+            await asyncio.sleep(0.3)
+            finished.append("request")
+
+    task = asyncio.create_task(request())
+    await asyncio.sleep(0.05)
+    await registry.unload("m")
+    finished.append("unload")
+    await task
+    assert finished == ["request", "unload"]
+    assert registry.records() == []
