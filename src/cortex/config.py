@@ -11,11 +11,13 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from cortex.errors import ConfigError
+
+C = TypeVar("C", bound=BaseModel)
 
 _SIZE_UNITS = {
     "": 1,
@@ -161,3 +163,159 @@ def load_neuron_config(
     except ValidationError as exc:
         _raise_first(exc, str(path) if path else "flags/environment", from_file)
         raise  # unreachable: _raise_first always raises
+
+
+# --- gateway: cortex.toml and models.toml ---------------------------------------------
+
+
+class GatewaySection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = "0.0.0.0:31313"
+    metrics_listen: str = "0.0.0.0:31314"
+    poll_interval: Duration = 2.0
+    request_timeout: Duration = 600.0
+    load_timeout: Duration = 600.0
+    max_request_bytes: Size = 32 * 1024**2
+
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _check_poll(cls, value: float) -> float:
+        if value < 0.05:
+            raise ValueError("poll_interval must be at least 50ms")
+        return value
+
+
+class EvictionSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Literal["lru", "priority"] = "lru"
+    # After this many eviction cycles on a node, ask it to defrag; 0 never asks.
+    defrag_after_cycles: int = Field(default=50, ge=0)
+
+
+class NeuronEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    endpoint: str
+    token: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme != "http" or not sep or not rest:
+            raise ValueError(f"{value!r} is not an http:// URL")
+        parse_listen(rest.rstrip("/"))
+        return value.rstrip("/")
+
+
+class CortexConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    eviction: EvictionSection = Field(default_factory=EvictionSection)
+    neurons: list[NeuronEntry] = Field(default_factory=list)
+
+    @field_validator("neurons")
+    @classmethod
+    def _unique_names(cls, value: list[NeuronEntry]) -> list[NeuronEntry]:
+        names = [n.name for n in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"neuron name {name!r} is used twice")
+        return value
+
+
+class ModelProfile(BaseModel):
+    """Where a model may live and how it is treated under pressure."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    source: str | None = None  # HF repo id (local cache) or a path; defaults to id
+    neurons: list[str] = Field(default_factory=list)  # allowed, in order; empty = any
+    priority: int = 0
+    pinned: bool = False
+    quant: str | None = None
+    tp: int = Field(default=1, ge=1)
+    memory: Size | None = None  # estimate used for placement before the neuron knows better
+
+    @property
+    def load_source(self) -> str:
+        return self.source or self.id
+
+
+class ModelsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[ModelProfile] = Field(default_factory=list)
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, value: list[ModelProfile]) -> list[ModelProfile]:
+        ids = [m.id for m in value]
+        for model_id in ids:
+            if ids.count(model_id) > 1:
+                raise ValueError(f"model id {model_id!r} is used twice")
+        return value
+
+    def profile(self, model_id: str) -> ModelProfile | None:
+        for profile in self.models:
+            if profile.id == model_id:
+                return profile
+        return None
+
+
+def _validate(kind: type[C], data: dict[str, Any], file: str) -> C:
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        _raise_first(exc, file, set(data))
+        raise
+
+
+def load_gateway_config(
+    path: Path | None, models_path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[CortexConfig, ModelsConfig]:
+    """cortex.toml (+ flag overrides of [gateway] keys) and models.toml, cross-checked.
+
+    Without ``models_path``, a ``models.toml`` beside cortex.toml is used if present.
+    """
+    data = _read_toml(path) if path is not None else {}
+    gateway = dict(data.get("gateway") or {})
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            gateway[key] = value
+    if gateway:
+        data["gateway"] = gateway
+    cortex = _validate(CortexConfig, data, str(path) if path else "flags/environment")
+    if models_path is None and path is not None and (path.parent / "models.toml").is_file():
+        models_path = path.parent / "models.toml"
+    models = (
+        _validate(ModelsConfig, _read_toml(models_path), str(models_path))
+        if models_path is not None
+        else ModelsConfig()
+    )
+    known = {n.name for n in cortex.neurons}
+    for i, profile in enumerate(models.models):
+        for name in profile.neurons:
+            if name not in known:
+                raise ConfigError(
+                    f"neuron {name!r} is not in cortex.toml's [[neurons]]",
+                    file=str(models_path),
+                    key=f"models.{i}.neurons",
+                )
+    for alias, target in models.aliases.items():
+        if not target:
+            key = f"aliases.{alias}"
+            raise ConfigError("alias target is empty", file=str(models_path), key=key)
+    return cortex, models

@@ -18,6 +18,7 @@ it to its own envelope in exactly one place (``protocol.openai.error_body``,
     ├── Conflict                     409 (e.g. unloading a model that is loading)
     ├── Overloaded                   429 rate_limit_error, Retry-After
     ├── InsufficientMemory           507 (neuron: needed vs free bytes)
+    ├── NoCapacity                   503 (gateway: no node can ever fit the model)
     ├── ModelLoadFailed              503 (the load raised; the reason is kept)
     ├── NeuronUnavailable            503
     ├── UpstreamTimeout              504 timeout_error
@@ -122,6 +123,13 @@ class InsufficientMemory(CortexError):
     openai_type = "server_error"
     anthropic_type = "overloaded_error"
     default_code = "insufficient_memory"
+
+
+class NoCapacity(CortexError):
+    status = 503
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+    default_code = "no_capacity"
 
 
 class ModelLoadFailed(CortexError):
