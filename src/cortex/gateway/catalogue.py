@@ -1,0 +1,116 @@
+"""The merged catalogue: every model the fleet can serve, and where it is.
+
+A pure projection of a snapshot: models ready or loading anywhere, models a profile
+can place, and models neurons report on disk. Cached per snapshot version, because
+clients (Zed, Open WebUI) fetch ``/v1/models`` often.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from cortex.gateway.state import Snapshot
+from cortex.protocol.fleet import (
+    CatalogueState,
+    FleetView,
+    LoadInProgress,
+    ModelPlacement,
+    NodeView,
+)
+
+_STATE_RANK: dict[str, int] = {"ready": 0, "loading": 1, "unloading": 2, "failed": 3}
+
+
+def placements(snapshot: Snapshot) -> list[ModelPlacement]:
+    ids: dict[str, None] = {}
+    for profile in snapshot.models.models:
+        ids[profile.id] = None
+    for node in snapshot.nodes.values():
+        for record in node.records:
+            ids[record.id] = None
+        for item in node.available:
+            ids[item.id] = None
+    aliases: dict[str, list[str]] = {}
+    for alias, target in snapshot.models.aliases.items():
+        aliases.setdefault(target, []).append(alias)
+    return [_placement(snapshot, model, aliases.get(model, [])) for model in ids]
+
+
+def _placement(snapshot: Snapshot, model: str, aliases: list[str]) -> ModelPlacement:
+    nodes = []
+    best: CatalogueState = "available"
+    for name, node in snapshot.nodes.items():
+        record = node.record(model)
+        if record is None or not node.up:
+            continue
+        nodes.append(name)
+        state: CatalogueState = "unloading" if (name, model) in snapshot.unloading else record.state
+        if _STATE_RANK.get(state, 9) < _STATE_RANK.get(best, 9):
+            best = state
+    if model in snapshot.pending and best != "ready":
+        best = "loading"
+    profile = snapshot.profile(model)
+    return ModelPlacement(
+        id=model,
+        state=best,
+        nodes=nodes,
+        placeable_on=snapshot.allowed_nodes(model),
+        profile=profile is not None,
+        pinned=snapshot.is_pinned(model),
+        priority=snapshot.priority(model),
+        aliases=aliases,
+    )
+
+
+def fleet_view(snapshot: Snapshot) -> FleetView:
+    nodes = [
+        NodeView(
+            name=node.name,
+            endpoint=node.endpoint,
+            up=node.up,
+            last_seen=node.last_seen,
+            error=node.error,
+            version=node.status.version if node.status else None,
+            engine=node.status.engine if node.status else None,
+            devices=node.status.devices if node.status else [],
+            models=node.records,
+            eviction_cycles=node.eviction_cycles,
+        )
+        for node in snapshot.nodes.values()
+    ]
+    loads = [
+        LoadInProgress(
+            model=p.model, node=p.node, started_at=p.started_at, evicting=list(p.victims)
+        )
+        for p in snapshot.pending.values()
+    ]
+    return FleetView(
+        nodes=nodes, models=placements(snapshot), loads=loads, strategy=snapshot.strategy
+    )
+
+
+class Catalogue:
+    """``/v1/models`` bodies, rebuilt only when the snapshot changes."""
+
+    def __init__(self) -> None:
+        self._version = -1
+        self._openai = b""
+
+    def openai(self, snapshot: Snapshot) -> bytes:
+        if snapshot.version != self._version:
+            data = [
+                {
+                    "id": p.id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "cortex",
+                    "state": p.state,
+                    "nodes": p.nodes,
+                    "placeable_on": p.placeable_on,
+                    "aliases": p.aliases,
+                }
+                for p in placements(snapshot)
+            ]
+            self._openai = orjson.dumps({"object": "list", "data": data})
+            self._version = snapshot.version
+        return self._openai

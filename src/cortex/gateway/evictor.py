@@ -1,0 +1,62 @@
+"""Which models to evict from a node to make room: a pure function of a snapshot.
+
+Never a pinned model, never one with requests in flight (the gateway's own count or
+the neuron's), never one that is not ready or already being evicted. ``lru`` takes
+the least recently used first; ``priority`` the lowest priority first, then lru.
+"""
+
+from __future__ import annotations
+
+from cortex.gateway.state import Busy, LastUsed, Snapshot
+from cortex.protocol.lifecycle import ModelRecord
+
+
+def is_evictable(snapshot: Snapshot, node: str, record: ModelRecord, busy: Busy) -> bool:
+    return (
+        record.state == "ready"
+        and not snapshot.is_pinned(record.id)
+        and busy.get((node, record.id), 0) == 0
+        and record.in_flight == 0
+        and record.queued == 0
+        and (node, record.id) not in snapshot.unloading
+    )
+
+
+def eviction_order(
+    snapshot: Snapshot, node: str, busy: Busy, recent: LastUsed | None = None
+) -> list[ModelRecord]:
+    """Evictable models on ``node``, first victim first.
+
+    ``recent`` holds the gateway's own last-use stamps, fresher than the neuron's figures
+    in the snapshot (which are as old as the last poll).
+    """
+    candidates = [r for r in snapshot.nodes[node].records if is_evictable(snapshot, node, r, busy)]
+    stamps = recent or {}
+
+    def last_used(record: ModelRecord) -> float:
+        neuron = record.last_used_at or record.loaded_at or 0.0
+        return max(neuron, stamps.get((node, record.id), 0.0))
+
+    if snapshot.strategy == "priority":
+        candidates.sort(key=lambda r: (snapshot.priority(r.id), last_used(r), r.id))
+    else:
+        candidates.sort(key=lambda r: (last_used(r), r.id))
+    return candidates
+
+
+def evictable_bytes(snapshot: Snapshot, node: str, busy: Busy) -> int:
+    return sum(r.memory_bytes for r in eviction_order(snapshot, node, busy))
+
+
+def choose_victims(
+    snapshot: Snapshot, node: str, shortfall: int, busy: Busy, recent: LastUsed | None = None
+) -> tuple[str, ...] | None:
+    """The fewest models, in eviction order, that free ``shortfall`` bytes; None if impossible."""
+    victims: list[str] = []
+    freed = 0
+    for record in eviction_order(snapshot, node, busy, recent):
+        if freed >= shortfall:
+            break
+        victims.append(record.id)
+        freed += record.memory_bytes
+    return tuple(victims) if freed >= shortfall else None

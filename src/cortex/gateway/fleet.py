@@ -1,0 +1,547 @@
+"""``Fleet``: the one owner of fleet state, fed by a queue.
+
+Contracts:
+
+* Only the owner task (``_run``) changes the snapshot; it handles one message at a
+  time and never awaits while deciding, so decisions (placement, victims) see a
+  consistent snapshot including loads already in flight. I/O (polls, loads,
+  unloads) runs in tasks that report back with messages.
+* ``snapshot`` may be read by anyone at any time; it is replaced, never mutated.
+* ``busy`` counts the gateway's own requests per (node, model) and ``last_used``
+  stamps when each last ended; the proxy changes them synchronously around each
+  request. The evictor never picks a busy model, and ranks by the fresher of these
+  stamps and the neuron's polled figures.
+* ``ensure(model)`` is single-flight across the fleet: every caller for a model that
+  is being loaded waits on that one load.
+* Pinned models are loaded once their nodes are first seen and again whenever they
+  are ready nowhere (a node restarted, came back); a failed pinned load is retried
+  after a back-off, not on every poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from cortex.config import CortexConfig, ModelsConfig
+from cortex.errors import CortexError, InsufficientMemory, ModelNotFound, NoCapacity
+from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.neurons import NeuronClient
+from cortex.gateway.router import Placement, Unplaceable, plan
+from cortex.gateway.state import NodeState, PendingLoad, Snapshot
+from cortex.protocol.fleet import FleetProgress
+from cortex.protocol.lifecycle import AvailableModel, LoadProgress, NodeStatus
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[FleetProgress], None]
+MAX_BACKOFF = 30.0
+AVAILABLE_EVERY = 15  # polls between refreshes of what a node has on disk
+PIN_RETRY = 30.0
+MAX_SIZE_RETRIES = 2
+
+
+@dataclass(slots=True)
+class _Waiter:
+    future: asyncio.Future[str]
+    node: str | None
+    listener: Listener | None = None
+    lease: bool = False  # count a request in flight on the node before answering
+
+    def resolve(self, fleet: Fleet, node: str, model: str) -> None:
+        if self.future.done():
+            return
+        if self.lease:
+            fleet.acquire(node, model)
+        self.future.set_result(node)
+
+
+@dataclass(slots=True)
+class _Ensure:
+    model: str
+    waiter: _Waiter
+
+
+@dataclass(slots=True)
+class _Reading:
+    """What a node said (or that it did not answer), and when the question was asked."""
+
+    status: NodeStatus | None
+    taken_at: float  # time.monotonic() before the request went out
+    error: str | None = None
+    available: list[AvailableModel] | None = None
+
+
+@dataclass(slots=True)
+class _Polled:
+    node: str
+    reading: _Reading
+
+
+@dataclass(slots=True)
+class _LoadDone:
+    load: PendingLoad
+    reading: _Reading
+    error: CortexError | None
+    duration: float
+
+
+@dataclass(slots=True)
+class _Unload:
+    model: str
+    node: str | None
+    force: bool
+    future: asyncio.Future[list[str]]
+
+
+@dataclass(slots=True)
+class _UnloadDone:
+    model: str
+    readings: dict[str, _Reading]
+
+
+@dataclass(slots=True)
+class _Pin:
+    model: str
+    pinned: bool
+
+
+@dataclass(slots=True)
+class _Barrier:
+    future: asyncio.Future[None]
+
+
+_Message = _Ensure | _Polled | _LoadDone | _Unload | _UnloadDone | _Pin | _Barrier
+
+
+@dataclass(slots=True)
+class _LoadState:
+    waiters: list[_Waiter] = field(default_factory=list)
+    size_retries: int = 0
+
+
+class Fleet:
+    def __init__(
+        self,
+        config: CortexConfig,
+        models: ModelsConfig,
+        metrics: GatewayMetrics,
+        client: NeuronClient | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        poll = config.gateway.poll_interval
+        self.client = client or NeuronClient(
+            poll_timeout=max(2.0, poll), load_timeout=config.gateway.load_timeout
+        )
+        nodes = {n.name: NodeState(n.name, n.endpoint, n.token) for n in config.neurons}
+        self.snapshot = Snapshot(nodes=nodes, models=models, strategy=config.eviction.strategy)
+        self.busy: dict[tuple[str, str], int] = {}
+        self.last_used: dict[tuple[str, str], float] = {}
+        self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
+        self._loads: dict[str, _LoadState] = {}
+        self._deferred: dict[str, list[_Ensure]] = {}
+        self._pin_failed: dict[str, float] = {}
+        self._pokes = {name: asyncio.Event() for name in nodes}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._owner: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Poll every node once (so the first requests see the fleet), then run."""
+        self._owner = asyncio.create_task(self._run(), name="fleet-owner")
+        await asyncio.gather(*(self._poll_once(name, with_available=True) for name in self._pokes))
+        await self._drain_inbox()
+        for name in self._pokes:
+            self._spawn(self._poll_loop(name))
+
+    async def aclose(self) -> None:
+        tasks = [*self._tasks, *([self._owner] if self._owner else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.client.aclose()
+
+    # --- API for requests and operators ------------------------------------------------
+
+    def acquire(self, node: str, model: str) -> None:
+        key = (node, model)
+        self.busy[key] = self.busy.get(key, 0) + 1
+
+    def release(self, node: str, model: str) -> None:
+        key = (node, model)
+        self.last_used[key] = time.time()
+        left = self.busy.get(key, 1) - 1
+        if left:
+            self.busy[key] = left
+        else:
+            self.busy.pop(key, None)
+
+    async def ensure(
+        self,
+        model: str,
+        node: str | None = None,
+        listener: Listener | None = None,
+        *,
+        lease: bool = True,
+    ) -> str:
+        """The node where ``model`` is ready, loading it (and evicting) if needed.
+
+        With ``lease`` the answer comes with one request counted in flight on that node
+        (as ``acquire`` does), taken at the moment the owner answers, so no eviction can
+        slip in before the caller uses the model; the caller must ``release`` it.
+        """
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Ensure(model, _Waiter(future, node, listener, lease)))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if lease and future.done() and not future.cancelled() and future.exception() is None:
+                self.release(future.result(), model)  # answered, but nobody will use it
+            raise
+
+    async def unload(self, model: str, node: str | None = None, force: bool = False) -> list[str]:
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Unload(model, node, force, future))
+        return await future
+
+    def pin(self, model: str, pinned: bool) -> None:
+        self._inbox.put_nowait(_Pin(model, pinned))
+
+    def node_failed(self, node: str, error: str) -> None:
+        """The proxy could not reach ``node``: mark it down now, not at the next poll."""
+        self._inbox.put_nowait(_Polled(node, _Reading(None, time.monotonic(), error)))
+        self.poke(node)
+
+    def poke(self, node: str) -> None:
+        if node in self._pokes:
+            self._pokes[node].set()
+
+    # --- the owner -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            try:
+                self._handle(message)
+            except Exception:  # a bug in one message must not stop the fleet
+                log.exception("fleet owner failed on %r", message)
+
+    async def _drain_inbox(self) -> None:
+        """Returns once every message sent before this call has been handled."""
+        barrier: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Barrier(barrier))
+        await barrier
+
+    def _handle(self, message: _Message) -> None:
+        if isinstance(message, _Ensure):
+            self._on_ensure(message)
+        elif isinstance(message, _Polled):
+            self._on_polled(message)
+        elif isinstance(message, _LoadDone):
+            self._on_load_done(message)
+        elif isinstance(message, _Unload):
+            self._on_unload(message)
+        elif isinstance(message, _UnloadDone):
+            self._on_unload_done(message)
+        elif isinstance(message, _Barrier):
+            message.future.set_result(None)
+        else:
+            self._publish(pins={**self.snapshot.pins, message.model: message.pinned})
+            self._pin_failed.pop(message.model, None)
+            self._ensure_pinned()
+
+    def _on_ensure(self, message: _Ensure) -> None:
+        snap, model, waiter = self.snapshot, message.model, message.waiter
+        ready = snap.ready_on(model)
+        if waiter.node is None and ready:
+            waiter.resolve(self, ready[0], model)
+            return
+        if waiter.node is not None and waiter.node in ready:
+            waiter.resolve(self, waiter.node, model)
+            return
+        pending = snap.pending.get(model)
+        if pending is not None:
+            if waiter.node in (None, pending.node):
+                self._loads[model].waiters.append(waiter)
+            else:  # wanted on another node: decide once this load is over
+                self._deferred.setdefault(model, []).append(message)
+            return
+        decision = plan(snap, model, self.busy, only=waiter.node, recent=self.last_used)
+        if isinstance(decision, Unplaceable):
+            if not waiter.future.done():
+                waiter.future.set_exception(decision.error)
+            return
+        self._loads[model] = _LoadState(waiters=[waiter])
+        self._start_load(model, decision)
+
+    def _start_load(self, model: str, placement: Placement) -> None:
+        snap = self.snapshot
+        load = PendingLoad(model, placement.node, placement.needed, placement.victims, time.time())
+        self._publish(
+            pending={**snap.pending, model: load},
+            unloading=snap.unloading | {(placement.node, v) for v in placement.victims},
+        )
+        victims = f", evicting {', '.join(placement.victims)}" if placement.victims else ""
+        log.info("placing %s on %s%s", model, placement.node, victims)
+        self._notify(model, placement.node, "placing", f"placing on {placement.node}{victims}")
+        self._spawn(self._load(load))
+
+    def _on_load_done(self, message: _LoadDone) -> None:
+        load, snap = message.load, self.snapshot
+        pending = {k: v for k, v in snap.pending.items() if k != load.model}
+        unloading = snap.unloading - {(load.node, v) for v in load.victims}
+        nodes = dict(snap.nodes)
+        node = _apply(nodes[load.node], message.reading)
+        if load.victims:
+            node = replace(node, eviction_cycles=node.eviction_cycles + 1)
+            limit = self.config.eviction.defrag_after_cycles
+            if limit and node.eviction_cycles >= limit:
+                node = replace(node, eviction_cycles=0)
+                self._spawn(self._defrag(node))
+        nodes[load.node] = node
+        self._publish(nodes=nodes, pending=pending, unloading=unloading)
+        self._update_node_metrics(node)
+        state = self._loads.pop(load.model, _LoadState())
+        error = message.error
+        needed = error.extra.get("needed_bytes") if isinstance(error, InsufficientMemory) else None
+        if isinstance(needed, int):
+            learnt = {**snap.learnt_sizes, (load.node, load.model): needed}
+            self._publish(learnt_sizes=learnt)
+            if state.size_retries < MAX_SIZE_RETRIES:
+                decision = plan(self.snapshot, load.model, self.busy, recent=self.last_used)
+                if isinstance(decision, Placement):
+                    state.size_retries += 1
+                    self._loads[load.model] = state
+                    self._start_load(load.model, decision)
+                    return
+                error = decision.error
+            if isinstance(error, InsufficientMemory):
+                error = NoCapacity(error.message, extra=error.extra)
+        result = "ok" if error is None else type(error).__name__
+        self.metrics.loads.value(load.model, load.node, result).inc()
+        if error is None:
+            duration = self.metrics.load_duration.distribution(load.model, load.node)
+            duration.observe(message.duration)
+            self._pin_failed.pop(load.model, None)
+        elif self.snapshot.is_pinned(load.model):
+            self._pin_failed[load.model] = time.monotonic()
+        for waiter in state.waiters:
+            if waiter.future.done():
+                continue
+            if error is None:
+                waiter.resolve(self, load.node, load.model)
+            else:
+                waiter.future.set_exception(error)
+        for deferred in self._deferred.pop(load.model, []):
+            self._on_ensure(deferred)
+
+    def _on_polled(self, message: _Polled) -> None:
+        snap = self.snapshot
+        before = snap.nodes.get(message.node)
+        if before is None:
+            return
+        node = _apply(before, message.reading)
+        if before.up and not node.up:
+            log.warning("node %s is down: %s", node.name, node.error)
+        elif node.up and not before.up:
+            log.info("node %s is up", node.name)
+        self._publish(nodes={**snap.nodes, node.name: node})
+        self._update_node_metrics(node)
+        self._ensure_pinned()
+
+    def _on_unload(self, message: _Unload) -> None:
+        snap = self.snapshot
+        names = [message.node] if message.node else list(snap.nodes)
+        targets = [
+            n for n in names if n in snap.nodes and snap.nodes[n].record(message.model) is not None
+        ]
+        if not targets:
+            where = f"on node {message.node!r}" if message.node else "anywhere"
+            message.future.set_exception(
+                ModelNotFound(f"The model {message.model!r} is not loaded {where}", param="model")
+            )
+            return
+        self._publish(unloading=snap.unloading | {(n, message.model) for n in targets})
+        self._spawn(self._unload(message, targets))
+
+    def _on_unload_done(self, message: _UnloadDone) -> None:
+        snap = self.snapshot
+        nodes = dict(snap.nodes)
+        for name, reading in message.readings.items():
+            if reading.status is not None:
+                nodes[name] = _apply(nodes[name], reading)
+        unloading = snap.unloading - {(n, message.model) for n in message.readings}
+        self._publish(nodes=nodes, unloading=unloading)
+
+    def _ensure_pinned(self) -> None:
+        snap = self.snapshot
+        pinned = {p.id for p in snap.models.models if p.pinned} | {
+            m for m, on in snap.pins.items() if on
+        }
+        for model in sorted(pinned):
+            if not snap.is_pinned(model) or snap.ready_on(model) or model in snap.pending:
+                continue
+            failed_at = self._pin_failed.get(model)
+            if failed_at is not None and time.monotonic() - failed_at < PIN_RETRY:
+                continue
+            if not any(snap.nodes[n].up for n in snap.allowed_nodes(model)):
+                continue
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._on_ensure(_Ensure(model, _Waiter(future, None)))
+            if future.done() and future.exception() is not None:
+                self._pin_failed[model] = time.monotonic()
+            snap = self.snapshot
+
+    def _publish(self, **changes: object) -> None:
+        self.snapshot = replace(self.snapshot, version=self.snapshot.version + 1, **changes)  # type: ignore[arg-type]
+
+    # --- I/O tasks (report back through the inbox) ----------------------------------------
+
+    async def _load(self, load: PendingLoad) -> None:
+        started = time.monotonic()
+        node = self.snapshot.nodes[load.node]
+        error: CortexError | None = None
+        try:
+            for victim in load.victims:
+                self._notify(
+                    load.model, node.name, "evicting", f"unloading {victim} from {node.name}"
+                )
+                await self.client.unload(node, victim)
+                reason = self.snapshot.strategy
+                self.metrics.evictions.value(victim, node.name, reason).inc()
+            profile = self.snapshot.profile(load.model)
+            source = profile.load_source if profile is not None else load.model
+            await self.client.load(node, load.model, source, self._relay(load.model, node.name))
+        except CortexError as exc:
+            error = exc
+        reading = await self._read(node)
+        self._inbox.put_nowait(_LoadDone(load, reading, error, time.monotonic() - started))
+
+    async def _unload(self, message: _Unload, targets: list[str]) -> None:
+        readings: dict[str, _Reading] = {}
+        errors: list[CortexError] = []
+        for name in targets:
+            node = self.snapshot.nodes[name]
+            try:
+                await self.client.unload(node, message.model, force=message.force)
+                self.metrics.evictions.value(message.model, name, "operator").inc()
+            except CortexError as exc:
+                errors.append(exc)
+            readings[name] = await self._read(node)
+        self._inbox.put_nowait(_UnloadDone(message.model, readings))
+        if errors and not message.future.done():
+            message.future.set_exception(errors[0])
+        elif not message.future.done():
+            message.future.set_result(targets)
+
+    async def _defrag(self, node: NodeState) -> None:
+        try:
+            freed = await self.client.defrag(node)
+            log.info("defragmented %s: %d bytes freed", node.name, freed)
+        except CortexError as exc:
+            log.warning("defrag of %s failed: %s", node.name, exc.message)
+
+    async def _poll_loop(self, name: str) -> None:
+        interval = self.config.gateway.poll_interval
+        count = 0
+        while True:
+            node = self.snapshot.nodes[name]
+            delay = (
+                interval if node.up else min(interval * 2 ** min(node.failures, 10), MAX_BACKOFF)
+            )
+            poke = self._pokes[name]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(poke.wait(), delay)
+            poke.clear()
+            count += 1
+            was_down = not self.snapshot.nodes[name].up
+            await self._poll_once(name, with_available=was_down or count % AVAILABLE_EVERY == 0)
+
+    async def _poll_once(self, name: str, *, with_available: bool) -> None:
+        reading = await self._read(self.snapshot.nodes[name], with_available=with_available)
+        self._inbox.put_nowait(_Polled(name, reading))
+
+    async def _read(self, node: NodeState, *, with_available: bool = False) -> _Reading:
+        taken_at = time.monotonic()
+        try:
+            status = await self.client.node(node)
+            available = await self.client.available(node) if with_available else None
+        except CortexError as exc:
+            return _Reading(None, taken_at, exc.message)
+        return _Reading(status, taken_at, None, available)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _spawn(self, coroutine: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _relay(self, model: str, node: str) -> Callable[[LoadProgress], None]:
+        def relay(progress: LoadProgress) -> None:
+            self._notify(model, node, progress.stage, progress.message, progress.needed_bytes)
+
+        return relay
+
+    def _notify(
+        self, model: str, node: str, stage: str, message: str, needed: int | None = None
+    ) -> None:
+        state = self._loads.get(model)
+        if state is None:
+            return
+        event = FleetProgress(
+            model=model, node=node, stage=stage, message=message, needed_bytes=needed
+        )
+        for waiter in state.waiters:
+            if waiter.listener is not None:
+                waiter.listener(event)
+
+    def _update_node_metrics(self, node: NodeState) -> None:
+        m = self.metrics
+        m.node_up.value(node.name).set(1 if node.up else 0)
+        if node.status is None:
+            return
+        devices = node.status.devices
+        figures = {
+            "total": sum(d.memory_total for d in devices),
+            "free": sum(d.memory_free for d in devices),
+            "used_by_models": sum(d.memory_used_by_models for d in devices),
+            "budget": sum(d.memory_budget or d.memory_total for d in devices),
+        }
+        for kind, value in figures.items():
+            m.node_memory.value(node.name, kind).set(value)
+
+
+def _apply(node: NodeState, reading: _Reading) -> NodeState:
+    """``node`` updated by ``reading``, unless something newer is already known."""
+    if reading.taken_at < node.status_at:
+        return node
+    if reading.status is None:
+        return replace(
+            node,
+            up=False,
+            error=reading.error,
+            failures=node.failures + 1,
+            status_at=reading.taken_at,
+        )
+    node = replace(
+        node,
+        up=True,
+        status=reading.status,
+        last_seen=time.time(),
+        error=None,
+        failures=0,
+        status_at=reading.taken_at,
+    )
+    if reading.available is not None:
+        node = replace(node, available=tuple(reading.available))
+    return node

@@ -1,0 +1,160 @@
+"""The gateway's control-plane client for neurons: status, load, unload, defrag.
+
+Not the hot path (requests are relayed by ``proxy`` over ``upstream``); this uses
+httpx and turns every failure into a ``CortexError`` the fleet can act on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from cortex.errors import (
+    CortexError,
+    InsufficientMemory,
+    ModelLoadFailed,
+    NeuronUnavailable,
+    SourceNotFound,
+    UpstreamTimeout,
+)
+from cortex.gateway.state import NodeState
+from cortex.protocol.lifecycle import AvailableModel, LoadProgress, ModelRecord, NodeStatus
+
+ProgressCallback = Callable[[LoadProgress], None]
+
+
+class NeuronClient:
+    def __init__(self, *, poll_timeout: float, load_timeout: float) -> None:
+        self._poll_timeout = poll_timeout
+        self._load_timeout = load_timeout
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(poll_timeout, connect=min(poll_timeout, 5.0)),
+            limits=httpx.Limits(max_keepalive_connections=32),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def node(self, node: NodeState) -> NodeStatus:
+        data = await self._call(node, "GET", "/node", timeout=self._poll_timeout)
+        return NodeStatus.model_validate(data)
+
+    async def available(self, node: NodeState) -> list[AvailableModel]:
+        data = await self._call(node, "GET", "/models", timeout=max(self._poll_timeout, 10.0))
+        return [AvailableModel.model_validate(item) for item in data.get("available", [])]
+
+    async def unload(self, node: NodeState, model: str, *, force: bool = False) -> None:
+        body = {"model": model, "force": force}
+        await self._call(node, "POST", "/models/unload", json_body=body, timeout=self._load_timeout)
+
+    async def defrag(self, node: NodeState) -> int:
+        data = await self._call(node, "POST", "/admin/defrag", timeout=60.0)
+        return int(data.get("freed_bytes", 0))
+
+    async def load(
+        self, node: NodeState, model: str, source: str, progress: ProgressCallback | None = None
+    ) -> ModelRecord:
+        """Load and wait until ready, relaying the neuron's progress events."""
+        headers = {**self._auth(node), "Accept": "text/event-stream"}
+        url = f"{node.endpoint}/models/load"
+        timeout = httpx.Timeout(self._load_timeout, connect=5.0)
+        try:
+            async with self._http.stream(
+                "POST",
+                url,
+                json={"model": model, "source": source},
+                headers=headers,
+                timeout=timeout,
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _load_error(node, response.status_code, _json(response.content))
+                event = None
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        data = json.loads(line.removeprefix("data: "))
+                        if event == "progress" and progress is not None:
+                            progress(LoadProgress.model_validate(data))
+                        elif event == "record":
+                            return ModelRecord.model_validate(data)
+                        elif event == "error":
+                            raise _load_error(node, int(data.get("status", 503)), data)
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(
+                f"Node {node.name} did not finish loading {model!r} within {self._load_timeout:g}s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise NeuronUnavailable(
+                f"Node {node.name} failed while loading {model!r}: {exc}"
+            ) from None
+        raise ModelLoadFailed(f"Node {node.name} ended the load of {model!r} without a result")
+
+    async def _call(
+        self,
+        node: NodeState,
+        method: str,
+        path: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        timeout: float,
+    ) -> dict[str, Any]:
+        try:
+            response = await self._http.request(
+                method,
+                f"{node.endpoint}{path}",
+                json=json_body,
+                headers=self._auth(node),
+                timeout=timeout,
+            )
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(
+                f"Node {node.name} did not answer {path} within {timeout:g}s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise NeuronUnavailable(f"Node {node.name} is unreachable: {exc}") from None
+        data = _json(response.content)
+        if response.status_code >= 400:
+            raise _error_from(node, response.status_code, data)
+        return data
+
+    @staticmethod
+    def _auth(node: NodeState) -> dict[str, str]:
+        return {"Authorization": f"Bearer {node.token}"} if node.token else {}
+
+
+def _json(content: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _error_from(node: NodeState, status: int, data: dict[str, Any]) -> CortexError:
+    error = data.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    message = str(error.get("message") or f"HTTP {status}")
+    reason = f"Node {node.name}: {message}"
+    if status == 507:
+        extra = {k: error[k] for k in ("needed_bytes", "free_bytes") if k in error}
+        return InsufficientMemory(reason, extra=extra)
+    if status == 404:
+        return SourceNotFound(reason)
+    if status in (502, 503, 504):
+        return NeuronUnavailable(reason)
+    return ModelLoadFailed(reason)
+
+
+def _load_error(node: NodeState, status: int, data: dict[str, Any]) -> CortexError:
+    """A failed load is a 503 with the neuron's reason, except "does not fit" (507),
+    which the fleet answers by evicting more or placing elsewhere."""
+    error = _error_from(node, status, data)
+    if isinstance(error, InsufficientMemory | NeuronUnavailable):
+        return error
+    return ModelLoadFailed(error.message)

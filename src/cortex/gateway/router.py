@@ -1,0 +1,109 @@
+"""Where a request goes, and where a model should be loaded: pure functions.
+
+``pick_ready`` is the hot path: the least busy up node where the model is ready.
+``plan`` decides a placement for a model that is ready nowhere: the first allowed
+node (profile order) where it fits, counting loads already in flight; else the first
+where evicting idle, unpinned models makes room; else a reason it cannot be placed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cortex.errors import CortexError, ModelNotFound, NeuronUnavailable, NoCapacity
+from cortex.gateway.evictor import choose_victims, evictable_bytes
+from cortex.gateway.state import Busy, LastUsed, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    node: str
+    needed: int
+    victims: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Unplaceable:
+    error: CortexError
+
+
+def pick_ready(
+    snapshot: Snapshot, model: str, busy: Busy, exclude: str | None = None
+) -> str | None:
+    best: str | None = None
+    best_load = 0
+    for name in snapshot.ready_on(model):
+        if name == exclude:
+            continue
+        record = snapshot.nodes[name].record(model)
+        load = busy.get((name, model), 0) + (record.queued if record is not None else 0)
+        if best is None or load < best_load:
+            best, best_load = name, load
+    return best
+
+
+def needed_bytes(snapshot: Snapshot, model: str, node: str) -> int:
+    """Best estimate of what ``model`` takes on ``node``; 0 when unknown (the neuron checks)."""
+    learnt = snapshot.learnt_sizes.get((node, model))
+    if learnt is not None:
+        return learnt
+    profile = snapshot.profile(model)
+    if profile is not None and profile.memory is not None:
+        return profile.memory
+    return snapshot.nodes[node].local_size(model) or 0
+
+
+def free_bytes(snapshot: Snapshot, node: str) -> int:
+    """Room on ``node`` after the loads the gateway has in flight there."""
+    reserved = sum(p.needed for p in snapshot.pending.values() if p.node == node)
+    return snapshot.nodes[node].free_bytes() - reserved
+
+
+def plan(
+    snapshot: Snapshot,
+    model: str,
+    busy: Busy,
+    only: str | None = None,
+    recent: LastUsed | None = None,
+) -> Placement | Unplaceable:
+    if not snapshot.is_known(model):
+        return Unplaceable(ModelNotFound(f"The model {model!r} does not exist", param="model"))
+    allowed = snapshot.allowed_nodes(model)
+    if only is not None:
+        if only not in snapshot.nodes:
+            return Unplaceable(ModelNotFound(f"There is no node named {only!r}", param="node"))
+        if only not in allowed:
+            return Unplaceable(
+                NeuronUnavailable(f"The model {model!r} may not be placed on node {only!r}")
+            )
+        allowed = [only]
+    up = [n for n in allowed if snapshot.nodes[n].up and (n, model) not in snapshot.unloading]
+    if not allowed:
+        return Unplaceable(NeuronUnavailable(f"No node may hold the model {model!r}"))
+    if not up:
+        names = ", ".join(allowed)
+        return Unplaceable(
+            NeuronUnavailable(f"Every node that may hold {model!r} is down ({names})")
+        )
+    for node in up:
+        record = snapshot.nodes[node].record(model)
+        if record is not None and record.state == "loading":
+            return Placement(node, 0)  # already loading there (a preload): join it
+    for node in up:
+        if needed_bytes(snapshot, model, node) <= free_bytes(snapshot, node):
+            return Placement(node, needed_bytes(snapshot, model, node))
+    for node in up:
+        needed = needed_bytes(snapshot, model, node)
+        shortfall = needed - free_bytes(snapshot, node)
+        victims = choose_victims(snapshot, node, shortfall, busy, recent)
+        if victims is not None:
+            return Placement(node, needed, victims)
+    largest = max(free_bytes(snapshot, n) + evictable_bytes(snapshot, n, busy) for n in up)
+    needed = min(needed_bytes(snapshot, model, n) for n in up)
+    return Unplaceable(
+        NoCapacity(
+            f"No node can fit {model!r}: it needs {needed} bytes and the most any allowed node "
+            f"could free is {largest} bytes",
+            extra={"needed_bytes": needed, "largest_free_bytes": largest},
+        )
+    )

@@ -1,0 +1,133 @@
+"""The fleet as data: an immutable ``Snapshot`` of nodes, models and loads in flight.
+
+The fleet's owner task is the only writer; it publishes a new snapshot after every
+change. Everyone else (the router, the evictor, the catalogue, ``/fleet``) reads the
+current one and never mutates it, so the policies are pure functions of a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cortex.config import ModelProfile, ModelsConfig
+from cortex.protocol.lifecycle import AvailableModel, ModelRecord, NodeStatus
+
+# Requests the gateway itself has in flight, by (node, model); owned by the proxy.
+Busy = Mapping[tuple[str, str], int]
+# When the gateway last finished a request, by (node, model) (time.time()).
+LastUsed = Mapping[tuple[str, str], float]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    name: str
+    endpoint: str
+    token: str | None = None
+    up: bool = False
+    last_seen: float | None = None
+    error: str | None = None
+    status: NodeStatus | None = None
+    available: tuple[AvailableModel, ...] = ()
+    eviction_cycles: int = 0
+    failures: int = 0
+    # When the reading behind ``status``/``up`` was taken (monotonic): an older reading
+    # that arrives later (a slow poll overtaken by a load's fresh status) is ignored.
+    status_at: float = 0.0
+
+    @property
+    def records(self) -> list[ModelRecord]:
+        return self.status.models if self.status is not None else []
+
+    def record(self, model: str) -> ModelRecord | None:
+        for record in self.records:
+            if record.id == model:
+                return record
+        return None
+
+    def free_bytes(self) -> int:
+        """Room for one more model: the device with the most room (one model, one device)."""
+        if self.status is None or not self.status.devices:
+            return 0
+        best = 0
+        for device in self.status.devices:
+            budget = (
+                device.memory_budget if device.memory_budget is not None else device.memory_total
+            )
+            room = min(budget - device.memory_used_by_models, device.memory_free)
+            best = max(best, room)
+        return max(0, best)
+
+    def has_local(self, model: str) -> bool:
+        return any(item.id == model for item in self.available)
+
+    def local_size(self, model: str) -> int | None:
+        for item in self.available:
+            if item.id == model:
+                return item.size_bytes
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLoad:
+    model: str
+    node: str
+    needed: int
+    victims: tuple[str, ...]
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    nodes: Mapping[str, NodeState]  # in cortex.toml order
+    models: ModelsConfig
+    strategy: str = "lru"
+    pending: Mapping[str, PendingLoad] = field(default_factory=dict)  # by model id
+    unloading: frozenset[tuple[str, str]] = frozenset()  # (node, model) being evicted
+    pins: Mapping[str, bool] = field(default_factory=dict)  # runtime overrides (/fleet/pin)
+    # Bytes a model needs on a node, learnt from a neuron's 507 answer.
+    learnt_sizes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    version: int = 0
+
+    def profile(self, model: str) -> ModelProfile | None:
+        return self.models.profile(model)
+
+    def resolve(self, name: str) -> str:
+        """A client's model name → the model id (aliases applied)."""
+        return self.models.aliases.get(name, name)
+
+    def is_pinned(self, model: str) -> bool:
+        if model in self.pins:
+            return self.pins[model]
+        profile = self.profile(model)
+        return profile is not None and profile.pinned
+
+    def priority(self, model: str) -> int:
+        profile = self.profile(model)
+        return profile.priority if profile is not None else 0
+
+    def allowed_nodes(self, model: str) -> list[str]:
+        """Where ``model`` may be placed, in order of preference."""
+        profile = self.profile(model)
+        if profile is not None:
+            return [n for n in (profile.neurons or list(self.nodes)) if n in self.nodes]
+        # Without a profile, a model can go where a neuron has it on disk.
+        return [n for n, node in self.nodes.items() if node.has_local(model)]
+
+    def is_known(self, model: str) -> bool:
+        if self.profile(model) is not None:
+            return True
+        return any(
+            node.record(model) is not None or node.has_local(model) for node in self.nodes.values()
+        )
+
+    def ready_on(self, model: str) -> list[str]:
+        """Up nodes where ``model`` is ready and not being evicted."""
+        return [
+            name
+            for name, node in self.nodes.items()
+            if node.up
+            and (name, model) not in self.unloading
+            and (record := node.record(model)) is not None
+            and record.state == "ready"
+        ]

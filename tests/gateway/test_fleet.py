@@ -1,0 +1,162 @@
+"""The fleet owner against in-memory neurons: single flight, budgets, pins, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
+from cortex.errors import CortexError, NoCapacity
+from cortex.gateway.fleet import Fleet
+from cortex.gateway.metrics import GatewayMetrics
+from tests.gateway.fakes import FakeNeurons
+
+SIZES = {"m0": 300, "m1": 300, "m2": 400, "m3": 200, "big": 5000}
+
+
+def _fleet(fakes: FakeNeurons, profiles: list[ModelProfile], strategy: str = "lru") -> Fleet:
+    config = CortexConfig.model_validate(
+        {
+            "gateway": GatewaySection(poll_interval=0.05),
+            "eviction": {"strategy": strategy, "defrag_after_cycles": 2},
+            "neurons": [NeuronEntry(name=n, endpoint=f"http://{n}:1") for n in fakes.nodes],
+        }
+    )
+    return Fleet(config, ModelsConfig(models=profiles), GatewayMetrics(), client=fakes)  # type: ignore[arg-type]
+
+
+async def _with_fleet(fleet: Fleet, work: Any) -> Any:
+    await fleet.start()
+    try:
+        return await work()
+    finally:
+        await fleet.aclose()
+
+
+async def test_concurrent_requests_for_a_cold_model_share_one_load() -> None:
+    fakes = FakeNeurons({"a": 1000, "b": 1000}, SIZES)
+    fleet = _fleet(fakes, [ModelProfile(id="m0", neurons=["b", "a"])])
+
+    async def work() -> list[str]:
+        return list(await asyncio.gather(*(fleet.ensure("m0", lease=False) for _ in range(20))))
+
+    nodes = await _with_fleet(fleet, work)
+    assert nodes == ["b"] * 20
+    assert fakes.loads == [("b", "m0")]
+
+
+async def test_pinned_models_load_at_start_and_come_back_after_a_restart() -> None:
+    fakes = FakeNeurons({"a": 1000}, SIZES)
+    fleet = _fleet(fakes, [ModelProfile(id="m3", pinned=True), ModelProfile(id="m0")])
+
+    async def work() -> None:
+        await _until(lambda: fleet.snapshot.ready_on("m3") == ["a"])
+        fakes.nodes["a"].up = False
+        await _until(lambda: not fleet.snapshot.nodes["a"].up)
+        fakes.nodes["a"].models.clear()  # the neuron restarted empty
+        fakes.nodes["a"].up = True
+        await _until(lambda: fleet.snapshot.ready_on("m3") == ["a"])
+
+    await _with_fleet(fleet, work)
+    assert fakes.loads == [("a", "m3"), ("a", "m3")]
+
+
+async def test_a_slow_poll_does_not_hide_a_model_loaded_meanwhile() -> None:
+    fakes = FakeNeurons({"a": 1000}, SIZES)
+    fleet = _fleet(fakes, [ModelProfile(id="m0")])
+
+    async def work() -> None:
+        fakes.node_delays = [0.4]  # the next poll reads the node, then answers late
+        await asyncio.sleep(0.15)
+        await fleet.ensure("m0", lease=False)  # loaded while that poll is in flight
+        for _ in range(100):  # the stale poll arrives meanwhile; m0 must never vanish
+            assert fleet.snapshot.ready_on("m0") == ["a"]
+            await asyncio.sleep(0.005)
+
+    await _with_fleet(fleet, work)
+
+
+async def test_no_capacity_names_needed_and_largest_free() -> None:
+    fakes = FakeNeurons({"a": 1000, "b": 800}, SIZES)
+    fleet = _fleet(fakes, [ModelProfile(id="big", memory=5000)])
+
+    async def work() -> CortexError:
+        try:
+            await fleet.ensure("big")
+        except CortexError as exc:
+            return exc
+        raise AssertionError("placed a model that fits nowhere")
+
+    error = await _with_fleet(fleet, work)
+    assert isinstance(error, NoCapacity)
+    assert error.status == 503
+    assert error.extra == {"needed_bytes": 5000, "largest_free_bytes": 1000}
+
+
+async def test_underestimated_size_is_learnt_from_the_neurons_507() -> None:
+    # No size known up front: the neuron's 507 teaches the gateway, which then evicts.
+    fakes = FakeNeurons({"a": 600}, SIZES)
+    fleet = _fleet(fakes, [ModelProfile(id="m0"), ModelProfile(id="m2")])
+
+    async def work() -> str:
+        await fleet.ensure("m0", lease=False)
+        return await fleet.ensure("m2", lease=False)
+
+    assert await _with_fleet(fleet, work) == "a"
+    assert fakes.unloads == [("a", "m0")]
+    assert set(fakes.nodes["a"].models) == {"m2"}
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    budgets=st.lists(st.integers(3, 10), min_size=1, max_size=3),
+    requests=st.lists(st.sampled_from(["m0", "m1", "m2", "m3"]), min_size=1, max_size=25),
+    pinned=st.sets(st.sampled_from(["m0", "m1", "m2", "m3"]), max_size=1),
+    seed=st.integers(0, 1000),
+)
+def test_random_workloads_keep_every_invariant(
+    budgets: list[int], requests: list[str], pinned: set[str], seed: int
+) -> None:
+    names = ["a", "b", "c"][: len(budgets)]
+    fakes = FakeNeurons({n: b * 100 for n, b in zip(names, budgets, strict=True)}, SIZES, seed=seed)
+    profiles = [
+        ModelProfile(id=m, memory=SIZES[m], pinned=m in pinned, priority=i)
+        for i, m in enumerate(["m0", "m1", "m2", "m3"])
+    ]
+    fleet = _fleet(fakes, profiles, strategy=random.Random(seed).choice(["lru", "priority"]))
+    rng = random.Random(seed)
+
+    async def one(model: str) -> None:
+        await asyncio.sleep(rng.uniform(0, 0.02))
+        try:
+            node = await fleet.ensure(model)  # leased: counted in flight, so never evicted now
+        except CortexError:
+            return
+        try:
+            await asyncio.sleep(rng.uniform(0, 0.01))
+            assert model in fakes.nodes[node].models
+        finally:
+            fleet.release(node, model)
+
+    async def work() -> None:
+        await asyncio.gather(*(one(m) for m in requests))
+
+    asyncio.run(_with_fleet(fleet, work))
+    assert all(count <= 1 for count in fakes.max_parallel_loads.values())
+    assert fakes.over_budget == []
+    evicted = {model for _, model in fakes.unloads}
+    assert not evicted & pinned
+
+
+async def _until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
