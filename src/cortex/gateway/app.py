@@ -1,0 +1,231 @@
+"""The gateway's HTTP surface. Thin: the hot routes go straight to ``Proxy`` on the
+gateway's own HTTP server; the rest (catalogue, fleet operations, liveness) is a small
+Starlette app reached through the ASGI bridge.
+
+Every error leaves in the OpenAI envelope; ``HEAD`` on any path answers 200 (Claude
+Code probes ``HEAD /`` and preconnects with ``HEAD`` on other paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from cortex.config import CortexConfig, ModelsConfig
+from cortex.errors import CortexError, EngineFailure, InvalidRequest, NotFound
+from cortex.gateway.bridge import call_asgi
+from cortex.gateway.catalogue import Catalogue, fleet_view, placements
+from cortex.gateway.fleet import Fleet
+from cortex.gateway.http import HttpRequest, HttpServer, Responder
+from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.proxy import Proxy
+from cortex.gateway.upstream import UpstreamPool
+from cortex.protocol import openai
+from cortex.protocol.fleet import (
+    FleetActionResult,
+    FleetLoadRequest,
+    FleetPinRequest,
+    FleetProgress,
+    FleetUnloadRequest,
+)
+from cortex.web import error_response, json_response, read_body
+
+log = logging.getLogger(__name__)
+
+OPENAI_ROUTES = {"/v1/chat/completions": "chat", "/v1/responses": "responses"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class GatewayApp:
+    def __init__(self, config: CortexConfig, models: ModelsConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.fleet = Fleet(config, models, self.metrics)
+        self.pool = UpstreamPool()
+        self.proxy = Proxy(self.fleet, self.pool, self.metrics, config.gateway)
+        self.catalogue = Catalogue()
+        self.control = self._control_app()
+
+    async def handle(self, request: HttpRequest, responder: Responder) -> None:
+        dialect = OPENAI_ROUTES.get(request.path)
+        if dialect is not None and request.method == "POST":
+            await self.proxy.handle(request, responder, dialect)
+        elif request.method == "HEAD":
+            responder.respond(200, b"")
+        else:
+            await call_asgi(self.control, request, responder)
+
+    def server(self) -> HttpServer:
+        return HttpServer(
+            self.handle, error_payload, max_body=self.config.gateway.max_request_bytes
+        )
+
+    async def start(self) -> None:
+        """Poll the fleet once (and load pinned models) before serving."""
+        await self.fleet.start()
+
+    async def aclose(self) -> None:
+        await self.fleet.aclose()
+        await self.pool.aclose()
+
+    def _control_app(self) -> Starlette:
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/fleet", self.fleet_status, methods=["GET"]),
+            Route("/fleet/load", self.fleet_load, methods=["POST"]),
+            Route("/fleet/unload", self.fleet_unload, methods=["POST"]),
+            Route("/fleet/pin", self.fleet_pin, methods=["POST"]),
+        ]
+        return Starlette(
+            routes=routes,
+            exception_handlers={
+                CortexError: self._on_error,
+                Exception: self._on_error,
+                404: self._not_found,
+                405: self._not_found,
+            },
+        )
+
+    # --- routes ----------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        up = sum(1 for n in self.fleet.snapshot.nodes.values() if n.up)
+        return json_response(
+            {"status": "ok", "nodes_up": up, "nodes": len(self.fleet.snapshot.nodes)}
+        )
+
+    async def models(self, request: Request) -> Response:
+        return Response(self.catalogue.openai(self.fleet.snapshot), media_type="application/json")
+
+    async def fleet_status(self, request: Request) -> Response:
+        return json_response(fleet_view(self.fleet.snapshot))
+
+    async def fleet_load(self, request: Request) -> Response:
+        body = openai.parse_request(FleetLoadRequest, await self._body(request))
+        model = self.fleet.snapshot.resolve(body.model)
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return StreamingResponse(
+                self._load_events(model, body.node),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+            )
+        node = await self.fleet.ensure(model, body.node, lease=False)
+        return json_response(FleetActionResult(model=model, nodes=[node], state="ready"))
+
+    async def _load_events(self, model: str, node: str | None) -> AsyncIterator[bytes]:
+        progress: asyncio.Queue[FleetProgress] = asyncio.Queue()
+        task = asyncio.ensure_future(
+            self.fleet.ensure(model, node, progress.put_nowait, lease=False)
+        )
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        while not task.done():
+            getter = asyncio.ensure_future(progress.get())
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield _event("progress", getter.result().model_dump())
+            else:
+                getter.cancel()
+        while not progress.empty():
+            yield _event("progress", progress.get_nowait().model_dump())
+        error = task.exception()
+        if error is None:
+            result = FleetActionResult(model=model, nodes=[task.result()], state="ready")
+            yield _event("result", result.model_dump())
+        else:
+            err = error if isinstance(error, CortexError) else EngineFailure(str(error))
+            yield _event("error", openai.error_body(err) | {"status": err.status})
+
+    async def fleet_unload(self, request: Request) -> Response:
+        body = openai.parse_request(FleetUnloadRequest, await self._body(request))
+        model = self.fleet.snapshot.resolve(body.model)
+        nodes = await self.fleet.unload(model, body.node, body.force)
+        return json_response(FleetActionResult(model=model, nodes=nodes, state="unloaded"))
+
+    async def fleet_pin(self, request: Request) -> Response:
+        body = openai.parse_request(FleetPinRequest, await self._body(request))
+        model = self.fleet.snapshot.resolve(body.model)
+        if not self.fleet.snapshot.is_known(model):
+            raise NotFound(f"The model {model!r} does not exist", param="model")
+        self.fleet.pin(model, body.pinned)
+        await asyncio.sleep(0)  # let the owner apply it before answering
+        entry = next(p for p in placements(self.fleet.snapshot) if p.id == model)
+        word = "pinned" if body.pinned else "unpinned"
+        return json_response(
+            FleetActionResult(model=model, nodes=entry.nodes, state=entry.state, message=word)
+        )
+
+    # --- helpers -----------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        return await read_body(request, self.config.gateway.max_request_bytes)
+
+    async def _on_error(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, CortexError):
+            return error_response(exc, openai.error_body)
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            EngineFailure(f"Internal error: {type(exc).__name__}"), openai.error_body
+        )
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        if getattr(exc, "status_code", 404) == 405:
+            err = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}")
+            return json_response(openai.error_body(err), status=405)
+        return error_response(NotFound(f"No route {request.url.path}"), openai.error_body)
+
+
+def error_payload(path: str, err: CortexError) -> tuple[bytes, bytes]:
+    """The body for an error the HTTP server itself raises (bad framing, too large)."""
+    return b"application/json", json.dumps(openai.error_body(err)).encode()
+
+
+def metrics_server(metrics: GatewayMetrics) -> HttpServer:
+    """``GET /metrics`` on the metrics port."""
+
+    async def handle(request: HttpRequest, responder: Responder) -> None:
+        if request.path == "/metrics":
+            content_type = b"text/plain; version=0.0.4; charset=utf-8"
+            responder.respond(200, metrics.render(), content_type)
+        else:
+            err = NotFound(f"No route {request.path}: metrics are at /metrics")
+            responder.respond(404, json.dumps(openai.error_body(err)).encode())
+
+    return HttpServer(handle, error_payload, max_body=1024 * 1024)
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class GatewayService:
+    """The gateway's API and metrics servers, after a first poll of the fleet."""
+
+    def __init__(self, app: GatewayApp, listen: tuple[str, int], metrics_listen: tuple[str, int]):
+        self.app = app
+        self.listen = listen
+        self.metrics_listen = metrics_listen
+        self.http = app.server()
+        self.metrics_http = metrics_server(app.metrics)
+
+    async def start(self) -> None:
+        await self.app.start()
+        await self.metrics_http.start(*self.metrics_listen)
+        await self.http.start(*self.listen)
+        log.info("gateway listening on %s:%d", *self.listen)
+
+    def finished(self) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()  # runs until stopped
+
+    async def stop(self) -> None:
+        await self.http.stop()
+        await self.metrics_http.stop()
+        await self.app.aclose()
