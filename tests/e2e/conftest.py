@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.procs import Neuron
+from tests.e2e.procs import Gateway, Neuron
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,34 @@ def model_dir(
     }.items():
         shutil.copytree(source, root / name)
     return root
+
+
+@pytest.fixture(scope="session")
+def fleet_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, trained_model: Path
+) -> Path:
+    """Copies of the tiny model under several ids (m1…m5), and the trained one."""
+    root = tmp_path_factory.mktemp("fleet-models")
+    for name in ("m1", "m2", "m3", "m4", "m5"):
+        shutil.copytree(tiny_model, root / name)
+    shutil.copytree(trained_model, root / "trained")
+    return root
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``start_gateway(neurons, models_toml, **kw)`` → a running Gateway."""
+    started: list[Gateway] = []
+
+    def start(neurons: dict[str, Neuron], models_toml: str, **kwargs: Any) -> Gateway:
+        gateway = Gateway(neurons, models_toml, tmp_path / f"gateway-{len(started)}", **kwargs)
+        started.append(gateway)
+        gateway.wait_ready()
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
 
 
 @pytest.fixture

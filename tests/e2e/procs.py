@@ -1,4 +1,4 @@
-"""Helpers that run real processes for end-to-end tests."""
+"""Real neuron and gateway processes for end-to-end tests, on free loopback ports."""
 
 from __future__ import annotations
 
@@ -22,43 +22,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Neuron:
-    """A ``neuron serve`` process; ``url`` is its base URL."""
+class Process:
+    """A child process serving HTTP at ``url``; its output goes to ``log_path``."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(
+        self, command: list[str], port: int, log_path: Path, env: dict[str, str] | None
+    ) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        command = [
-            sys.executable,
-            "-m",
-            "cortex.neuron",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-        ]
         full_env = {**os.environ, "NEURON_CPU_THREADS": "1", **(env or {})}
         self.process = subprocess.Popen(
-            [*command, *args], stdout=self._log, stderr=subprocess.STDOUT, env=full_env
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env
         )
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, path: str = "/health") -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"neuron exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(f"process exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}{path}", timeout=1.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"neuron did not answer within {STARTUP_TIMEOUT}s:\n{self.log()}")
+        raise RuntimeError(f"process did not answer within {STARTUP_TIMEOUT}s:\n{self.log()}")
 
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, like a host that loses power."""
+        self.process.kill()
+        self.process.wait()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -75,3 +74,64 @@ class Neuron:
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", timeout=120.0, **kwargs)
+
+
+class Neuron(Process):
+    """``neuron serve`` with the given flags."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        port = free_port()
+        command = [sys.executable, "-m", "cortex.neuron", "serve", "--listen", f"127.0.0.1:{port}"]
+        super().__init__([*command, *args], port, log_path, env)
+
+
+class Gateway(Process):
+    """``cortex serve`` over a cortex.toml written for the given neurons."""
+
+    def __init__(
+        self,
+        neurons: dict[str, Neuron],
+        models_toml: str,
+        workdir: Path,
+        *,
+        strategy: str = "lru",
+        extra: str = "",
+    ) -> None:
+        port, metrics_port = free_port(), free_port()
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}"
+        lines = [
+            "[gateway]",
+            f'listen = "127.0.0.1:{port}"',
+            f'metrics_listen = "127.0.0.1:{metrics_port}"',
+            'poll_interval = "300ms"',
+            "[eviction]",
+            f'strategy = "{strategy}"',
+            extra,
+        ]
+        for name, neuron in neurons.items():
+            lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{neuron.url}"']
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "cortex.toml").write_text("\n".join(lines) + "\n")
+        (workdir / "models.toml").write_text(models_toml)
+        command = [
+            sys.executable,
+            "-m",
+            "cortex",
+            "serve",
+            "--config",
+            str(workdir / "cortex.toml"),
+        ]
+        super().__init__(command, port, workdir / "gateway.log", None)
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.metrics_url}/metrics", timeout=10).text
+
+    def fleet(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.get("/fleet").json()
+        return data
+
+    def loaded(self, node: str) -> set[str]:
+        for item in self.fleet()["nodes"]:
+            if item["name"] == node:
+                return {m["id"] for m in item["models"] if m["state"] == "ready"}
+        raise KeyError(node)

@@ -17,7 +17,12 @@ import typer
 from cortex.config import NeuronConfig, load_neuron_config
 from cortex.errors import ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve Hugging Face models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Serve Hugging Face models.",
+)
 
 DEMO_MODEL = "cortex-tiny"
 
@@ -25,23 +30,20 @@ DEMO_MODEL = "cortex-tiny"
 def run(config: NeuronConfig, *, log_level: str = "info", access_log: bool = False) -> None:
     """Serve until interrupted."""
     import torch
-    import uvicorn
 
     from cortex.neuron.app import create_app
+    from cortex.server import UvicornService
+    from cortex.server import run as run_services
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
-    uvicorn.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        log_level=log_level,
-        access_log=access_log,
-        http="httptools",
-        loop="auto",
-        timeout_graceful_shutdown=5,
+    service = UvicornService(
+        create_app(config), config.host, config.port, log_level=log_level, access_log=access_log
     )
+    code = run_services([service])
+    if code:
+        raise typer.Exit(code)
 
 
 def _configure_logging(level: str) -> None:

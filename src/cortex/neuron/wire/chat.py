@@ -118,9 +118,9 @@ class ChunkProjector:
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         payload = dict(self._base)
+        # No per-chunk "usage": null: the gateway relays these bytes to clients that did
+        # not ask for usage, and only the final usage chunk (choices: []) carries it.
         payload["choices"] = [
             {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         ]
-        if self._include_usage:
-            payload["usage"] = None
         return sse(payload)
