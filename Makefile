@@ -5,7 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
-PORT   ?= 13131
+PORT   ?= 31313
+METRICS_PORT ?= 31314
 
 # An NVIDIA GPU gets the normal (CUDA) torch build; everything else gets the CPU
 # build, pinned because an unpinned torch pulls a multi-GB CUDA wheel.
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/neuron demo --listen $(HOST):$(PORT)
+	$(BIN)/cortex up --listen $(HOST):$(PORT) --metrics-listen $(HOST):$(METRICS_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
