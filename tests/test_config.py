@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cortex.config import load_neuron_config, parse_duration, parse_size
+from cortex.config import load_gateway_config, load_neuron_config, parse_duration, parse_size
 from cortex.errors import ConfigError
 
 
@@ -68,3 +68,54 @@ def test_bad_file_names_file_key_and_reason(
 def test_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_neuron_config(tmp_path / "nope.toml")
+
+
+CORTEX_TOML = """
+[gateway]
+poll_interval = "500ms"
+[eviction]
+strategy = "priority"
+[[neurons]]
+name = "beast"
+endpoint = "http://beast.internal:13131"
+"""
+
+
+def test_gateway_files_with_models_beside_them(tmp_path: Path) -> None:
+    (tmp_path / "cortex.toml").write_text(CORTEX_TOML)
+    (tmp_path / "models.toml").write_text(
+        '[[models]]\nid = "qwen3-8b"\nsource = "Qwen/Qwen3-8B"\nneurons = ["beast"]\n'
+        'memory = "17GiB"\n[aliases]\n"claude-sonnet-4-5" = "qwen3-8b"\n'
+    )
+    cortex, models = load_gateway_config(tmp_path / "cortex.toml", None, {"listen": "127.0.0.1:9"})
+    assert cortex.gateway.poll_interval == 0.5
+    assert cortex.gateway.listen == "127.0.0.1:9"
+    assert cortex.eviction.strategy == "priority"
+    profile = models.profile("qwen3-8b")
+    assert profile is not None
+    assert profile.memory == 17 * 1024**3
+    assert models.aliases == {"claude-sonnet-4-5": "qwen3-8b"}
+
+
+@pytest.mark.parametrize(
+    ("cortex_toml", "models_toml", "file", "key", "reason"),
+    [
+        (CORTEX_TOML + 'colour = "red"\n', "", "cortex.toml", "colour", "unknown key"),
+        ('[eviction]\nstrategy = "random"\n', "", "cortex.toml", "eviction.strategy", "lru"),
+        ('[[neurons]]\nname = "x"\nendpoint = "ftp://x"\n', "", "cortex.toml", "endpoint", "http"),
+        (CORTEX_TOML, '[[models]]\nid = "m"\nneurons = ["ghost"]\n', "models.toml",
+         "models.0.neurons", "ghost"),
+        (CORTEX_TOML, '[[models]]\nid = "m"\npriority = "high"\n', "models.toml",
+         "models.0.priority", "integer"),
+    ],
+)  # fmt: skip
+def test_bad_gateway_files_name_file_key_and_reason(
+    tmp_path: Path, cortex_toml: str, models_toml: str, file: str, key: str, reason: str
+) -> None:
+    (tmp_path / "cortex.toml").write_text(cortex_toml)
+    (tmp_path / "models.toml").write_text(models_toml)
+    with pytest.raises(ConfigError) as info:
+        load_gateway_config(tmp_path / "cortex.toml")
+    assert file in info.value.message
+    assert key in info.value.message
+    assert reason in info.value.message

@@ -37,6 +37,8 @@ class FakeNeurons:
         self.over_budget: list[str] = []
         self.random = random.Random(seed)
         self.node_delays: list[float] = []  # the next /node calls take this long, in order
+        self.load_delay: float | None = None  # fixed load time (else a few random ms)
+        self.defrags: list[str] = []
 
     async def aclose(self) -> None:
         return None
@@ -70,7 +72,8 @@ class FakeNeurons:
             self.max_parallel_loads.get(model, 0), self.loading[model]
         )
         try:
-            await asyncio.sleep(self.random.uniform(0.001, 0.01))
+            delay = self.load_delay
+            await asyncio.sleep(delay if delay is not None else self.random.uniform(0.001, 0.01))
             if model in fake.models:
                 return fake.models[model]
             size = self.sizes[model]
@@ -102,6 +105,7 @@ class FakeNeurons:
 
     async def defrag(self, node: NodeState) -> int:
         self._reach(node)
+        self.defrags.append(node.name)
         return 0
 
     def _reach(self, node: NodeState) -> FakeNode:

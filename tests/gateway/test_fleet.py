@@ -80,6 +80,19 @@ async def test_a_slow_poll_does_not_hide_a_model_loaded_meanwhile() -> None:
     await _with_fleet(fleet, work)
 
 
+async def test_a_node_is_defragmented_after_its_eviction_cycles() -> None:
+    fakes = FakeNeurons({"a": 300}, SIZES)  # one model at a time: every load evicts
+    fleet = _fleet(fakes, [ModelProfile(id=m, memory=SIZES[m]) for m in ("m0", "m1", "m3")])
+
+    async def work() -> None:
+        for model in ("m0", "m1", "m3", "m0", "m1"):
+            await fleet.ensure(model, lease=False)
+
+    await _with_fleet(fleet, work)
+    assert len(fakes.unloads) == 4
+    assert fakes.defrags == ["a", "a"]  # defrag_after_cycles = 2
+
+
 async def test_no_capacity_names_needed_and_largest_free() -> None:
     fakes = FakeNeurons({"a": 1000, "b": 800}, SIZES)
     fleet = _fleet(fakes, [ModelProfile(id="big", memory=5000)])

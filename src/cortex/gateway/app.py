@@ -26,6 +26,7 @@ from cortex.gateway.catalogue import Catalogue, fleet_view, placements
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.http import HttpRequest, HttpServer, Responder
 from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.neurons import NeuronClient
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.upstream import UpstreamPool
 from cortex.protocol import openai
@@ -45,10 +46,12 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class GatewayApp:
-    def __init__(self, config: CortexConfig, models: ModelsConfig) -> None:
+    def __init__(
+        self, config: CortexConfig, models: ModelsConfig, client: NeuronClient | None = None
+    ) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
-        self.fleet = Fleet(config, models, self.metrics)
+        self.fleet = Fleet(config, models, self.metrics, client)
         self.pool = UpstreamPool()
         self.proxy = Proxy(self.fleet, self.pool, self.metrics, config.gateway)
         self.catalogue = Catalogue()

@@ -270,14 +270,14 @@ class Proxy:
                 complete, _, pending = pending.rpartition(b"\n\n")
                 out = []
                 for event in complete.split(b"\n\n"):
-                    if b'"choices":[]' in event and b'"usage":{' in event:
-                        outcome.prompt_tokens, outcome.completion_tokens = _usage(event)
-                        if not request.wants_usage:
+                    if b'"usage"' in event:  # rare: one event per stream carries usage
+                        usage, usage_only = _stream_usage(event)
+                        if usage is not None:
+                            outcome.prompt_tokens, outcome.completion_tokens = usage
+                        if usage_only and not request.wants_usage:
                             continue
                     elif is_token(event):
                         recorder.chunk()
-                    elif request.dialect == "responses" and b'"usage":{' in event:
-                        outcome.prompt_tokens, outcome.completion_tokens = _usage(event)
                     out.append(event)
                 if out:
                     await responder.write(b"\n\n".join(out) + b"\n\n")
@@ -306,6 +306,33 @@ def _is_responses_token(event: bytes) -> bool:
     return b'.delta"' in event
 
 
+def _stream_usage(event: bytes) -> tuple[tuple[int, int] | None, bool]:
+    """(tokens, is the chat usage-only chunk) of an SSE event that mentions usage."""
+    data = event[event.find(b"{") :]
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, False
+    if not isinstance(payload, dict):
+        return None, False
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):  # Responses API: inside response.completed's response
+        response = payload.get("response")
+        usage = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(usage, dict):
+        return None, False
+    return _tokens(usage), payload.get("choices") == []
+
+
+def _tokens(usage: dict[str, object]) -> tuple[int, int]:
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    return (
+        prompt if isinstance(prompt, int) else 0,
+        completion if isinstance(completion, int) else 0,
+    )
+
+
 def _usage(data: bytes) -> tuple[int, int]:
     """(prompt, completion) tokens from the last ``"usage"`` object in ``data``, else zeros."""
     at = data.rfind(b'"usage":{')
@@ -315,11 +342,4 @@ def _usage(data: bytes) -> tuple[int, int]:
         usage, _ = _decoder.raw_decode(data[at + 8 :].decode("utf-8", "replace"))
     except ValueError:
         return 0, 0
-    if not isinstance(usage, dict):
-        return 0, 0
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    return (
-        prompt if isinstance(prompt, int) else 0,
-        completion if isinstance(completion, int) else 0,
-    )
+    return _tokens(usage) if isinstance(usage, dict) else (0, 0)

@@ -1,0 +1,207 @@
+"""The gateway's relay, in-process: fake neurons that speak HTTP, in-memory lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
+from cortex.gateway import proxy
+from cortex.gateway.app import GatewayApp
+from cortex.gateway.http import HttpRequest, HttpServer, Responder
+from tests.gateway.fakes import FakeNeurons
+
+HELLO = [{"role": "user", "content": "hi"}]
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {"id": "c1", "object": "chat.completion.chunk", "model": "m0",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass
+class FakeChat:
+    """A neuron's chat endpoint: answers, streams, refuses or stalls as told."""
+
+    name: str
+    status: int = 200
+    stall: float = 0.0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, request: HttpRequest, responder: Responder) -> None:
+        body = json.loads(request.body)
+        self.bodies.append(body)
+        try:
+            await asyncio.sleep(self.stall)
+            if self.status != 200:
+                error = {"error": {"message": f"{self.name} says no", "type": "x", "code": None}}
+                responder.respond(self.status, json.dumps(error).encode())
+                return
+            if not body.get("stream"):
+                reply = {"id": "c1", "object": "chat.completion", "model": body["model"],
+                         "choices": [{"index": 0, "message": {"role": "assistant",
+                                      "content": f"from {self.name}"}, "finish_reason": "stop"}],
+                         "usage": USAGE}  # fmt: skip
+                responder.respond(200, json.dumps(reply).encode())
+                return
+            responder.start(200, [(b"content-type", b"text/event-stream")])
+            await responder.write(_chunk({"role": "assistant", "content": ""}))
+            for word in ("one", " two"):
+                await responder.write(_chunk({"content": word}))
+                await asyncio.sleep(0.01)
+            await responder.write(_chunk({}, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"id": "c1", "object": "chat.completion.chunk", "choices": [],
+                         "usage": USAGE}  # fmt: skip
+                await responder.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+            await asyncio.sleep(self.stall)
+            responder.end(b"data: [DONE]\n\n")
+        except asyncio.CancelledError:
+            self.disconnected.set()
+            raise
+
+
+@dataclass
+class Rig:
+    url: str
+    app: GatewayApp
+    fakes: FakeNeurons
+    chats: dict[str, FakeChat]
+
+
+@pytest.fixture
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """Two nodes with m0 ready on both unless a test's marker-free params say otherwise."""
+    options: dict[str, Any] = getattr(request, "param", {})
+    chats = {name: FakeChat(name) for name in ("a", "b")}
+    servers = {}
+    for name, chat in chats.items():
+        server = HttpServer(chat, lambda p, e: (b"application/json", b"{}"), max_body=10**6)
+        await server.start("127.0.0.1", 0)
+        servers[name] = server
+    fakes = FakeNeurons({"a": 10_000, "b": 10_000}, {"m0": 100, "m1": 100})
+    config = CortexConfig(
+        gateway=GatewaySection(
+            poll_interval=0.05, request_timeout=options.get("request_timeout", 5.0), load_timeout=5
+        ),
+        neurons=[
+            NeuronEntry(name=n, endpoint=f"http://127.0.0.1:{s.port}") for n, s in servers.items()
+        ],
+    )
+    models = ModelsConfig(
+        models=[ModelProfile(id="m0", neurons=["a", "b"]), ModelProfile(id="m1", neurons=["a"])],
+        aliases={"gpt-4o": "m0"},
+    )
+    app = GatewayApp(config, models, client=fakes)  # type: ignore[arg-type]
+    await app.start()
+    front = app.server()
+    await front.start("127.0.0.1", 0)
+    try:
+        yield Rig(f"http://127.0.0.1:{front.port}", app, fakes, chats)
+    finally:
+        await front.stop(grace=0.2)
+        await app.aclose()
+        for server in servers.values():
+            await server.stop(grace=0.2)
+
+
+async def _post(rig: Rig, body: dict[str, Any], timeout: float = 10.0) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        return await client.post(f"{rig.url}/v1/chat/completions", json=body)
+
+
+async def test_alias_is_rewritten_and_the_node_named(rig: Rig) -> None:
+    response = await _post(rig, {"model": "gpt-4o", "messages": HELLO})
+    assert response.status_code == 200
+    assert response.headers["x-cortex-node"] == "a"
+    assert rig.chats["a"].bodies[-1]["model"] == "m0"
+
+
+async def test_usage_chunk_is_asked_for_and_removed_unless_wanted(rig: Rig) -> None:
+    plain = await _post(rig, {"model": "m0", "messages": HELLO, "stream": True})
+    assert rig.chats["a"].bodies[-1]["stream_options"] == {"include_usage": True}
+    assert b'"usage"' not in plain.content
+    assert plain.content.endswith(b"data: [DONE]\n\n")
+    wanted = await _post(
+        rig,
+        {
+            "model": "m0",
+            "messages": HELLO,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    assert b'"usage":{"prompt_tokens":3' in wanted.content.replace(b" ", b"")
+    metrics = rig.app.metrics.render().decode()
+    assert 'cortex_generation_tokens_total{model="m0",node="a"} 4.0' in metrics
+
+
+async def test_a_refusing_node_is_retried_on_the_other_before_any_byte(rig: Rig) -> None:
+    await rig.app.fleet.ensure("m0", "a", lease=False)
+    await rig.app.fleet.ensure("m0", "b", lease=False)
+    rig.chats["a"].status = 503
+    response = await _post(rig, {"model": "m0", "messages": HELLO})
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "from b"
+    assert len(rig.chats["a"].bodies) == 1
+
+
+async def test_cold_stream_gets_comments_while_its_model_loads(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proxy, "KEEPALIVE_EVERY", 0.05)
+    rig.fakes.load_delay = 0.3
+    response = await _post(rig, {"model": "m1", "messages": HELLO, "stream": True})
+    assert response.status_code == 200
+    assert response.content.startswith(b": loading m1\n\n")
+    assert b'"content":"one"' in response.content
+    assert rig.fakes.loads == [("a", "m1")]
+
+
+async def test_a_client_that_leaves_closes_the_upstream_request(rig: Rig) -> None:
+    rig.chats["a"].stall = 5.0
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(
+                f"{rig.url}/v1/chat/completions",
+                json={"model": "m0", "messages": HELLO},
+                timeout=0.3,
+            )
+    await asyncio.wait_for(rig.chats["a"].disconnected.wait(), 2.0)
+    assert rig.app.fleet.busy == {}
+
+
+@pytest.mark.parametrize("rig", [{"request_timeout": 0.2}], indirect=True)
+async def test_a_silent_neuron_is_a_504(rig: Rig) -> None:
+    rig.chats["a"].stall = 2.0
+    response = await _post(rig, {"model": "m0", "messages": HELLO})
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "timeout_error"
+
+
+async def test_all_allowed_nodes_down_is_a_503(rig: Rig) -> None:
+    rig.fakes.nodes["a"].up = False
+    rig.app.fleet.node_failed("a", "gone")
+    await asyncio.sleep(0.1)
+    response = await _post(rig, {"model": "m1", "messages": HELLO})
+    assert response.status_code == 503
+    assert "down" in response.json()["error"]["message"]
+
+
+async def test_unknown_model_and_bad_json(rig: Rig) -> None:
+    missing = await _post(rig, {"model": "nope", "messages": HELLO})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
+    async with httpx.AsyncClient() as client:
+        bad = await client.post(f"{rig.url}/v1/chat/completions", content=b"{oops")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["type"] == "invalid_request_error"
