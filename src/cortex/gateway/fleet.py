@@ -25,103 +25,37 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from cortex.config import CortexConfig, ModelsConfig
 from cortex.errors import CortexError, InsufficientMemory, ModelNotFound, NoCapacity
+from cortex.gateway.messages import (
+    Barrier,
+    Ensure,
+    Listener,
+    LoadDone,
+    LoadState,
+    Message,
+    Pin,
+    Polled,
+    Reading,
+    Unload,
+    UnloadDone,
+    Waiter,
+    apply_reading,
+)
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
+from cortex.gateway.poller import Poller, read
 from cortex.gateway.router import Placement, Unplaceable, plan
 from cortex.gateway.state import NodeState, PendingLoad, Snapshot
 from cortex.protocol.fleet import FleetProgress
-from cortex.protocol.lifecycle import AvailableModel, LoadProgress, NodeStatus
+from cortex.protocol.lifecycle import LoadProgress
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[FleetProgress], None]
-MAX_BACKOFF = 30.0
-AVAILABLE_EVERY = 15  # polls between refreshes of what a node has on disk
 PIN_RETRY = 30.0
 MAX_SIZE_RETRIES = 2
-
-
-@dataclass(slots=True)
-class _Waiter:
-    future: asyncio.Future[str]
-    node: str | None
-    listener: Listener | None = None
-    lease: bool = False  # count a request in flight on the node before answering
-
-    def resolve(self, fleet: Fleet, node: str, model: str) -> None:
-        if self.future.done():
-            return
-        if self.lease:
-            fleet.acquire(node, model)
-        self.future.set_result(node)
-
-
-@dataclass(slots=True)
-class _Ensure:
-    model: str
-    waiter: _Waiter
-
-
-@dataclass(slots=True)
-class _Reading:
-    """What a node said (or that it did not answer), and when the question was asked."""
-
-    status: NodeStatus | None
-    taken_at: float  # time.monotonic() before the request went out
-    error: str | None = None
-    available: list[AvailableModel] | None = None
-
-
-@dataclass(slots=True)
-class _Polled:
-    node: str
-    reading: _Reading
-
-
-@dataclass(slots=True)
-class _LoadDone:
-    load: PendingLoad
-    reading: _Reading
-    error: CortexError | None
-    duration: float
-
-
-@dataclass(slots=True)
-class _Unload:
-    model: str
-    node: str | None
-    force: bool
-    future: asyncio.Future[list[str]]
-
-
-@dataclass(slots=True)
-class _UnloadDone:
-    model: str
-    readings: dict[str, _Reading]
-
-
-@dataclass(slots=True)
-class _Pin:
-    model: str
-    pinned: bool
-
-
-@dataclass(slots=True)
-class _Barrier:
-    future: asyncio.Future[None]
-
-
-_Message = _Ensure | _Polled | _LoadDone | _Unload | _UnloadDone | _Pin | _Barrier
-
-
-@dataclass(slots=True)
-class _LoadState:
-    waiters: list[_Waiter] = field(default_factory=list)
-    size_retries: int = 0
 
 
 class Fleet:
@@ -142,11 +76,11 @@ class Fleet:
         self.snapshot = Snapshot(nodes=nodes, models=models, strategy=config.eviction.strategy)
         self.busy: dict[tuple[str, str], int] = {}
         self.last_used: dict[tuple[str, str], float] = {}
-        self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
-        self._loads: dict[str, _LoadState] = {}
-        self._deferred: dict[str, list[_Ensure]] = {}
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._loads: dict[str, LoadState] = {}
+        self._deferred: dict[str, list[Ensure]] = {}
         self._pin_failed: dict[str, float] = {}
-        self._pokes = {name: asyncio.Event() for name in nodes}
+        self.poller = Poller(self.client, lambda: self.snapshot, self._inbox.put_nowait, poll)
         self._tasks: set[asyncio.Task[None]] = set()
         self._owner: asyncio.Task[None] | None = None
 
@@ -155,10 +89,11 @@ class Fleet:
     async def start(self) -> None:
         """Poll every node once (so the first requests see the fleet), then run."""
         self._owner = asyncio.create_task(self._run(), name="fleet-owner")
-        await asyncio.gather(*(self._poll_once(name, with_available=True) for name in self._pokes))
+        names = list(self.snapshot.nodes)
+        await asyncio.gather(*(self.poller.poll(name, with_available=True) for name in names))
         await self._drain_inbox()
-        for name in self._pokes:
-            self._spawn(self._poll_loop(name))
+        for name in names:
+            self._spawn(self.poller.run(name))
 
     async def aclose(self) -> None:
         tasks = [*self._tasks, *([self._owner] if self._owner else [])]
@@ -199,7 +134,7 @@ class Fleet:
         slip in before the caller uses the model; the caller must ``release`` it.
         """
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Ensure(model, _Waiter(future, node, listener, lease)))
+        self._inbox.put_nowait(Ensure(model, Waiter(future, node, listener, lease)))
         try:
             return await future
         except asyncio.CancelledError:
@@ -209,20 +144,19 @@ class Fleet:
 
     async def unload(self, model: str, node: str | None = None, force: bool = False) -> list[str]:
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Unload(model, node, force, future))
+        self._inbox.put_nowait(Unload(model, node, force, future))
         return await future
 
     def pin(self, model: str, pinned: bool) -> None:
-        self._inbox.put_nowait(_Pin(model, pinned))
+        self._inbox.put_nowait(Pin(model, pinned))
 
     def node_failed(self, node: str, error: str) -> None:
         """The proxy could not reach ``node``: mark it down now, not at the next poll."""
-        self._inbox.put_nowait(_Polled(node, _Reading(None, time.monotonic(), error)))
+        self._inbox.put_nowait(Polled(node, Reading(None, time.monotonic(), error)))
         self.poke(node)
 
     def poke(self, node: str) -> None:
-        if node in self._pokes:
-            self._pokes[node].set()
+        self.poller.poke(node)
 
     # --- the owner -------------------------------------------------------------------
 
@@ -237,35 +171,35 @@ class Fleet:
     async def _drain_inbox(self) -> None:
         """Returns once every message sent before this call has been handled."""
         barrier: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Barrier(barrier))
+        self._inbox.put_nowait(Barrier(barrier))
         await barrier
 
-    def _handle(self, message: _Message) -> None:
-        if isinstance(message, _Ensure):
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, Ensure):
             self._on_ensure(message)
-        elif isinstance(message, _Polled):
+        elif isinstance(message, Polled):
             self._on_polled(message)
-        elif isinstance(message, _LoadDone):
+        elif isinstance(message, LoadDone):
             self._on_load_done(message)
-        elif isinstance(message, _Unload):
+        elif isinstance(message, Unload):
             self._on_unload(message)
-        elif isinstance(message, _UnloadDone):
+        elif isinstance(message, UnloadDone):
             self._on_unload_done(message)
-        elif isinstance(message, _Barrier):
+        elif isinstance(message, Barrier):
             message.future.set_result(None)
         else:
             self._publish(pins={**self.snapshot.pins, message.model: message.pinned})
             self._pin_failed.pop(message.model, None)
             self._ensure_pinned()
 
-    def _on_ensure(self, message: _Ensure) -> None:
+    def _on_ensure(self, message: Ensure) -> None:
         snap, model, waiter = self.snapshot, message.model, message.waiter
         ready = snap.ready_on(model)
         if waiter.node is None and ready:
-            waiter.resolve(self, ready[0], model)
+            waiter.resolve(self.acquire, ready[0], model)
             return
         if waiter.node is not None and waiter.node in ready:
-            waiter.resolve(self, waiter.node, model)
+            waiter.resolve(self.acquire, waiter.node, model)
             return
         pending = snap.pending.get(model)
         if pending is not None:
@@ -279,7 +213,7 @@ class Fleet:
             if not waiter.future.done():
                 waiter.future.set_exception(decision.error)
             return
-        self._loads[model] = _LoadState(waiters=[waiter])
+        self._loads[model] = LoadState(waiters=[waiter])
         self._start_load(model, decision)
 
     def _start_load(self, model: str, placement: Placement) -> None:
@@ -294,12 +228,12 @@ class Fleet:
         self._notify(model, placement.node, "placing", f"placing on {placement.node}{victims}")
         self._spawn(self._load(load))
 
-    def _on_load_done(self, message: _LoadDone) -> None:
+    def _on_load_done(self, message: LoadDone) -> None:
         load, snap = message.load, self.snapshot
         pending = {k: v for k, v in snap.pending.items() if k != load.model}
         unloading = snap.unloading - {(load.node, v) for v in load.victims}
         nodes = dict(snap.nodes)
-        node = _apply(nodes[load.node], message.reading)
+        node = apply_reading(nodes[load.node], message.reading)
         if load.victims:
             node = replace(node, eviction_cycles=node.eviction_cycles + 1)
             limit = self.config.eviction.defrag_after_cycles
@@ -308,8 +242,8 @@ class Fleet:
                 self._spawn(self._defrag(node))
         nodes[load.node] = node
         self._publish(nodes=nodes, pending=pending, unloading=unloading)
-        self._update_node_metrics(node)
-        state = self._loads.pop(load.model, _LoadState())
+        self.metrics.record_node(node)
+        state = self._loads.pop(load.model, LoadState())
         error = message.error
         needed = error.extra.get("needed_bytes") if isinstance(error, InsufficientMemory) else None
         if isinstance(needed, int):
@@ -337,27 +271,27 @@ class Fleet:
             if waiter.future.done():
                 continue
             if error is None:
-                waiter.resolve(self, load.node, load.model)
+                waiter.resolve(self.acquire, load.node, load.model)
             else:
                 waiter.future.set_exception(error)
         for deferred in self._deferred.pop(load.model, []):
             self._on_ensure(deferred)
 
-    def _on_polled(self, message: _Polled) -> None:
+    def _on_polled(self, message: Polled) -> None:
         snap = self.snapshot
         before = snap.nodes.get(message.node)
         if before is None:
             return
-        node = _apply(before, message.reading)
+        node = apply_reading(before, message.reading)
         if before.up and not node.up:
             log.warning("node %s is down: %s", node.name, node.error)
         elif node.up and not before.up:
             log.info("node %s is up", node.name)
         self._publish(nodes={**snap.nodes, node.name: node})
-        self._update_node_metrics(node)
+        self.metrics.record_node(node)
         self._ensure_pinned()
 
-    def _on_unload(self, message: _Unload) -> None:
+    def _on_unload(self, message: Unload) -> None:
         snap = self.snapshot
         names = [message.node] if message.node else list(snap.nodes)
         targets = [
@@ -372,12 +306,12 @@ class Fleet:
         self._publish(unloading=snap.unloading | {(n, message.model) for n in targets})
         self._spawn(self._unload(message, targets))
 
-    def _on_unload_done(self, message: _UnloadDone) -> None:
+    def _on_unload_done(self, message: UnloadDone) -> None:
         snap = self.snapshot
         nodes = dict(snap.nodes)
         for name, reading in message.readings.items():
             if reading.status is not None:
-                nodes[name] = _apply(nodes[name], reading)
+                nodes[name] = apply_reading(nodes[name], reading)
         unloading = snap.unloading - {(n, message.model) for n in message.readings}
         self._publish(nodes=nodes, unloading=unloading)
 
@@ -396,7 +330,7 @@ class Fleet:
                 continue
             future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._on_ensure(_Ensure(model, _Waiter(future, None)))
+            self._on_ensure(Ensure(model, Waiter(future, None)))
             if future.done() and future.exception() is not None:
                 self._pin_failed[model] = time.monotonic()
             snap = self.snapshot
@@ -423,11 +357,11 @@ class Fleet:
             await self.client.load(node, load.model, source, self._relay(load.model, node.name))
         except CortexError as exc:
             error = exc
-        reading = await self._read(node)
-        self._inbox.put_nowait(_LoadDone(load, reading, error, time.monotonic() - started))
+        reading = await read(self.client, node)
+        self._inbox.put_nowait(LoadDone(load, reading, error, time.monotonic() - started))
 
-    async def _unload(self, message: _Unload, targets: list[str]) -> None:
-        readings: dict[str, _Reading] = {}
+    async def _unload(self, message: Unload, targets: list[str]) -> None:
+        readings: dict[str, Reading] = {}
         errors: list[CortexError] = []
         for name in targets:
             node = self.snapshot.nodes[name]
@@ -436,8 +370,8 @@ class Fleet:
                 self.metrics.evictions.value(message.model, name, "operator").inc()
             except CortexError as exc:
                 errors.append(exc)
-            readings[name] = await self._read(node)
-        self._inbox.put_nowait(_UnloadDone(message.model, readings))
+            readings[name] = await read(self.client, node)
+        self._inbox.put_nowait(UnloadDone(message.model, readings))
         if errors and not message.future.done():
             message.future.set_exception(errors[0])
         elif not message.future.done():
@@ -449,35 +383,6 @@ class Fleet:
             log.info("defragmented %s: %d bytes freed", node.name, freed)
         except CortexError as exc:
             log.warning("defrag of %s failed: %s", node.name, exc.message)
-
-    async def _poll_loop(self, name: str) -> None:
-        interval = self.config.gateway.poll_interval
-        count = 0
-        while True:
-            node = self.snapshot.nodes[name]
-            delay = (
-                interval if node.up else min(interval * 2 ** min(node.failures, 10), MAX_BACKOFF)
-            )
-            poke = self._pokes[name]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(poke.wait(), delay)
-            poke.clear()
-            count += 1
-            was_down = not self.snapshot.nodes[name].up
-            await self._poll_once(name, with_available=was_down or count % AVAILABLE_EVERY == 0)
-
-    async def _poll_once(self, name: str, *, with_available: bool) -> None:
-        reading = await self._read(self.snapshot.nodes[name], with_available=with_available)
-        self._inbox.put_nowait(_Polled(name, reading))
-
-    async def _read(self, node: NodeState, *, with_available: bool = False) -> _Reading:
-        taken_at = time.monotonic()
-        try:
-            status = await self.client.node(node)
-            available = await self.client.available(node) if with_available else None
-        except CortexError as exc:
-            return _Reading(None, taken_at, exc.message)
-        return _Reading(status, taken_at, None, available)
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -504,44 +409,3 @@ class Fleet:
         for waiter in state.waiters:
             if waiter.listener is not None:
                 waiter.listener(event)
-
-    def _update_node_metrics(self, node: NodeState) -> None:
-        m = self.metrics
-        m.node_up.value(node.name).set(1 if node.up else 0)
-        if node.status is None:
-            return
-        devices = node.status.devices
-        figures = {
-            "total": sum(d.memory_total for d in devices),
-            "free": sum(d.memory_free for d in devices),
-            "used_by_models": sum(d.memory_used_by_models for d in devices),
-            "budget": sum(d.memory_budget or d.memory_total for d in devices),
-        }
-        for kind, value in figures.items():
-            m.node_memory.value(node.name, kind).set(value)
-
-
-def _apply(node: NodeState, reading: _Reading) -> NodeState:
-    """``node`` updated by ``reading``, unless something newer is already known."""
-    if reading.taken_at < node.status_at:
-        return node
-    if reading.status is None:
-        return replace(
-            node,
-            up=False,
-            error=reading.error,
-            failures=node.failures + 1,
-            status_at=reading.taken_at,
-        )
-    node = replace(
-        node,
-        up=True,
-        status=reading.status,
-        last_seen=time.time(),
-        error=None,
-        failures=0,
-        status_at=reading.taken_at,
-    )
-    if reading.available is not None:
-        node = replace(node, available=tuple(reading.available))
-    return node

@@ -25,6 +25,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from cortex.gateway.state import NodeState
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -227,6 +229,20 @@ class GatewayMetrics(Collector):
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def record_node(self, node: NodeState) -> None:
+        self.node_up.value(node.name).set(1 if node.up else 0)
+        if node.status is None:
+            return
+        devices = node.status.devices
+        figures = {
+            "total": sum(d.memory_total for d in devices),
+            "free": sum(d.memory_free for d in devices),
+            "used_by_models": sum(d.memory_used_by_models for d in devices),
+            "budget": sum(d.memory_budget or d.memory_total for d in devices),
+        }
+        for kind, value in figures.items():
+            self.node_memory.value(node.name, kind).set(value)
 
 
 class RequestRecorder:
