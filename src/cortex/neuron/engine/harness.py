@@ -214,4 +214,5 @@ class TransformersHarness:
             prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=seq.num_completion_tokens,
             stop_reason=seq.stop_reason,
+            reasoning_tokens=seq.request.output.reasoning_tokens,
         )

@@ -45,6 +45,7 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     stop_reason: str | int | None = None
+    reasoning_tokens: int = 0  # of completion_tokens, those generated inside reasoning
 
 
 @dataclass(slots=True, frozen=True)

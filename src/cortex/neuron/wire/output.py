@@ -24,6 +24,11 @@ class OutputProcessor(Protocol):
         """Events still pending when generation ends for a reason other than a stop string."""
         ...
 
+    @property
+    def reasoning_tokens(self) -> int:
+        """How many of the tokens fed so far were generated inside reasoning."""
+        ...
+
 
 class StopMatcher:
     """Finds the earliest stop string in streamed text; holds back possible prefixes."""
@@ -84,6 +89,10 @@ class TextOutput:
         if stop is not None:
             self._stopped = True
         return ([Text(text)] if text else []), stop
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return 0
 
     def finish(self) -> list[InferenceEvent]:
         if self._stopped:
