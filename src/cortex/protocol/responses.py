@@ -1,0 +1,315 @@
+"""OpenAI Responses API request shapes (``POST /v1/responses``).
+
+Data shapes only, no I/O; the conversion to chat messages lives in
+``neuron.responses_input`` and the output side in ``neuron.wire.responses``.
+Validated strictly like ``protocol.openai`` (a string where a number belongs is a 400
+naming the field); unknown fields are accepted and ignored. Input items and tools are
+discriminated by ``type``: the kinds we act on are typed, every other kind (hosted tool
+calls, ``item_reference``, hosted tools such as ``web_search``) is kept as a plain dict
+so the converter can say what it ignored instead of refusing the request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from cortex.errors import InvalidRequest
+from cortex.protocol.openai import Penalty, Probability, invalid_from_validation
+
+_REQUEST = ConfigDict(extra="allow", strict=True)
+
+
+def _tag(known: frozenset[str], *, role_means_message: bool = False) -> Any:
+    """A discriminator: a known ``type`` picks its model, any other string type is ``other``."""
+
+    def pick(value: Any) -> str | None:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        if kind is None and role_means_message and isinstance(value, dict) and "role" in value:
+            return "message"
+        if not isinstance(kind, str):
+            return None
+        return kind if kind in known else "other"
+
+    return Discriminator(pick)
+
+
+# --- content parts ------------------------------------------------------------------------
+
+
+class InputText(BaseModel):
+    model_config = _REQUEST
+    type: Literal["input_text"]
+    text: str
+
+
+class OutputText(BaseModel):
+    model_config = _REQUEST
+    type: Literal["output_text"]
+    text: str
+
+
+class Refusal(BaseModel):
+    model_config = _REQUEST
+    type: Literal["refusal"]
+    refusal: str
+
+
+class InputImage(BaseModel):
+    model_config = _REQUEST
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+
+
+class InputFile(BaseModel):
+    model_config = _REQUEST
+    type: Literal["input_file"]
+    file_id: str | None = None
+    filename: str | None = None
+
+
+ContentPart = Annotated[
+    InputText | OutputText | Refusal | InputImage | InputFile, Field(discriminator="type")
+]
+
+# --- input items --------------------------------------------------------------------------
+
+
+class MessageItem(BaseModel):
+    """A message; ``type`` may be left out (an item with ``role`` and no type)."""
+
+    model_config = _REQUEST
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: list[ContentPart] | str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallItem(BaseModel):
+    """A function call the model made earlier, replayed by the client."""
+
+    model_config = _REQUEST
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    namespace: str | None = None
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(BaseModel):
+    """The result of a function call, as text or as a list of parts."""
+
+    model_config = _REQUEST
+    type: Literal["function_call_output"]
+    call_id: str | None = None
+    output: list[ContentPart] | str
+    id: str | None = None
+    status: str | None = None
+
+
+class SummaryText(BaseModel):
+    model_config = _REQUEST
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningText(BaseModel):
+    model_config = _REQUEST
+    type: Literal["reasoning_text", "text"]
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    """Reasoning from an earlier turn; ``encrypted_content`` is accepted and unused."""
+
+    model_config = _REQUEST
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[SummaryText] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+    status: str | None = None
+
+
+_ITEMS = frozenset({"message", "function_call", "function_call_output", "reasoning"})
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[dict[str, Any], Tag("other")],
+    _tag(_ITEMS, role_means_message=True),
+]
+
+# --- tools --------------------------------------------------------------------------------
+
+
+class FunctionTool(BaseModel):
+    model_config = _REQUEST
+    type: Literal["function"]
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+NestedTool = Annotated[
+    Annotated[FunctionTool, Tag("function")] | Annotated[dict[str, Any], Tag("other")],
+    _tag(frozenset({"function"})),
+]
+
+
+class NamespaceTool(BaseModel):
+    """Functions grouped under a name; calls come back as ``name`` plus ``namespace``."""
+
+    model_config = _REQUEST
+    type: Literal["namespace"]
+    name: str = Field(min_length=1)
+    description: str = ""
+    tools: list[NestedTool]
+
+
+ToolSpec = Annotated[
+    Annotated[FunctionTool, Tag("function")]
+    | Annotated[NamespaceTool, Tag("namespace")]
+    | Annotated[dict[str, Any], Tag("other")],
+    _tag(frozenset({"function", "namespace"})),
+]
+
+
+class FunctionChoice(BaseModel):
+    model_config = _REQUEST
+    type: Literal["function"]
+    name: str = Field(min_length=1)
+
+
+def _choice_tag(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "mode"
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if not isinstance(kind, str):
+        return None
+    return "function" if kind == "function" else "other"
+
+
+ToolChoice = Annotated[
+    Annotated[Literal["auto", "none", "required"], Tag("mode")]
+    | Annotated[FunctionChoice, Tag("function")]
+    | Annotated[dict[str, Any], Tag("other")],
+    Discriminator(_choice_tag),
+]
+
+
+class ReasoningConfig(BaseModel):
+    model_config = _REQUEST
+    effort: str | None = None
+    summary: str | None = None
+
+
+# --- the request --------------------------------------------------------------------------
+
+
+class ResponsesRequest(BaseModel):
+    model_config = _REQUEST
+
+    model: str = Field(min_length=1)
+    input: list[InputItem] | str
+    instructions: str | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stream: bool = False
+    store: bool | None = None
+    previous_response_id: str | None = None
+    reasoning: ReasoningConfig | None = None
+    include: list[str] | None = None
+    text: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    prompt_cache_key: str | None = None
+    client_metadata: dict[str, Any] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    # Sampling extras our chat API accepts too.
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: Probability | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+
+
+# Tags pydantic puts in an error's location after a list index (or after ``tool_choice``)
+# to say which union member it tried; never field names there.
+_TAGS = _ITEMS | {
+    "other",
+    "function",
+    "namespace",
+    "mode",
+    "input_text",
+    "output_text",
+    "refusal",
+    "input_image",
+    "input_file",
+}
+
+
+def parse_responses_request(body: bytes) -> ResponsesRequest:
+    """Validate a JSON body; every failure is an InvalidRequest naming the field.
+
+    Like ``openai.parse_request``, but it reports the most specific error (the one deepest
+    in the body) and drops the union branch and tag names pydantic adds to locations, so
+    a bad call id reads ``input.2.call_id`` rather than ``input.2.function_call.call_id``.
+    """
+    try:
+        return ResponsesRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    errors = exc.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid" or not errors[0]["loc"]:
+        return invalid_from_validation(exc)
+    cleaned = [(_clean(e["loc"]), e) for e in errors]
+    loc, error = max(cleaned, key=lambda pair: len(pair[0]))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "Field required"
+    elif error["type"] == "literal_error" and loc and loc[-1] == "role":
+        message = f"Unknown role {error.get('input')!r}: {message}"
+    elif error["type"] == "union_tag_not_found":
+        message = "Field required: every entry needs a string 'type'"
+        if loc[:1] == ["input"]:
+            message += " (a message may give just its 'role')"
+        loc = [*loc, "type"]
+    elif error["type"] == "union_tag_invalid":
+        message = f"Unknown type {error.get('ctx', {}).get('tag')!r}"
+        loc = [*loc, "type"]
+    elif sum(1 for other, _ in cleaned if other == loc) > 1:
+        message = "Input should be a string or an array"  # every branch of ``str | list`` failed
+    param = ".".join(loc) or None
+    return InvalidRequest(f"{param}: {message}" if param else message, param=param)
+
+
+def _clean(loc: tuple[int | str, ...]) -> list[str]:
+    out: list[str] = []
+    previous: int | str = ""
+    for part in loc:
+        text = str(part)
+        branch = text.startswith(("function-", "list[", "literal[")) or text == "str"
+        tag = text in _TAGS and (isinstance(previous, int) or previous == "tool_choice")
+        if not branch:
+            previous = part
+        if not (branch or tag):
+            out.append(text)
+    return out
