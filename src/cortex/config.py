@@ -101,6 +101,10 @@ class NeuronConfig(BaseModel):
     load_wait_timeout: Duration = 600.0
     unload_drain_timeout: Duration = 30.0
     cpu_threads: int | None = Field(default=None, ge=1)
+    # Where chat completions put reasoning: both fields (default), or only one of them.
+    reasoning_field: Literal["both", "reasoning_content", "reasoning"] = "both"
+    # How many finished Responses a neuron keeps for previous_response_id (in memory).
+    response_store: int = Field(default=1000, ge=0)
 
     @field_validator("listen")
     @classmethod

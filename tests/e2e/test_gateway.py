@@ -245,3 +245,37 @@ def _wait(condition: Any, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.1)
+
+
+def test_responses_and_tool_call_streams_relay_through_the_gateway(
+    start_neuron: Any, start_gateway: Any, fleet_dir: Path
+) -> None:
+    a = start_neuron("--model-dir", str(fleet_dir), "--name", "a")
+    gateway = start_gateway({"a": a}, _profiles(_profile("trained")))
+    client = _client(gateway)
+    answer = client.responses.create(model="trained", input="Say hello.")
+    assert answer.output_text == FIXTURES["plain"].reply
+    events = list(client.responses.create(model="trained", input="Say hello.", stream=True))
+    assert [e.type for e in events][:2] == ["response.created", "response.in_progress"]
+    assert events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == FIXTURES["plain"].reply
+
+    fixture = FIXTURES["tool_call"]
+    chunks = list(
+        client.chat.completions.create(
+            model="trained",
+            messages=fixture.message_list(),
+            tools=fixture.tool_list(),
+            stream=True,  # type: ignore[arg-type]
+        )
+    )
+    deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].function.name == "get_weather"
+    assert "".join(d.function.arguments or "" for d in deltas) == '{"city": "Paris"}'
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+    text = gateway.metrics()
+    assert _metric(text, "cortex_requests_total", model="trained", dialect="responses") == 2
+    assert _metric(text, "cortex_requests_total", model="trained", dialect="chat") == 1
+    assert _metric(text, "cortex_generation_tokens_total", model="trained") > 0

@@ -173,6 +173,10 @@ def test_stream_client_disconnect_stops_generation(neuron: Neuron) -> None:
         "max_tokens": 60000,
         "ignore_eos": True,
         "stream": True,
+        # Sampled, so that the untrained model writes words (greedy, it only writes
+        # newlines, which are held back until something else follows).
+        "temperature": 1.0,
+        "seed": 7,
     }
     with httpx.stream(
         "POST", f"{neuron.url}/v1/chat/completions", json=body, timeout=30

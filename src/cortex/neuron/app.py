@@ -29,6 +29,7 @@ from cortex.neuron.devices import Device, discover
 from cortex.neuron.metrics import CONTENT_TYPE, NeuronMetrics
 from cortex.neuron.models import ModelRegistry
 from cortex.neuron.prompt import render
+from cortex.neuron.responses import ResponsesService
 from cortex.neuron.serving import ChatService
 from cortex.protocol import openai
 from cortex.protocol.lifecycle import (
@@ -41,6 +42,7 @@ from cortex.protocol.lifecycle import (
     TokenizeResult,
     UnloadRequest,
 )
+from cortex.protocol.responses import parse_responses_request
 from cortex.web import error_response, json_response, read_body, unless_disconnected
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class NeuronApp:
             config, devices if devices is not None else discover(), self.metrics
         )
         self.chat = ChatService(self.registry)
+        self.responses = ResponsesService(self.registry)
 
     def build(self) -> Starlette:
         routes = [
@@ -75,6 +78,7 @@ class NeuronApp:
             Route("/metrics", self.prometheus, methods=["GET"]),
             Route("/v1/models", self.openai_models, methods=["GET"]),
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/responses", self.create_response, methods=["POST"]),
         ]
         return Starlette(
             routes=routes,
@@ -200,6 +204,20 @@ class NeuronApp:
         if completion is None:  # the client left; nobody reads this
             return Response(status_code=499)
         return json_response(completion.model_dump(exclude_none=True))
+
+    async def create_response(self, request: Request) -> Response:
+        body = parse_responses_request(await self._body(request))
+        prepared = await self.responses.prepare(body)
+        if body.stream:
+            return StreamingResponse(
+                self.responses.stream(prepared),
+                media_type="text/event-stream",
+                headers={**SSE_HEADERS, **prepared.headers},
+            )
+        result = await unless_disconnected(request, self.responses.complete(prepared))
+        if result is None:
+            return Response(status_code=499)
+        return json_response(result, headers=prepared.headers)
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -46,7 +46,13 @@ from cortex.neuron.devices import Device
 from cortex.neuron.engine.base import Harness
 from cortex.neuron.engine.harness import TransformersHarness
 from cortex.neuron.metrics import NeuronMetrics
-from cortex.protocol.lifecycle import DeviceInfo, LoadProgress, LoadRequest, ModelRecord
+from cortex.protocol.lifecycle import (
+    Capabilities,
+    DeviceInfo,
+    LoadProgress,
+    LoadRequest,
+    ModelRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +232,9 @@ class ModelRegistry:
         record.state, record.error = "ready", None
         record.memory_bytes = weights.memory_bytes
         record.context_length = weights.context_length
+        record.capabilities = Capabilities(
+            tools=weights.markers.tools, reasoning=weights.markers.reasoning
+        )
         record.loaded_at = record.last_used_at = now
         loaded = LoadedModel(record=record, device=device, weights=weights, harness=harness)
         loaded.idle.set()

@@ -110,6 +110,8 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # Which field carries reasoning in the reply (default: the neuron's setting).
+    reasoning_field: Literal["both", "reasoning_content", "reasoning"] | None = None
 
     @property
     def completion_limit(self) -> int | None:

@@ -2,13 +2,19 @@
 
 One projector per request. Streaming chunks are built as dicts and dumped once,
 because this runs once per generated token.
+
+Reasoning goes in ``reasoning_content`` (DeepSeek, llama.cpp, SGLang, LiteLLM) and
+``reasoning`` (vLLM ≥ 0.11) unless the request or the neuron picks one. A tool call
+streams as a first delta carrying ``id``, ``type``, ``name`` and ``arguments: ""``,
+then its arguments; ``finish_reason`` is ``tool_calls`` when the turn made calls.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+import orjson
 
 from cortex.neuron.wire.events import Done, InferenceEvent, Reasoning, Text, ToolCall
 from cortex.protocol.openai import (
@@ -21,26 +27,32 @@ from cortex.protocol.openai import (
 )
 
 DONE_LINE = b"data: [DONE]\n\n"
+ReasoningField = Literal["both", "reasoning_content", "reasoning"]
 
 
 def sse(payload: dict[str, Any]) -> bytes:
-    return (
-        b"data: "
-        + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        + b"\n\n"
-    )
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def client_finish_reason(done: Done) -> str:
+def client_finish_reason(done: Done, made_calls: bool) -> str:
+    if made_calls and done.finish_reason in ("stop", "tool_calls"):
+        return "tool_calls"
     if done.finish_reason in ("stop", "length", "tool_calls"):
         return done.finish_reason
     return "stop"
+
+
+def _reasoning_fields(text: str, which: ReasoningField) -> dict[str, str]:
+    if which == "both":
+        return {"reasoning_content": text, "reasoning": text}
+    return {which: text}
 
 
 @dataclass(slots=True)
 class ChatCollector:
     """Accumulates a whole reply for a non-streaming response."""
 
+    reasoning_field: ReasoningField = "both"
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
@@ -56,22 +68,23 @@ class ChatCollector:
     def completion(
         self, completion_id: str, model: str, created: int, done: Done
     ) -> ChatCompletion:
-        reasoning = "".join(self.reasoning) or None
         calls = [
             OutputToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
             for c in self.tool_calls
         ]
+        reasoning = "".join(self.reasoning)
+        extra = _reasoning_fields(reasoning, self.reasoning_field) if reasoning else {}
         message = AssistantMessage(
             content="".join(self.text) if (self.text or not calls) else None,
-            reasoning_content=reasoning,
-            reasoning=reasoning,
             tool_calls=calls or None,
+            **extra,
         )
+        finish = client_finish_reason(done, bool(calls))
         return ChatCompletion(
             id=completion_id,
             created=created,
             model=model,
-            choices=[Choice(message=message, finish_reason=client_finish_reason(done))],
+            choices=[Choice(message=message, finish_reason=finish)],
             usage=usage(done.prompt_tokens, done.completion_tokens),
         )
 
@@ -79,9 +92,16 @@ class ChatCollector:
 class ChunkProjector:
     """Events → SSE lines of ``chat.completion.chunk`` objects."""
 
-    __slots__ = ("_base", "_include_usage", "_tool_index")
+    __slots__ = ("_base", "_calls", "_include_usage", "_reasoning_field")
 
-    def __init__(self, completion_id: str, model: str, created: int, include_usage: bool) -> None:
+    def __init__(
+        self,
+        completion_id: str,
+        model: str,
+        created: int,
+        include_usage: bool,
+        reasoning_field: ReasoningField = "both",
+    ) -> None:
         self._base: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -89,7 +109,8 @@ class ChunkProjector:
             "model": model,
         }
         self._include_usage = include_usage
-        self._tool_index = 0
+        self._reasoning_field = reasoning_field
+        self._calls = 0
 
     def start(self) -> bytes:
         return self._chunk({"role": "assistant", "content": ""})
@@ -98,17 +119,20 @@ class ChunkProjector:
         if isinstance(event, Text):
             return self._chunk({"content": event.text})
         if isinstance(event, Reasoning):
-            return self._chunk({"reasoning_content": event.text, "reasoning": event.text})
+            return self._chunk(_reasoning_fields(event.text, self._reasoning_field))
         if isinstance(event, ToolCall):
-            call = {
+            self._calls += 1
+            head = {
                 "index": event.index,
                 "id": event.id,
                 "type": "function",
-                "function": {"name": event.name, "arguments": event.arguments},
+                "function": {"name": event.name, "arguments": ""},
             }
-            return self._chunk({"tool_calls": [call]})
+            arguments = {"index": event.index, "function": {"arguments": event.arguments}}
+            return self._chunk({"tool_calls": [head]}) + self._chunk({"tool_calls": [arguments]})
         if isinstance(event, Done):
-            out = self._chunk({}, finish_reason=client_finish_reason(event))
+            finish = client_finish_reason(event, self._calls > 0)
+            out = self._chunk({}, finish_reason=finish)
             if self._include_usage:
                 payload = dict(self._base, choices=[])
                 payload["usage"] = usage(event.prompt_tokens, event.completion_tokens).model_dump()
@@ -117,9 +141,9 @@ class ChunkProjector:
         return b""
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        payload = dict(self._base)
         # No per-chunk "usage": null: the gateway relays these bytes to clients that did
         # not ask for usage, and only the final usage chunk (choices: []) carries it.
+        payload = dict(self._base)
         payload["choices"] = [
             {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         ]
