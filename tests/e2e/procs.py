@@ -75,6 +75,10 @@ class Process:
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", timeout=120.0, **kwargs)
 
+    def stream_post(self, path: str, body: dict[str, Any]) -> Any:
+        """``with process.stream_post(path, body) as response:`` — an SSE response."""
+        return httpx.stream("POST", f"{self.url}{path}", json=body, timeout=120.0)
+
 
 class Neuron(Process):
     """``neuron serve`` with the given flags."""

@@ -265,3 +265,55 @@ def test_previous_response_id(trained: Neuron) -> None:
 def test_capabilities_are_probed_at_load(trained: Neuron) -> None:
     record = next(m for m in trained.get("/node").json()["models"] if m["id"] == "trained")
     assert record["capabilities"] == {"tools": True, "reasoning": True}
+
+
+def test_a_codex_shaped_request_streams_to_completion(trained: Neuron) -> None:
+    """What OpenAI's Codex CLI sends: ~40 KB, developer prompt, item ids, mixed tools."""
+    instructions = "You are Codex, a coding agent. Follow the repository's conventions. " * 450
+    function = {
+        "type": "function", "name": "shell", "description": "Run a shell command.", "strict": False,
+        "parameters": {"type": "object", "properties": {"command": {"type": "array",
+                       "items": {"type": "string"}}}, "required": ["command"]},
+    }  # fmt: skip
+    namespace = {
+        "type": "namespace", "name": "mcp__files__", "description": "File tools",
+        "tools": [{"type": "function", "name": "read", "description": "Read a file.",
+                   "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}],
+    }  # fmt: skip
+    body = {
+        "model": "trained",
+        "input": [
+            {"type": "message", "id": "msg_dev", "role": "developer",
+             "content": [{"type": "input_text", "text": instructions}]},
+            {"type": "message", "id": "msg_1", "role": "user",
+             "content": [{"type": "input_text", "text": "List the files."}]},
+            {"type": "function_call", "id": "fc_1", "call_id": "call_a", "name": "shell",
+             "arguments": '{"command": ["ls"]}'},
+            {"type": "function_call_output", "id": "fco_1", "call_id": "call_a",
+             "output": "README.md\nsrc\n"},
+            {"type": "message", "id": "msg_2", "role": "user",
+             "content": [{"type": "input_text", "text": "Say hello."}]},
+        ],
+        "tools": [function, namespace, {"type": "web_search"}],
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+        "store": False,
+        "stream": True,
+        "max_output_tokens": 24,
+        "include": ["reasoning.encrypted_content"],
+        "reasoning": {"summary": "auto"},
+        "prompt_cache_key": "session-1",
+        "client_metadata": {"originator": "codex_cli_rs"},
+    }  # fmt: skip
+    assert len(json.dumps(body)) > 30_000
+    events = []
+    with trained.stream_post("/v1/responses", body) as response:
+        assert response.status_code == 200
+        assert response.headers["x-cortex-ignored-tools"] == "web_search"
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    assert events[0]["type"] == "response.created"
+    assert events[-1]["type"] in ("response.completed", "response.incomplete")
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["response"]["usage"]["input_tokens"] > 5000
