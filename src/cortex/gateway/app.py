@@ -27,7 +27,8 @@ from cortex.gateway.fleet import Fleet
 from cortex.gateway.http import HttpRequest, HttpServer, Responder
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
-from cortex.gateway.proxy import Proxy
+from cortex.gateway.openai_dialect import OpenAIDialect
+from cortex.gateway.proxy import Dialect, Proxy
 from cortex.gateway.upstream import UpstreamPool
 from cortex.protocol import openai
 from cortex.protocol.fleet import (
@@ -41,7 +42,10 @@ from cortex.web import error_response, json_response, read_body
 
 log = logging.getLogger(__name__)
 
-OPENAI_ROUTES = {"/v1/chat/completions": "chat", "/v1/responses": "responses"}
+HOT_ROUTES: dict[str, Dialect] = {
+    "/v1/chat/completions": OpenAIDialect("chat"),
+    "/v1/responses": OpenAIDialect("responses"),
+}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -58,7 +62,7 @@ class GatewayApp:
         self.control = self._control_app()
 
     async def handle(self, request: HttpRequest, responder: Responder) -> None:
-        dialect = OPENAI_ROUTES.get(request.path)
+        dialect = HOT_ROUTES.get(request.path)
         if dialect is not None and request.method == "POST":
             await self.proxy.handle(request, responder, dialect)
         elif request.method == "HEAD":

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from cortex.config import CortexConfig, ModelsConfig
 from cortex.errors import CortexError, InsufficientMemory, ModelNotFound, NoCapacity
-from cortex.gateway.messages import (
+from cortex.gateway.inbox import (
     Barrier,
     Ensure,
     Listener,

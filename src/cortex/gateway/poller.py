@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from cortex.errors import CortexError
-from cortex.gateway.messages import Message, Polled, Reading
+from cortex.gateway.inbox import Message, Polled, Reading
 from cortex.gateway.neurons import NeuronClient
 from cortex.gateway.state import NodeState, Snapshot
 

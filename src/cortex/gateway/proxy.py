@@ -1,8 +1,12 @@
-"""Relaying OpenAI-dialect requests to neurons: route, wait for cold loads, forward bytes.
+"""Relaying requests to neurons: route, wait for cold loads, forward, relay.
 
-The hot path reads only ``model`` and ``stream`` from the body and relays bytes; the
-body is re-serialised only when it must change (an alias, or asking the neuron for
-the usage chunk a streaming client did not ask for, which is then removed).
+``Proxy`` owns what every dialect shares (routing, waiting on loads, the one retry,
+disconnects); a ``Dialect`` owns what differs: how a request is read, the error
+envelope, keep-alives, and how the neuron's answer reaches the client. The OpenAI
+dialects (``chat``, ``responses``) read only ``model`` and ``stream`` from the body and
+relay bytes; the body is re-serialised only when it must change (an alias, or asking
+the neuron for the usage chunk a streaming client did not ask for, which is then
+removed). The Anthropic dialect translates (``gateway.anthropic_proxy``).
 
 Contracts:
 
@@ -10,24 +14,21 @@ Contracts:
   or answers 502/503) is retried once on another node.
 * A client that disconnects cancels the handler (``gateway.http`` does that); the
   upstream connection is then closed, not pooled, which stops the neuron's generation.
-* While a streaming client waits for a cold model, it gets SSE comment lines every
-  few seconds so that its connection stays alive; errors after that are sent as an
-  ``error`` event in the stream.
+* While a streaming client waits for a cold model, it gets the dialect's keep-alive
+  every few seconds so that its connection stays open; errors after that are sent in
+  the stream, in the dialect's form.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from dataclasses import dataclass
-
-import orjson
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from cortex.config import GatewaySection
 from cortex.errors import (
     CortexError,
-    InvalidRequest,
     ModelNotFound,
     NeuronUnavailable,
     UpstreamTimeout,
@@ -36,13 +37,8 @@ from cortex.gateway.fleet import Fleet
 from cortex.gateway.http import HttpRequest, Responder
 from cortex.gateway.metrics import GatewayMetrics, RequestRecorder
 from cortex.gateway.router import pick_ready
-from cortex.gateway.upstream import (
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamPool,
-    UpstreamResponse,
-)
-from cortex.protocol.openai import error_body
+from cortex.gateway.state import Snapshot
+from cortex.gateway.upstream import UpstreamConnectError, UpstreamPool, UpstreamResponse
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -51,25 +47,52 @@ SSE_HEADERS = [
 ]
 KEEPALIVE_EVERY = 5.0
 RETRY_STATUSES = (502, 503)
-_DONE = b"data: [DONE]"
-_decoder = json.JSONDecoder()
 
 
 @dataclass(slots=True)
-class _Request:
-    path: str
-    dialect: str
-    model: str
-    body: bytes
+class Routed:
+    """A client's request as the neuron will get it."""
+
+    path: str  # the neuron's path
+    model: str  # the model id (aliases applied)
+    body: bytes  # the neuron's body
     stream: bool
-    wants_usage: bool
+    wants_usage: bool = False  # the client asked for the usage chunk
+    client_model: str = ""  # the name the client used (some dialects echo it)
+    options: dict[str, Any] = field(default_factory=dict)  # dialect's own
 
 
 @dataclass(slots=True)
-class _Outcome:
+class Outcome:
     status: int
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+class Dialect(Protocol):
+    name: str  # the ``dialect`` metrics label
+
+    def parse(self, request: HttpRequest, snapshot: Snapshot) -> Routed: ...
+
+    def send_error(self, responder: Responder, err: CortexError) -> None: ...
+
+    def stream_error(self, err: CortexError) -> bytes:
+        """The last bytes of a stream that failed after it started."""
+        ...
+
+    def keepalive(self, routed: Routed) -> bytes: ...
+
+    async def relay(
+        self,
+        responder: Responder,
+        routed: Routed,
+        recorder: RequestRecorder,
+        response: UpstreamResponse,
+        node: str,
+        started: bool,
+    ) -> Outcome:
+        """Answer the client from the neuron's response (the head may be sent already)."""
+        ...
 
 
 class Proxy:
@@ -81,49 +104,22 @@ class Proxy:
         self.metrics = metrics
         self.config = config
 
-    async def handle(self, request: HttpRequest, responder: Responder, dialect: str) -> None:
+    async def handle(self, request: HttpRequest, responder: Responder, dialect: Dialect) -> None:
         try:
-            routed = self._parse(request.path, dialect, request.body)
+            routed = dialect.parse(request, self.fleet.snapshot)
         except CortexError as err:
-            send_error(responder, err)
+            dialect.send_error(responder, err)
             return
-        recorder = RequestRecorder(self.metrics, routed.model, dialect)
-        outcome = _Outcome(499)  # what a cancelled request counts as (the client left)
+        recorder = RequestRecorder(self.metrics, routed.model, dialect.name)
+        outcome = Outcome(499)  # what a cancelled request counts as (the client left)
         try:
-            outcome = await self._serve(responder, routed, recorder)
+            outcome = await self._serve(responder, routed, recorder, dialect)
         finally:
             recorder.finish(outcome.status, outcome.prompt_tokens, outcome.completion_tokens)
 
-    def _parse(self, path: str, dialect: str, body: bytes) -> _Request:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("Request body must be a JSON object")
-        name = data.get("model")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("model: Field required (a model name)", param="model")
-        model = self.fleet.snapshot.resolve(name)
-        stream = data.get("stream") is True
-        options = data.get("stream_options")
-        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        rewrite = model != name
-        if rewrite:
-            data["model"] = model
-        if stream and dialect == "chat" and not wants_usage:
-            data["stream_options"] = {
-                **(options if isinstance(options, dict) else {}),
-                "include_usage": True,
-            }
-            rewrite = True
-        return _Request(
-            path, dialect, model, orjson.dumps(data) if rewrite else body, stream, wants_usage
-        )
-
     async def _serve(
-        self, responder: Responder, request: _Request, recorder: RequestRecorder
-    ) -> _Outcome:
+        self, responder: Responder, request: Routed, recorder: RequestRecorder, dialect: Dialect
+    ) -> Outcome:
         started = False
         try:
             node = pick_ready(self.fleet.snapshot, request.model, self.fleet.busy)
@@ -137,18 +133,23 @@ class Proxy:
                 if request.stream:
                     responder.start(200, SSE_HEADERS)
                     started = True
-                node = await self._wait_for_model(responder, request, recorder, started)
+                node = await self._wait_for_model(responder, request, recorder, dialect, started)
             recorder.dispatched(node)
-            return await self._forward(responder, request, recorder, node, started)
+            return await self._forward(responder, request, recorder, dialect, node, started)
         except CortexError as err:
             if not started:
-                send_error(responder, err)
+                dialect.send_error(responder, err)
             else:
-                responder.end(sse_event(error_body(err)) + _DONE + b"\n\n")
-            return _Outcome(err.status)
+                responder.end(dialect.stream_error(err))
+            return Outcome(err.status)
 
     async def _wait_for_model(
-        self, responder: Responder, request: _Request, recorder: RequestRecorder, streaming: bool
+        self,
+        responder: Responder,
+        request: Routed,
+        recorder: RequestRecorder,
+        dialect: Dialect,
+        streaming: bool,
     ) -> str:
         """A node where the model is ready, with this request already counted there."""
         began = time.perf_counter()
@@ -167,7 +168,7 @@ class Proxy:
                     recorder.cold_start(time.perf_counter() - began)
                     return node
                 if streaming:
-                    await responder.write(f": loading {request.model}\n\n".encode())
+                    await responder.write(dialect.keepalive(request))
         finally:
             if not ensure.done():
                 ensure.cancel()
@@ -175,11 +176,12 @@ class Proxy:
     async def _forward(
         self,
         responder: Responder,
-        request: _Request,
+        request: Routed,
         recorder: RequestRecorder,
+        dialect: Dialect,
         node: str,
         started: bool,
-    ) -> _Outcome:
+    ) -> Outcome:
         """Send to ``node`` (already counted in flight there); once more elsewhere if it fails."""
         headers = [(b"content-type", b"application/json")]
         held: str | None = node  # the node this request is counted on
@@ -198,14 +200,16 @@ class Proxy:
                 else:
                     if response.status not in RETRY_STATUSES or attempt:
                         async with response:
-                            return await self._relay(
+                            return await dialect.relay(
                                 responder, request, recorder, response, node, started
                             )
                     await response.aclose()
                     self.fleet.poke(node)
                 self.fleet.release(node, request.model)
                 held = None
-                node = held = await self._another_node(responder, request, recorder, node, started)
+                node = held = await self._another_node(
+                    responder, request, recorder, dialect, node, started
+                )
         finally:
             if held is not None:
                 self.fleet.release(held, request.model)
@@ -214,8 +218,9 @@ class Proxy:
     async def _another_node(
         self,
         responder: Responder,
-        request: _Request,
+        request: Routed,
         recorder: RequestRecorder,
+        dialect: Dialect,
         failed: str,
         started: bool,
     ) -> str:
@@ -224,122 +229,6 @@ class Proxy:
         if other is not None:
             self.fleet.acquire(other, request.model)
         else:
-            other = await self._wait_for_model(responder, request, recorder, started)
+            other = await self._wait_for_model(responder, request, recorder, dialect, started)
         recorder.node = other
         return other
-
-    async def _relay(
-        self,
-        responder: Responder,
-        request: _Request,
-        recorder: RequestRecorder,
-        response: UpstreamResponse,
-        node: str,
-        started: bool,
-    ) -> _Outcome:
-        is_sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
-        if not (request.stream and is_sse and response.status == 200):
-            data = await response.read()
-            if started:  # a stream was promised: turn the neuron's error into an error event
-                responder.end(b"data: " + data + b"\n\n" + _DONE + b"\n\n")
-            else:
-                content_type = response.header(b"content-type") or b"application/json"
-                responder.respond(
-                    response.status, data, content_type, [(b"x-cortex-node", node.encode())]
-                )
-            return _Outcome(response.status, *_usage(data))
-        if not started:
-            responder.start(200, [*SSE_HEADERS, (b"x-cortex-node", node.encode())])
-        return await self._relay_stream(responder, request, recorder, response)
-
-    async def _relay_stream(
-        self,
-        responder: Responder,
-        request: _Request,
-        recorder: RequestRecorder,
-        response: UpstreamResponse,
-    ) -> _Outcome:
-        outcome = _Outcome(200)
-        is_token = _is_chat_token if request.dialect == "chat" else _is_responses_token
-        pending = b""
-        try:
-            async for chunk in response:
-                pending += chunk
-                if b"\n\n" not in pending:
-                    continue
-                complete, _, pending = pending.rpartition(b"\n\n")
-                out = []
-                for event in complete.split(b"\n\n"):
-                    if b'"usage"' in event:  # rare: one event per stream carries usage
-                        usage, usage_only = _stream_usage(event)
-                        if usage is not None:
-                            outcome.prompt_tokens, outcome.completion_tokens = usage
-                        if usage_only and not request.wants_usage:
-                            continue
-                    elif is_token(event):
-                        recorder.chunk()
-                    out.append(event)
-                if out:
-                    await responder.write(b"\n\n".join(out) + b"\n\n")
-        except UpstreamError as exc:
-            outcome.status = 502
-            error = error_body(NeuronUnavailable(f"The neuron failed mid-stream: {exc.message}"))
-            pending += b"\n\n" + sse_event(error)
-        responder.end(pending)
-        return outcome
-
-
-def send_error(responder: Responder, err: CortexError) -> None:
-    headers = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    responder.respond(err.status, orjson.dumps(error_body(err)), headers=headers)
-
-
-def sse_event(payload: dict[str, object]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def _is_chat_token(event: bytes) -> bool:
-    return event.startswith(b"data: {") and b'"role"' not in event and b'"delta":{}' not in event
-
-
-def _is_responses_token(event: bytes) -> bool:
-    return b'.delta"' in event
-
-
-def _stream_usage(event: bytes) -> tuple[tuple[int, int] | None, bool]:
-    """(tokens, is the chat usage-only chunk) of an SSE event that mentions usage."""
-    data = event[event.find(b"{") :]
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None, False
-    if not isinstance(payload, dict):
-        return None, False
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):  # Responses API: inside response.completed's response
-        response = payload.get("response")
-        usage = response.get("usage") if isinstance(response, dict) else None
-    if not isinstance(usage, dict):
-        return None, False
-    return _tokens(usage), payload.get("choices") == []
-
-
-def _tokens(usage: dict[str, object]) -> tuple[int, int]:
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    return (
-        prompt if isinstance(prompt, int) else 0,
-        completion if isinstance(completion, int) else 0,
-    )
-
-
-def _usage(data: bytes) -> tuple[int, int]:
-    """(prompt, completion) tokens from the last ``"usage"`` object in ``data``, else zeros."""
-    at = data.rfind(b'"usage":{')
-    if at < 0:
-        return 0, 0
-    try:
-        usage, _ = _decoder.raw_decode(data[at + 8 :].decode("utf-8", "replace"))
-    except ValueError:
-        return 0, 0
-    return _tokens(usage) if isinstance(usage, dict) else (0, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 from cortex.config import ModelProfile, ModelsConfig
 from cortex.protocol.lifecycle import AvailableModel, ModelRecord, NodeStatus
@@ -93,8 +94,18 @@ class Snapshot:
         return self.models.profile(model)
 
     def resolve(self, name: str) -> str:
-        """A client's model name → the model id (aliases applied)."""
-        return self.models.aliases.get(name, name)
+        """A client's model name → the model id: an exact alias, else the first pattern
+        alias that matches (``"claude-*" = "qwen3-coder"``), else the name itself."""
+        aliases = self.models.aliases
+        exact = aliases.get(name)
+        if exact is not None:
+            return exact
+        if self.is_known(name):
+            return name
+        for pattern, target in aliases.items():
+            if "*" in pattern and fnmatchcase(name, pattern):
+                return target
+        return name
 
     def is_pinned(self, model: str) -> bool:
         if model in self.pins:

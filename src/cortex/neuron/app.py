@@ -185,7 +185,7 @@ class NeuronApp:
 
     async def tokenize(self, request: Request) -> Response:
         body = openai.parse_request(TokenizeRequest, await self._body(request))
-        tokenizer = await self.registry.tokenizer_for(body.model)
+        tokenizer = await self.registry.tokenizer_for(body.model, body.source)
         prompt = await asyncio.to_thread(
             render, tokenizer, body.messages, body.tools, body.chat_template_kwargs
         )

@@ -30,6 +30,11 @@ class Generation:
 
     model: LoadedModel
     inference: InferenceRequest
+    completion_tokens: int = 0  # generated so far, as of the last event ``run`` yielded
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.inference.prompt_ids)
 
 
 def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str) -> Generation:
@@ -79,6 +84,7 @@ async def run(generation: Generation) -> AsyncGenerator[InferenceEvent, None]:
         stream = model.harness.submit(generation.inference)
         try:
             async for event in stream:
+                generation.completion_tokens = stream.completion_tokens
                 yield event
                 if isinstance(event, Done | Error):
                     return
@@ -137,6 +143,7 @@ def sampling_params(
             f"This model's maximum context length is {context} tokens. However, your messages "
             f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
             param="messages",
+            extra={"prompt_tokens": prompt_tokens, "context_length": context},
         )
     # A completion limit past the context is clamped (finish_reason "length"), not refused:
     # agents send large max_tokens and expect an answer.

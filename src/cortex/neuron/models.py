@@ -283,12 +283,12 @@ class ModelRegistry:
             raise NeuronUnavailable(f"The model {model_id!r} is being unloaded")
         return loaded
 
-    async def tokenizer_for(self, model_id: str) -> Any:
+    async def tokenizer_for(self, model_id: str, source: str | None = None) -> Any:
         """A model's tokenizer, loaded or not (the tokenizer alone is cheap to read)."""
         if model_id in self._ready:
             return self._ready[model_id].tokenizer
         record = self._records.get(model_id)
-        source = record.source if record else model_id
+        source = record.source if record else (source or model_id)
         path = await asyncio.to_thread(sources.resolve, source, self.config.model_dirs)
         if path not in self._tokenizers:
             if len(self._tokenizers) >= 8:

@@ -67,6 +67,8 @@ class ChatService:
             chat.created,
             include_usage=bool(options and options.include_usage),
             reasoning_field=chat.reasoning_field,
+            continuous_usage=bool(options and options.continuous_usage_stats),
+            prompt_tokens=chat.generation.prompt_tokens,
         )
         yield projector.start()
         async with aclosing(generation.run(chat.generation)) as events:
@@ -74,4 +76,4 @@ class ChatService:
                 if isinstance(event, Error):
                     yield sse(error_body(EngineFailure(event.message))) + DONE_LINE
                     return
-                yield projector.project(event)
+                yield projector.project(event, chat.generation.completion_tokens)

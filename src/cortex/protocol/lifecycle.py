@@ -116,6 +116,8 @@ class DefragResult(BaseModel):
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     model: str = Field(min_length=1)
+    # Where the tokenizer lives when the model is not loaded here (a profile's source).
+    source: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[Tool] | None = None
     chat_template_kwargs: dict[str, Any] | None = None

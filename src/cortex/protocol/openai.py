@@ -78,6 +78,8 @@ class NamedToolChoice(BaseModel):
 class StreamOptions(BaseModel):
     model_config = _REQUEST
     include_usage: bool = False
+    # vLLM's: every chunk carries usage so far (the first one the prompt's token count).
+    continuous_usage_stats: bool = False
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -191,6 +193,7 @@ class Choice(BaseModel):
     message: AssistantMessage
     finish_reason: str | None
     logprobs: None = None
+    stop_reason: str | int | None = None  # vLLM's: the stop string or token that ended it
 
 
 class ChatCompletion(BaseModel):

@@ -67,6 +67,11 @@ class InferenceRequest:
 
 
 class InferenceStream(Protocol):
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated up to the last event handed out (for running usage figures)."""
+        ...
+
     def __aiter__(self) -> AsyncIterator[InferenceEvent]: ...
 
     async def aclose(self) -> None: ...

@@ -34,15 +34,16 @@ class _Stream:
     def __init__(self, loop: asyncio.AbstractEventLoop, wake: Any) -> None:
         self._loop = loop
         self._wake = wake
-        self._queue: asyncio.Queue[list[InferenceEvent]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[list[InferenceEvent], int]] = asyncio.Queue()
         self._pending: deque[InferenceEvent] = deque()
         self._ended = False
         self.seq: Sequence | None = None
+        self.completion_tokens = 0  # generated up to the last event handed out
 
-    def post(self, events: list[InferenceEvent]) -> None:
+    def post(self, events: list[InferenceEvent], completion_tokens: int) -> None:
         """Called on the worker thread."""
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, events)
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (events, completion_tokens))
         except RuntimeError:  # the event loop is gone: nobody is listening any more
             if self.seq is not None:
                 self.seq.cancel()
@@ -54,7 +55,8 @@ class _Stream:
         if not self._pending:
             if self._ended:
                 raise StopAsyncIteration
-            self._pending.extend(await self._queue.get())
+            events, self.completion_tokens = await self._queue.get()
+            self._pending.extend(events)
         event = self._pending.popleft()
         if isinstance(event, Done | Error):
             self._ended = True
@@ -108,7 +110,7 @@ class TransformersHarness:
         seq = Sequence(request=request, emit=stream.post)
         stream.seq = seq
         if self._failure is not None or self._closing:
-            stream.post([Error(self._failure or "the model is being unloaded")])
+            stream.post([Error(self._failure or "the model is being unloaded")], 0)
             return stream
         with self._cond:
             self._incoming.append(seq)
@@ -184,12 +186,12 @@ class TransformersHarness:
             events.append(self._done(seq, seq.finish_reason))
             self._release(seq)
         if events:
-            seq.emit(events)
+            seq.emit(events, seq.num_completion_tokens)
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         seq.finish_reason = reason
         self._release(seq)
-        seq.emit([self._done(seq, reason)])
+        seq.emit([self._done(seq, reason)], seq.num_completion_tokens)
 
     def _fail(self, seqs: list[Sequence], exc: Exception) -> None:
         message = f"generation failed: {type(exc).__name__}: {exc}"
@@ -201,7 +203,7 @@ class TransformersHarness:
         for seq in seqs:
             seq.finish_reason = "error"
             self._release(seq)
-            seq.emit([Error(message)])
+            seq.emit([Error(message)], seq.num_completion_tokens)
 
     def _release(self, seq: Sequence) -> None:
         self._scheduler.finish(seq)

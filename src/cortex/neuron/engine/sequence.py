@@ -27,8 +27,9 @@ class SequenceStatus(enum.Enum):
 @dataclass(slots=True, eq=False)
 class Sequence:
     request: InferenceRequest
-    # Delivers events to the consumer; thread-safe (posts to the event loop).
-    emit: Callable[[list[InferenceEvent]], None]
+    # Delivers events, and the completion tokens generated so far, to the consumer;
+    # thread-safe (posts to the event loop).
+    emit: Callable[[list[InferenceEvent], int], None]
     status: SequenceStatus = SequenceStatus.WAITING
     output_ids: list[int] = field(default_factory=list)
     # Runner-owned KV cache for this sequence; None until prefilled and after release.

@@ -84,7 +84,7 @@ class ChatCollector:
             id=completion_id,
             created=created,
             model=model,
-            choices=[Choice(message=message, finish_reason=finish)],
+            choices=[Choice(message=message, finish_reason=finish, stop_reason=done.stop_reason)],
             usage=usage(done.prompt_tokens, done.completion_tokens),
         )
 
@@ -92,7 +92,7 @@ class ChatCollector:
 class ChunkProjector:
     """Events → SSE lines of ``chat.completion.chunk`` objects."""
 
-    __slots__ = ("_base", "_calls", "_include_usage", "_reasoning_field")
+    __slots__ = ("_base", "_calls", "_continuous", "_include_usage", "_prompt", "_reasoning_field")
 
     def __init__(
         self,
@@ -101,6 +101,9 @@ class ChunkProjector:
         created: int,
         include_usage: bool,
         reasoning_field: ReasoningField = "both",
+        *,
+        continuous_usage: bool = False,
+        prompt_tokens: int = 0,
     ) -> None:
         self._base: dict[str, Any] = {
             "id": completion_id,
@@ -111,15 +114,20 @@ class ChunkProjector:
         self._include_usage = include_usage
         self._reasoning_field = reasoning_field
         self._calls = 0
+        # With continuous usage every chunk says how many tokens so far (vLLM's option);
+        # the first one is how a translating gateway learns the prompt's size up front.
+        self._continuous = continuous_usage
+        self._prompt = prompt_tokens
 
     def start(self) -> bytes:
-        return self._chunk({"role": "assistant", "content": ""})
+        return self._chunk({"role": "assistant", "content": ""}, completion_tokens=0)
 
-    def project(self, event: InferenceEvent) -> bytes:
+    def project(self, event: InferenceEvent, completion_tokens: int = 0) -> bytes:
         if isinstance(event, Text):
-            return self._chunk({"content": event.text})
+            return self._chunk({"content": event.text}, completion_tokens=completion_tokens)
         if isinstance(event, Reasoning):
-            return self._chunk(_reasoning_fields(event.text, self._reasoning_field))
+            fields = _reasoning_fields(event.text, self._reasoning_field)
+            return self._chunk(fields, completion_tokens=completion_tokens)
         if isinstance(event, ToolCall):
             self._calls += 1
             head = {
@@ -129,10 +137,17 @@ class ChunkProjector:
                 "function": {"name": event.name, "arguments": ""},
             }
             arguments = {"index": event.index, "function": {"arguments": event.arguments}}
-            return self._chunk({"tool_calls": [head]}) + self._chunk({"tool_calls": [arguments]})
+            return self._chunk(
+                {"tool_calls": [head]}, completion_tokens=completion_tokens
+            ) + self._chunk({"tool_calls": [arguments]}, completion_tokens=completion_tokens)
         if isinstance(event, Done):
             finish = client_finish_reason(event, self._calls > 0)
-            out = self._chunk({}, finish_reason=finish)
+            out = self._chunk(
+                {},
+                finish_reason=finish,
+                stop_reason=event.stop_reason,
+                completion_tokens=event.completion_tokens,
+            )
             if self._include_usage:
                 payload = dict(self._base, choices=[])
                 payload["usage"] = usage(event.prompt_tokens, event.completion_tokens).model_dump()
@@ -140,11 +155,30 @@ class ChunkProjector:
             return out + DONE_LINE
         return b""
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def _chunk(
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        *,
+        stop_reason: str | int | None = None,
+        completion_tokens: int = 0,
+    ) -> bytes:
         # No per-chunk "usage": null: the gateway relays these bytes to clients that did
         # not ask for usage, and only the final usage chunk (choices: []) carries it.
         payload = dict(self._base)
-        payload["choices"] = [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        ]
+        choice: dict[str, Any] = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+        if finish_reason is not None:
+            choice["stop_reason"] = stop_reason  # vLLM's: the stop string or token that hit
+        payload["choices"] = [choice]
+        if self._continuous:
+            payload["usage"] = {
+                "prompt_tokens": self._prompt,
+                "completion_tokens": completion_tokens,
+                "total_tokens": self._prompt + completion_tokens,
+            }
         return sse(payload)

@@ -1,0 +1,359 @@
+"""Anthropic Messages API wire shapes: requests, error envelopes (``POST /v1/messages``).
+
+Data shapes only, no I/O; the translation to and from the OpenAI chat dialect the neurons
+speak lives in ``gateway.anthropic``. Validated strictly like ``protocol.openai`` (a string
+where a number belongs is a 400 naming the field); unknown fields are accepted and ignored,
+because Claude Code sends many (``context_management``, ``output_config``, ``metadata``,
+``cache_control`` on blocks, ``defer_loading`` on tools, ``$schema`` inside schemas).
+
+Leniencies, each on purpose:
+
+* a message's ``role`` is any string: Claude Code sends ``role: "system"`` messages
+  inside ``messages``, which the translator folds into the leading system prompt;
+* content blocks, tool-result parts, tools and ``thinking`` configs of a ``type`` we do not
+  act on are kept loosely (type plus whatever else was sent) so the translator decides;
+* a ``thinking`` block's ``signature`` may be empty or missing (ours are not Anthropic's).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from cortex.errors import CortexError, InvalidRequest
+from cortex.protocol.openai import invalid_from_validation
+
+_REQUEST = ConfigDict(extra="allow", strict=True)
+
+
+def _tag(known: frozenset[str], *, missing: str | None = None) -> Any:
+    """A discriminator: a known ``type`` picks its model, any other string type is ``other``.
+
+    ``missing`` names the branch for an object with no ``type`` at all (tools: a custom tool).
+    """
+
+    def pick(value: Any) -> str | None:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        if kind is None and missing is not None and isinstance(value, dict):
+            return missing
+        if not isinstance(kind, str):
+            return None
+        return kind if kind in known else "other"
+
+    return Discriminator(pick)
+
+
+# --- content blocks -----------------------------------------------------------------------
+
+
+class TextBlock(BaseModel):
+    model_config = _REQUEST
+    type: Literal["text"]
+    text: str
+
+
+class ImageBlock(BaseModel):
+    """Accepted here; the translator refuses it (the models behind cortex take text only)."""
+
+    model_config = _REQUEST
+    type: Literal["image"]
+
+
+class DocumentBlock(BaseModel):
+    model_config = _REQUEST
+    type: Literal["document"]
+
+
+class OtherBlock(BaseModel):
+    """A block of a type we do not act on (``search_result``, server tool blocks, …)."""
+
+    model_config = _REQUEST
+    type: str
+
+
+ResultPart = Annotated[
+    Annotated[TextBlock, Tag("text")]
+    | Annotated[ImageBlock, Tag("image")]
+    | Annotated[DocumentBlock, Tag("document")]
+    | Annotated[OtherBlock, Tag("other")],
+    _tag(frozenset({"text", "image", "document"})),
+]
+
+
+class ToolUseBlock(BaseModel):
+    model_config = _REQUEST
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultBlock(BaseModel):
+    model_config = _REQUEST
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[ResultPart] | None = None
+    is_error: bool | None = None
+
+
+class ThinkingBlock(BaseModel):
+    model_config = _REQUEST
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(BaseModel):
+    model_config = _REQUEST
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+_BLOCKS = frozenset(
+    {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+)
+
+ContentBlock = Annotated[
+    Annotated[TextBlock, Tag("text")]
+    | Annotated[ImageBlock, Tag("image")]
+    | Annotated[DocumentBlock, Tag("document")]
+    | Annotated[ToolUseBlock, Tag("tool_use")]
+    | Annotated[ToolResultBlock, Tag("tool_result")]
+    | Annotated[ThinkingBlock, Tag("thinking")]
+    | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")]
+    | Annotated[OtherBlock, Tag("other")],
+    _tag(_BLOCKS),
+]
+
+
+class InputMessage(BaseModel):
+    """One entry of ``messages``; ``role`` is kept as sent (see the module docstring)."""
+
+    model_config = _REQUEST
+    role: str = Field(min_length=1)
+    content: str | list[ContentBlock]
+
+
+# --- tools, tool choice, thinking ---------------------------------------------------------
+
+
+class CustomTool(BaseModel):
+    """A client tool: the only kind a neuron can call."""
+
+    model_config = _REQUEST
+    type: Literal["custom"] | None = None
+    name: str = Field(min_length=1)
+    description: str | None = None
+    input_schema: dict[str, Any]
+
+
+class ServerTool(BaseModel):
+    """A hosted tool (``web_search_…``, ``bash_…``, ``text_editor_…``); accepted, dropped."""
+
+    model_config = _REQUEST
+    type: str
+    name: str | None = None
+
+
+ToolSpec = Annotated[
+    Annotated[CustomTool, Tag("custom")] | Annotated[ServerTool, Tag("other")],
+    _tag(frozenset({"custom"}), missing="custom"),
+]
+
+
+class ToolChoiceAuto(BaseModel):
+    model_config = _REQUEST
+    type: Literal["auto"]
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceAny(BaseModel):
+    model_config = _REQUEST
+    type: Literal["any"]
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceTool(BaseModel):
+    model_config = _REQUEST
+    type: Literal["tool"]
+    name: str = Field(min_length=1)
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceNone(BaseModel):
+    model_config = _REQUEST
+    type: Literal["none"]
+    disable_parallel_tool_use: bool | None = None
+
+
+ToolChoice = Annotated[
+    ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone,
+    Field(discriminator="type"),
+]
+
+
+class ThinkingEnabled(BaseModel):
+    model_config = _REQUEST
+    type: Literal["enabled"]
+    budget_tokens: int = Field(ge=1)
+    display: str | None = None
+
+
+class ThinkingAdaptive(BaseModel):
+    model_config = _REQUEST
+    type: Literal["adaptive"]
+    display: str | None = None
+
+
+class ThinkingDisabled(BaseModel):
+    model_config = _REQUEST
+    type: Literal["disabled"]
+
+
+class ThinkingOther(BaseModel):
+    """A thinking mode we do not know (``between_tools``, …): the template's default."""
+
+    model_config = _REQUEST
+    type: str
+    display: str | None = None
+
+
+ThinkingConfig = Annotated[
+    Annotated[ThinkingEnabled, Tag("enabled")]
+    | Annotated[ThinkingAdaptive, Tag("adaptive")]
+    | Annotated[ThinkingDisabled, Tag("disabled")]
+    | Annotated[ThinkingOther, Tag("other")],
+    _tag(frozenset({"enabled", "adaptive", "disabled"})),
+]
+
+
+# --- requests -----------------------------------------------------------------------------
+
+
+class CountTokensRequest(BaseModel):
+    """``POST /v1/messages/count_tokens``: the conversation, without generation settings."""
+
+    model_config = _REQUEST
+
+    model: str = Field(min_length=1)
+    messages: list[InputMessage] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None
+
+    @property
+    def thinking_disabled(self) -> bool:
+        return isinstance(self.thinking, ThinkingDisabled)
+
+    @property
+    def omit_thinking(self) -> bool:
+        """``display: "omitted"``: send thinking blocks with a signature but no text."""
+        return getattr(self.thinking, "display", None) == "omitted"
+
+
+class MessagesRequest(CountTokensRequest):
+    """``POST /v1/messages``."""
+
+    max_tokens: int = Field(ge=1)
+    stream: bool = False
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    metadata: dict[str, Any] | None = None
+
+
+# Tags pydantic puts in an error's location after a list index (or after a union field) to
+# say which union member it tried; never field names there.
+_TAGS = _BLOCKS | {"other", "custom", "auto", "any", "tool", "none", "enabled", "adaptive"}
+_UNION_FIELDS = frozenset({"tool_choice", "thinking"})
+
+
+def parse_messages_request(body: bytes | str | dict[str, Any]) -> MessagesRequest:
+    """Validate a body; every failure is an InvalidRequest naming the field."""
+    try:
+        if isinstance(body, dict):
+            return MessagesRequest.model_validate(body)
+        return MessagesRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def parse_count_tokens_request(body: bytes | str | dict[str, Any]) -> CountTokensRequest:
+    """Validate a count-tokens body; every failure is an InvalidRequest naming the field."""
+    try:
+        if isinstance(body, dict):
+            return CountTokensRequest.model_validate(body)
+        return CountTokensRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    """The most specific error (deepest in the body), its location free of union branches."""
+    errors = exc.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid" or not errors[0]["loc"]:
+        return invalid_from_validation(exc)
+    cleaned = [(_clean(e["loc"]), e) for e in errors]
+    loc, error = max(cleaned, key=lambda pair: len(pair[0]))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "Field required"
+    elif error["type"] == "union_tag_not_found":
+        message = "Field required: every entry needs a string 'type'"
+        loc = [*loc, "type"]
+    elif error["type"] == "union_tag_invalid":
+        message = f"Unknown type {error.get('ctx', {}).get('tag')!r}"
+        loc = [*loc, "type"]
+    elif sum(1 for other, _ in cleaned if other == loc) > 1:
+        message = "Input should be a string or an array"  # every branch of ``str | list`` failed
+    param = ".".join(loc) or None
+    return InvalidRequest(f"{param}: {message}" if param else message, param=param)
+
+
+def _clean(loc: tuple[int | str, ...]) -> list[str]:
+    out: list[str] = []
+    previous: int | str = ""
+    for part in loc:
+        text = str(part)
+        branch = text.startswith(("function-", "list[", "literal[")) or text == "str"
+        tag = text in _TAGS and (isinstance(previous, int) or previous in _UNION_FIELDS)
+        if not branch:
+            previous = part
+        if not (branch or tag):
+            out.append(text)
+    return out
+
+
+# --- errors -------------------------------------------------------------------------------
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status (for errors that are not ours)."""
+    if status in _ERROR_TYPES:
+        return _ERROR_TYPES[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
+def error_body(err: CortexError, request_id: str | None = None) -> dict[str, Any]:
+    """The Anthropic error envelope for any CortexError."""
+    return {
+        "type": "error",
+        "error": {"type": err.anthropic_type, "message": err.message},
+        "request_id": request_id,
+    }
