@@ -17,7 +17,7 @@ Leniencies, each on purpose:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
@@ -162,29 +162,26 @@ ToolSpec = Annotated[
 ]
 
 
-class ToolChoiceAuto(BaseModel):
+class _ToolChoice(BaseModel):
     model_config = _REQUEST
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceAuto(_ToolChoice):
     type: Literal["auto"]
-    disable_parallel_tool_use: bool | None = None
 
 
-class ToolChoiceAny(BaseModel):
-    model_config = _REQUEST
+class ToolChoiceAny(_ToolChoice):
     type: Literal["any"]
-    disable_parallel_tool_use: bool | None = None
 
 
-class ToolChoiceTool(BaseModel):
-    model_config = _REQUEST
+class ToolChoiceTool(_ToolChoice):
     type: Literal["tool"]
     name: str = Field(min_length=1)
-    disable_parallel_tool_use: bool | None = None
 
 
-class ToolChoiceNone(BaseModel):
-    model_config = _REQUEST
+class ToolChoiceNone(_ToolChoice):
     type: Literal["none"]
-    disable_parallel_tool_use: bool | None = None
 
 
 ToolChoice = Annotated[
@@ -193,30 +190,28 @@ ToolChoice = Annotated[
 ]
 
 
-class ThinkingEnabled(BaseModel):
+class _Thinking(BaseModel):
     model_config = _REQUEST
+    display: str | None = None  # "summarized" | "omitted"
+
+
+class ThinkingEnabled(_Thinking):
     type: Literal["enabled"]
     budget_tokens: int = Field(ge=1)
-    display: str | None = None
 
 
-class ThinkingAdaptive(BaseModel):
-    model_config = _REQUEST
+class ThinkingAdaptive(_Thinking):
     type: Literal["adaptive"]
-    display: str | None = None
 
 
-class ThinkingDisabled(BaseModel):
-    model_config = _REQUEST
+class ThinkingDisabled(_Thinking):
     type: Literal["disabled"]
 
 
-class ThinkingOther(BaseModel):
+class ThinkingOther(_Thinking):
     """A thinking mode we do not know (``between_tools``, …): the template's default."""
 
-    model_config = _REQUEST
     type: str
-    display: str | None = None
 
 
 ThinkingConfig = Annotated[
@@ -250,7 +245,7 @@ class CountTokensRequest(BaseModel):
     @property
     def omit_thinking(self) -> bool:
         """``display: "omitted"``: send thinking blocks with a signature but no text."""
-        return getattr(self.thinking, "display", None) == "omitted"
+        return self.thinking is not None and self.thinking.display == "omitted"
 
 
 class MessagesRequest(CountTokensRequest):
@@ -271,22 +266,24 @@ _TAGS = _BLOCKS | {"other", "custom", "auto", "any", "tool", "none", "enabled", 
 _UNION_FIELDS = frozenset({"tool_choice", "thinking"})
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def parse_messages_request(body: bytes | str | dict[str, Any]) -> MessagesRequest:
     """Validate a body; every failure is an InvalidRequest naming the field."""
-    try:
-        if isinstance(body, dict):
-            return MessagesRequest.model_validate(body)
-        return MessagesRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+    return _parse(MessagesRequest, body)
 
 
 def parse_count_tokens_request(body: bytes | str | dict[str, Any]) -> CountTokensRequest:
     """Validate a count-tokens body; every failure is an InvalidRequest naming the field."""
+    return _parse(CountTokensRequest, body)
+
+
+def _parse(model: type[M], body: bytes | str | dict[str, Any]) -> M:
     try:
         if isinstance(body, dict):
-            return CountTokensRequest.model_validate(body)
-        return CountTokensRequest.model_validate_json(body)
+            return model.model_validate(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
 
@@ -321,7 +318,7 @@ def _clean(loc: tuple[int | str, ...]) -> list[str]:
         branch = text.startswith(("function-", "list[", "literal[")) or text == "str"
         tag = text in _TAGS and (isinstance(previous, int) or previous in _UNION_FIELDS)
         if not branch:
-            previous = part
+            previous = "" if tag else part  # a field follows a tag, never another tag
         if not (branch or tag):
             out.append(text)
     return out

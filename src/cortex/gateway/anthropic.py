@@ -1,0 +1,319 @@
+"""Anthropic Messages ⇄ the OpenAI chat dialect the neurons speak.
+
+Owns the translation, as pure functions over typed requests and plain dicts (no I/O):
+
+* ``to_openai``: a ``MessagesRequest`` → the chat completion body sent to a neuron;
+* ``to_tokenize``: a ``CountTokensRequest`` → the neuron's ``/tokenize`` body;
+* ``from_openai``: a non-streaming ``chat.completion`` → an Anthropic ``message``;
+* ``StreamTranslator`` (from ``gateway.anthropic_stream``): the streaming counterpart;
+* ``prompt_too_long``: Anthropic's wording for a prompt past the model's context.
+
+Chat templates accept a system prompt only first, so every ``system`` text (the top-level
+field and any ``role: "system"`` message inside ``messages``, wherever it sits) is folded,
+in order, into one leading system message. The models behind cortex take text only:
+images and documents in a user turn are refused with a 400 (inside a tool result they
+become a short placeholder, so a screenshot tool does not wedge a whole conversation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from cortex.errors import CortexError, InvalidRequest
+from cortex.gateway.anthropic_stream import (
+    StreamTranslator,
+    message_id,
+    reasoning_of,
+    sse,
+    stop_reason,
+    thinking_signature,
+    tool_use_id,
+    usage,
+)
+from cortex.protocol.anthropic import (
+    CountTokensRequest,
+    CustomTool,
+    DocumentBlock,
+    ImageBlock,
+    InputMessage,
+    MessagesRequest,
+    RedactedThinkingBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolChoiceAny,
+    ToolChoiceAuto,
+    ToolChoiceNone,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+
+__all__ = [
+    "StreamTranslator",
+    "from_openai",
+    "prompt_too_long",
+    "sse",
+    "to_openai",
+    "to_tokenize",
+]
+
+# Inside a tool result an image cannot be refused without wedging the conversation (the
+# client resends it on every later turn), so the model is told what it cannot see.
+IMAGE_PLACEHOLDER = "[image omitted: this model takes text only]"
+DOCUMENT_PLACEHOLDER = "[document omitted: this model takes text only]"
+
+
+def prompt_too_long(prompt_tokens: int, context: int) -> str:
+    """Anthropic's message for a prompt past the context (Claude Code parses it to compact)."""
+    return f"prompt is too long: {prompt_tokens} tokens > {context} maximum"
+
+
+# --- request ------------------------------------------------------------------------------
+
+
+def to_openai(request: MessagesRequest, model: str) -> dict[str, Any]:
+    """The OpenAI chat completion body for a neuron; ``model`` is the resolved model id."""
+    body: dict[str, Any] = {"model": model, "messages": chat_messages(request)}
+    body["max_tokens"] = request.max_tokens
+    if request.stop_sequences:
+        body["stop"] = list(request.stop_sequences)
+    for name in ("temperature", "top_p", "top_k"):
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = value
+    body.update(_tools(request))
+    body.update(_template_kwargs(request))
+    body["stream"] = request.stream
+    if request.stream:
+        body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    return body
+
+
+def to_tokenize(request: CountTokensRequest, model: str, source: str | None) -> dict[str, Any]:
+    """The neuron's ``/tokenize`` body: the prompt exactly as ``to_openai`` would render it."""
+    body: dict[str, Any] = {"model": model}
+    if source is not None:
+        body["source"] = source
+    body["messages"] = chat_messages(request)
+    tools = _tools(request).get("tools")
+    if tools:
+        body["tools"] = tools
+    body.update(_template_kwargs(request))
+    return body
+
+
+def _template_kwargs(request: CountTokensRequest) -> dict[str, Any]:
+    # Only "disabled" is translated. Templates think by default, so "enabled" and
+    # "adaptive" need nothing; ``budget_tokens`` is dropped because nothing here can
+    # enforce a thinking budget (the engine does not count reasoning tokens apart), and
+    # ``max_tokens`` already bounds reasoning plus answer together, as Anthropic's does.
+    if request.thinking_disabled:
+        return {"chat_template_kwargs": {"enable_thinking": False}}
+    return {}
+
+
+def _tools(request: CountTokensRequest) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls``; hosted tools are dropped."""
+    tools = []
+    for tool in request.tools or []:
+        if not isinstance(tool, CustomTool):
+            continue  # web search, code execution …: nothing a neuron can run
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description is not None:
+            function["description"] = tool.description
+        function["parameters"] = tool.input_schema
+        tools.append({"type": "function", "function": function})
+    if not tools:
+        return {}
+    out: dict[str, Any] = {"tools": tools}
+    choice = request.tool_choice
+    if choice is None:
+        return out
+    if isinstance(choice, ToolChoiceAuto):
+        out["tool_choice"] = "auto"
+    elif isinstance(choice, ToolChoiceAny):
+        out["tool_choice"] = "required"
+    elif isinstance(choice, ToolChoiceNone):
+        out["tool_choice"] = "none"
+    else:
+        out["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+    if choice.disable_parallel_tool_use:
+        out["parallel_tool_calls"] = False
+    return out
+
+
+def chat_messages(request: CountTokensRequest) -> list[dict[str, Any]]:
+    """``system`` + ``messages`` → OpenAI chat messages, every system text folded first."""
+    system: list[str] = []
+    if isinstance(request.system, str):
+        if request.system:
+            system.append(request.system)
+    elif request.system:
+        system.append("\n\n".join(block.text for block in request.system))
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(request.messages):
+        where = f"messages.{i}.content"
+        if message.role == "system":
+            text = _system_text(message, where)
+            if text:
+                system.append(text)
+        elif message.role == "assistant":
+            out.append(_assistant(message))
+        else:  # "user", and any role we do not know
+            out += _user(message, where)
+    if system:
+        out.insert(0, {"role": "system", "content": "\n\n".join(system)})
+    return out
+
+
+def _refuse(block: ImageBlock | DocumentBlock, where: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{where}: content of type {block.type!r} is not supported; this model takes text only",
+        param=f"{where}.type",
+    )
+
+
+def _system_text(message: InputMessage, where: str) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    texts = []
+    for j, block in enumerate(message.content):
+        if isinstance(block, ImageBlock | DocumentBlock):
+            raise _refuse(block, f"{where}.{j}")
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+    return "\n\n".join(texts)
+
+
+def _user(message: InputMessage, where: str) -> list[dict[str, Any]]:
+    """A user turn: its tool results as ``tool`` messages first, then its text."""
+    if isinstance(message.content, str):
+        return [{"role": "user", "content": message.content}]
+    results: list[dict[str, Any]] = []
+    texts: list[str] = []
+    for j, block in enumerate(message.content):
+        if isinstance(block, ToolResultBlock):
+            results.append(
+                {"role": "tool", "tool_call_id": block.tool_use_id, "content": _result(block)}
+            )
+        elif isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ImageBlock | DocumentBlock):
+            raise _refuse(block, f"{where}.{j}")
+        # thinking, tool_use and unknown kinds in a user turn carry nothing a model reads
+    if texts or not results:
+        results.append({"role": "user", "content": "\n\n".join(texts)})
+    return results
+
+
+def _result(block: ToolResultBlock) -> str:
+    if block.content is None or isinstance(block.content, str):
+        text = block.content or ""
+    else:
+        parts = []
+        for part in block.content:
+            if isinstance(part, TextBlock):
+                parts.append(part.text)
+            elif isinstance(part, ImageBlock):
+                parts.append(IMAGE_PLACEHOLDER)
+            elif isinstance(part, DocumentBlock):
+                parts.append(DOCUMENT_PLACEHOLDER)
+        text = "\n\n".join(parts)
+    return f"Error: {text}" if block.is_error else text
+
+
+def _assistant(message: InputMessage) -> dict[str, Any]:
+    if isinstance(message.content, str):
+        return {"role": "assistant", "content": message.content}
+    texts: list[str] = []
+    reasoning: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in message.content:
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ThinkingBlock):
+            if block.thinking:
+                reasoning.append(block.thinking)
+        elif isinstance(block, ToolUseBlock):
+            arguments = json.dumps(block.input, ensure_ascii=False)
+            function = {"name": block.name, "arguments": arguments}
+            calls.append({"id": block.id, "type": "function", "function": function})
+        elif isinstance(block, RedactedThinkingBlock):
+            continue  # Anthropic-encrypted reasoning: nothing a local model can read
+    # "" rather than null: templates that ``trim`` the content would render "None".
+    out: dict[str, Any] = {"role": "assistant", "content": "\n\n".join(texts)}
+    if reasoning:
+        out["reasoning_content"] = "\n\n".join(reasoning)
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+# --- reply --------------------------------------------------------------------------------
+
+
+def from_openai(
+    response: dict[str, Any], client_model: str, *, omit_thinking: bool = False
+) -> dict[str, Any]:
+    """A non-streaming ``chat.completion`` → an Anthropic ``message``.
+
+    ``client_model`` is the name the client asked for (not the resolved id). Blocks come
+    as thinking, text (when not empty), then one ``tool_use`` per call.
+    """
+    choices = response.get("choices") or []
+    if not choices or not isinstance(choices[0], dict):
+        raise CortexError("The model's reply had no choices")
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    reasoning = reasoning_of(message)
+    if reasoning:
+        signature = thinking_signature(hashlib.sha256(reasoning.encode()).digest())
+        thinking = "" if omit_thinking else reasoning
+        content.append({"type": "thinking", "thinking": thinking, "signature": signature})
+    text = message.get("content")
+    if isinstance(text, str) and text:
+        content.append({"type": "text", "text": text})
+    calls = message.get("tool_calls") or []
+    for index, call in enumerate(calls):
+        function = call.get("function") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": tool_use_id(call.get("id"), index),
+                "name": function.get("name") or "",
+                "input": _arguments(function.get("arguments")),
+            }
+        )
+    reason, sequence = stop_reason(
+        choice.get("finish_reason"), choice.get("stop_reason"), bool(calls)
+    )
+    figures = response.get("usage") or {}
+    return {
+        "id": message_id(response.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "content": content,
+        "model": client_model,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage(
+            int(figures.get("prompt_tokens") or 0), int(figures.get("completion_tokens") or 0)
+        ),
+    }
+
+
+def _arguments(arguments: object) -> dict[str, Any]:
+    """A call's JSON arguments as the object Anthropic's ``input`` must be.
+
+    Neurons only send calls whose arguments parse; anything else is kept whole rather than
+    lost, under ``arguments``.
+    """
+    if not isinstance(arguments, str) or not arguments.strip():
+        return {}
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {"arguments": arguments}
+    return value if isinstance(value, dict) else {"arguments": value}
