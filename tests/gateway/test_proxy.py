@@ -34,6 +34,7 @@ class FakeChat:
     name: str
     status: int = 200
     stall: float = 0.0
+    die_mid_stream: bool = False
     bodies: list[dict[str, Any]] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -58,6 +59,8 @@ class FakeChat:
             for word in ("one", " two"):
                 await responder.write(_chunk({"content": word}))
                 await asyncio.sleep(0.01)
+                if self.die_mid_stream:
+                    raise RuntimeError("the neuron's process died")
             await responder.write(_chunk({}, "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"id": "c1", "object": "chat.completion.chunk", "choices": [],
@@ -205,3 +208,30 @@ async def test_unknown_model_and_bad_json(rig: Rig) -> None:
         bad = await client.post(f"{rig.url}/v1/chat/completions", content=b"{oops")
     assert bad.status_code == 400
     assert bad.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_anthropic_stream_pings_while_loading_and_errors_if_the_neuron_dies(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proxy, "KEEPALIVE_EVERY", 0.05)
+    rig.fakes.load_delay = 0.3
+    body = {"model": "m1", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    async with httpx.AsyncClient(timeout=10) as client:
+        cold = await client.post(f"{rig.url}/v1/messages", json=body)
+    assert cold.status_code == 200
+    assert cold.content.startswith(b"event: ping\n")
+    assert b"event: message_start" in cold.content
+    assert cold.content.rstrip().endswith(b'"type":"message_stop"}')
+    assert rig.chats["a"].bodies[-1]["stream_options"]["continuous_usage_stats"] is True
+
+    rig.chats["a"].die_mid_stream = True
+    async with httpx.AsyncClient(timeout=10) as client:
+        dying = await client.post(f"{rig.url}/v1/messages", json=body)
+    assert dying.status_code == 200
+    events = [line for line in dying.text.splitlines() if line.startswith("event: ")]
+    assert events[-1] == "event: error"
+    last = json.loads(dying.text.strip().splitlines()[-1].removeprefix("data: "))
+    assert last["type"] == "error"
+    assert last["error"]["type"] == "overloaded_error"
+    assert "mid-stream" in last["error"]["message"]

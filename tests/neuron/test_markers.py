@@ -536,3 +536,15 @@ def test_tool_format_from_the_template(tiny_tokenizer: Any) -> None:
     assert tool_format(tiny_tokenizer.chat_template) == "hermes"
     assert tool_format(None) == "hermes"
     assert tool_format("{{- '<tool_call>\\n<function=' + name + '>\\n' }}") == "xml"
+
+
+def test_a_call_opened_inside_an_unclosed_one_releases_it_as_text(tiny_tokenizer: Any) -> None:
+    newline = _enc(tiny_tokenizer, "\n")
+    output = MarkedOutput(tiny_tokenizer, probe(tiny_tokenizer))
+    streamed = [
+        e for token in [TOOL, *newline, TOOL, *newline, TOOL] for e in output.feed(token)[0]
+    ]
+    # Released as it goes, not only when generation ends.
+    assert "".join(e.text for e in streamed if isinstance(e, Text)) == "<tool_call>\n<tool_call>\n"
+    rest = output.finish()
+    assert "".join(e.text for e in rest if isinstance(e, Text)) == "<tool_call>"

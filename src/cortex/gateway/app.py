@@ -21,8 +21,9 @@ from starlette.routing import Route
 
 from cortex.config import CortexConfig, ModelsConfig
 from cortex.errors import CortexError, EngineFailure, InvalidRequest, NotFound
+from cortex.gateway.anthropic_proxy import AnthropicDialect, count_tokens
 from cortex.gateway.bridge import call_asgi
-from cortex.gateway.catalogue import Catalogue, fleet_view, placements
+from cortex.gateway.catalogue import Catalogue, anthropic_models, fleet_view, placements
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.http import HttpRequest, HttpServer, Responder
 from cortex.gateway.metrics import GatewayMetrics
@@ -31,6 +32,7 @@ from cortex.gateway.openai_dialect import OpenAIDialect
 from cortex.gateway.proxy import Dialect, Proxy
 from cortex.gateway.upstream import UpstreamPool
 from cortex.protocol import openai
+from cortex.protocol.anthropic import error_body as anthropic_error
 from cortex.protocol.fleet import (
     FleetActionResult,
     FleetLoadRequest,
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 HOT_ROUTES: dict[str, Dialect] = {
     "/v1/chat/completions": OpenAIDialect("chat"),
     "/v1/responses": OpenAIDialect("responses"),
+    "/v1/messages": AnthropicDialect(),
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -65,6 +68,8 @@ class GatewayApp:
         dialect = HOT_ROUTES.get(request.path)
         if dialect is not None and request.method == "POST":
             await self.proxy.handle(request, responder, dialect)
+        elif request.path == "/v1/messages/count_tokens" and request.method == "POST":
+            await count_tokens(request, responder, self.fleet.snapshot, self.pool)
         elif request.method == "HEAD":
             responder.respond(200, b"")
         else:
@@ -111,6 +116,16 @@ class GatewayApp:
         )
 
     async def models(self, request: Request) -> Response:
+        if "anthropic-version" in request.headers:
+            params = request.query_params
+            limit = params.get("limit", "20")
+            if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+                err = InvalidRequest("limit: must be an integer from 1 to 1000", param="limit")
+                return json_response(anthropic_error(err), status=400)
+            page = anthropic_models(
+                self.fleet.snapshot, int(limit), params.get("after_id"), params.get("before_id")
+            )
+            return json_response(page)
         return Response(self.catalogue.openai(self.fleet.snapshot), media_type="application/json")
 
     async def fleet_status(self, request: Request) -> Response:

@@ -7,6 +7,8 @@ clients (Zed, Open WebUI) fetch ``/v1/models`` often.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from cortex.gateway.state import Snapshot
@@ -114,3 +116,28 @@ class Catalogue:
             self._openai = orjson.dumps({"object": "list", "data": data})
             self._version = snapshot.version
         return self._openai
+
+
+def anthropic_models(
+    snapshot: Snapshot, limit: int, after_id: str | None = None, before_id: str | None = None
+) -> dict[str, Any]:
+    """``GET /v1/models`` in Anthropic's shape (sent ``anthropic-version``), one page."""
+    ids = [p.id for p in placements(snapshot)]
+    if after_id in ids:
+        ids = ids[ids.index(after_id) + 1 :]
+    elif before_id in ids:
+        ids = ids[: ids.index(before_id)][-limit:]
+    page = ids[:limit]
+    data = [
+        {"type": "model", "id": model, "display_name": model, "created_at": _EPOCH}
+        for model in page
+    ]
+    return {
+        "data": data,
+        "has_more": len(ids) > len(page),
+        "first_id": page[0] if page else None,
+        "last_id": page[-1] if page else None,
+    }
+
+
+_EPOCH = "1970-01-01T00:00:00Z"

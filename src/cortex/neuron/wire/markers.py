@@ -231,6 +231,13 @@ class MarkedOutput:
         if state == "tool":
             if kind == _TOOL_END:
                 return self._end_tool(closed=True)
+            if kind == _TOOL:
+                # A new call opened before this one closed: this body never will close, so
+                # it is text now (else a model looping on <tool_call> streams nothing).
+                events, stop = self._end_tool(closed=False)
+                if stop is None:
+                    self._begin("tool")
+                return events, stop
             self._tool_ids.append(token_id)
             return [], None
         if (state == "reasoning" and kind != _TOOL) or kind == _THINK:
