@@ -35,6 +35,7 @@ class FakeChat:
     status: int = 200
     stall: float = 0.0
     die_mid_stream: bool = False
+    error: dict[str, Any] | None = None  # the error envelope's body when status != 200
     bodies: list[dict[str, Any]] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -44,8 +45,8 @@ class FakeChat:
         try:
             await asyncio.sleep(self.stall)
             if self.status != 200:
-                error = {"error": {"message": f"{self.name} says no", "type": "x", "code": None}}
-                responder.respond(self.status, json.dumps(error).encode())
+                error = self.error or {"message": f"{self.name} says no", "type": "x", "code": None}
+                responder.respond(self.status, json.dumps({"error": error}).encode())
                 return
             if not body.get("stream"):
                 reply = {"id": "c1", "object": "chat.completion", "model": body["model"],
@@ -235,3 +236,23 @@ async def test_anthropic_stream_pings_while_loading_and_errors_if_the_neuron_die
     assert last["type"] == "error"
     assert last["error"]["type"] == "overloaded_error"
     assert "mid-stream" in last["error"]["message"]
+
+
+async def test_anthropic_prompt_too_long_in_anthropics_words(rig: Rig) -> None:
+    rig.chats["a"].status = 400
+    rig.chats["a"].error = {
+        "message": "This model's maximum context length is 65536 tokens. However, ...",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded",
+        "prompt_tokens": 70001, "context_length": 65536,
+    }  # fmt: skip
+    await rig.app.fleet.ensure("m0", "a", lease=False)
+    body = {"model": "m0", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(f"{rig.url}/v1/messages", json=body)
+    assert response.status_code == 400
+    assert response.json()["type"] == "error"
+    assert response.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "prompt is too long: 70001 tokens > 65536 maximum",
+    }
+    assert response.json()["request_id"].startswith("req_")
