@@ -105,6 +105,11 @@ class NeuronConfig(BaseModel):
     reasoning_field: Literal["both", "reasoning_content", "reasoning"] = "both"
     # How many finished Responses a neuron keeps for previous_response_id (in memory).
     response_store: int = Field(default=1000, ge=0)
+    # Continuous batching, per model: sequences decoded together, sequences allowed to
+    # wait (past that: 429 with Retry-After), prompt tokens prefilled in one step.
+    max_num_seqs: int = Field(default=32, ge=1)
+    max_queue: int = Field(default=256, ge=0)
+    max_prefill_tokens: int = Field(default=8192, ge=1)
 
     @field_validator("listen")
     @classmethod

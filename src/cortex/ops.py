@@ -143,7 +143,7 @@ def render_loaded(view: FleetView, now: float) -> RenderableType:
         return Text("No models loaded.", style="dim")
     catalogue = {entry.id: entry for entry in view.models}
     # Short headers: at 80 columns the names must fit whole; "Last used" folds instead.
-    numeric = ("Busy", "Queued", "Memory", "Prio")
+    numeric = ("Running", "Waiting", "Memory", "Prio")
     columns = ("Model", "Node", "State", *numeric[:3], "Last used", "Pin", "Prio")
     table = _table("Models", *columns, right=numeric, whole=("Model", "Node", "State"))
     for record, node_name in rows:

@@ -124,6 +124,9 @@ class AnthropicDialect:
             data = await response.read()
             if response.status != 200:
                 err = neuron_error(response.status, data)
+                retry = response.header(b"retry-after")
+                if retry is not None:
+                    err.headers["Retry-After"] = retry.decode()
                 if started:
                     responder.end(self.stream_error(err))
                 else:

@@ -86,7 +86,7 @@ class OpenAIDialect:
             else:
                 content_type = response.header(b"content-type") or b"application/json"
                 responder.respond(
-                    response.status, data, content_type, [(b"x-cortex-node", node.encode())]
+                    response.status, data, content_type, _passed_headers(response, node)
                 )
             return Outcome(response.status, *_usage(data))
         if not started:
@@ -184,3 +184,12 @@ def _usage(data: bytes) -> tuple[int, int]:
     except ValueError:
         return 0, 0
     return _tokens(usage) if isinstance(usage, dict) else (0, 0)
+
+
+def _passed_headers(response: UpstreamResponse, node: str) -> list[tuple[bytes, bytes]]:
+    """What the client gets of the neuron's headers: the node, and when to retry a 429."""
+    headers = [(b"x-cortex-node", node.encode())]
+    retry = response.header(b"retry-after")
+    if retry is not None:
+        headers.append((b"retry-after", retry))
+    return headers

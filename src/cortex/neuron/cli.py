@@ -95,6 +95,14 @@ def serve(
         str | None, typer.Option(envvar="NEURON_DTYPE", help="auto|float32|bfloat16|float16")
     ] = None,
     cpu_threads: Annotated[int | None, typer.Option(envvar="NEURON_CPU_THREADS")] = None,
+    max_num_seqs: Annotated[
+        int | None,
+        typer.Option(envvar="NEURON_MAX_NUM_SEQS", help="Sequences batched together per model"),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(envvar="NEURON_MAX_QUEUE", help="Requests that may wait per model (then 429)"),
+    ] = None,
     log_level: LogOpt = "info",
     access_log: Annotated[bool, typer.Option(envvar="NEURON_ACCESS_LOG")] = False,
 ) -> None:
@@ -109,6 +117,8 @@ def serve(
         "admin_token": admin_token,
         "dtype": dtype,
         "cpu_threads": cpu_threads,
+        "max_num_seqs": max_num_seqs,
+        "max_queue": max_queue,
     }
     run(_load(config, overrides), log_level=log_level, access_log=access_log)
 

@@ -9,13 +9,14 @@ grammar-constrained decoding).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cortex.errors import ContextLengthExceeded, InvalidRequest
-from cortex.neuron.engine.base import InferenceRequest, SamplingParams
+from cortex.neuron.engine.base import InferenceRequest, InferenceStream, SamplingParams
 from cortex.neuron.models import LoadedModel
 from cortex.neuron.prompt import Prompt, render
 from cortex.neuron.wire.events import Done, Error, InferenceEvent
@@ -26,19 +27,24 @@ from cortex.protocol.openai import ChatCompletionRequest, NamedToolChoice
 
 @dataclass(slots=True)
 class Generation:
-    """A validated request, ready to submit: nothing has reached the engine yet."""
+    """A validated request, ready to submit: nothing has reached the engine yet.
+
+    One inference per choice (``n``); each has its own output parser and sampler.
+    """
 
     model: LoadedModel
-    inference: InferenceRequest
-    completion_tokens: int = 0  # generated so far, as of the last event ``run`` yielded
+    inferences: list[InferenceRequest]
+    # Generated so far per choice, as of the last event ``run`` yielded for it.
+    completion_tokens: list[int] = field(default_factory=list)
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self.inference.prompt_ids)
+        return len(self.inferences[0].prompt_ids)
 
 
 def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str) -> Generation:
     """Render, steer and check one request (blocking: run it off the event loop)."""
+    model.harness.check_room()  # a full queue is a 429 before anything streams
     weights = model.weights
     choice = request.tool_choice
     tools = request.tools if choice != "none" else None
@@ -49,47 +55,86 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
     if choice == "required" or isinstance(choice, NamedToolChoice):
         prompt, prefix = _open_call(request, model, prompt, start)
         start = "tool"
-    output: OutputProcessor
-    if markers.reasoning or markers.tools:
-        output = MarkedOutput(
-            model.tokenizer,
-            markers,
-            start=start,
-            tool_prefix=prefix,
-            stops=request.stop_strings,
-            tools=[t.model_dump(exclude_none=True) for t in tools] if tools else None,
-            fmt=weights.tool_format,
-            parallel_tool_calls=request.parallel_tool_calls is not False,
+    params = sampling_params(request, model, len(prompt.ids))
+    tool_dicts = [t.model_dump(exclude_none=True) for t in tools] if tools else None
+
+    def output() -> OutputProcessor:
+        if markers.reasoning or markers.tools:
+            return MarkedOutput(
+                model.tokenizer,
+                markers,
+                start=start,
+                tool_prefix=prefix,
+                stops=request.stop_strings,
+                tools=tool_dicts,
+                fmt=weights.tool_format,
+                parallel_tool_calls=request.parallel_tool_calls is not False,
+            )
+        return TextOutput(model.tokenizer, request.stop_strings)
+
+    token_text = _token_text(model.tokenizer) if params.logprobs is not None else None
+    inferences = [
+        InferenceRequest(
+            request_id=f"{request_id}-{i}",
+            prompt_ids=prompt.ids,
+            # Each choice samples on its own: a seeded request gives n different, and
+            # reproducible, choices.
+            params=replace(params, seed=params.seed + i)
+            if params.seed is not None and i
+            else params,
+            output=output(),
+            eos_token_ids=weights.eos_token_ids,
+            token_text=token_text,
         )
-    else:
-        output = TextOutput(model.tokenizer, request.stop_strings)
-    inference = InferenceRequest(
-        request_id=request_id,
-        prompt_ids=prompt.ids,
-        params=sampling_params(request, model, len(prompt.ids)),
-        output=output,
-        eos_token_ids=weights.eos_token_ids,
-    )
-    return Generation(model, inference)
+        for i in range(request.n)
+    ]
+    return Generation(model, inferences, [0] * request.n)
 
 
-async def run(generation: Generation) -> AsyncGenerator[InferenceEvent, None]:
-    """The events of one generation, ending after ``Done`` or ``Error``.
+async def run(generation: Generation) -> AsyncGenerator[tuple[int, InferenceEvent], None]:
+    """``(choice index, event)`` for every choice, until each has ended (Done or Error).
 
     Use it under ``contextlib.aclosing``: closing it early cancels the generation at the
     engine's next step and ends the model's session at once.
     """
     model = generation.model
     with model.session():
-        stream = model.harness.submit(generation.inference)
+        streams = [model.harness.submit(inference) for inference in generation.inferences]
         try:
-            async for event in stream:
-                generation.completion_tokens = stream.completion_tokens
-                yield event
-                if isinstance(event, Done | Error):
-                    return
+            if len(streams) == 1:
+                async for event in streams[0]:
+                    generation.completion_tokens[0] = streams[0].completion_tokens
+                    yield 0, event
+                return
+            merged: asyncio.Queue[tuple[int, InferenceEvent]] = asyncio.Queue()
+            pumps = [asyncio.ensure_future(_pump(i, s, merged)) for i, s in enumerate(streams)]
+            try:
+                ended = 0
+                while ended < len(streams):
+                    index, event = await merged.get()
+                    generation.completion_tokens[index] = streams[index].completion_tokens
+                    ended += isinstance(event, Done | Error)
+                    yield index, event
+            finally:
+                for pump in pumps:
+                    pump.cancel()
         finally:
-            await stream.aclose()
+            for stream in streams:
+                await stream.aclose()
+
+
+async def _pump(
+    index: int, stream: InferenceStream, into: asyncio.Queue[tuple[int, InferenceEvent]]
+) -> None:
+    async for event in stream:
+        into.put_nowait((index, event))
+
+
+def _token_text(tokenizer: Any) -> Callable[[int], str]:
+    def text(token: int) -> str:
+        return str(tokenizer.decode([token], skip_special_tokens=False))
+
+    return text
 
 
 def _without_tools(markers: Markers) -> Markers:
@@ -175,4 +220,5 @@ def sampling_params(
         min_tokens=min_tokens,
         ignore_eos=request.ignore_eos,
         stop_token_ids=tuple(request.stop_token_ids or ()),
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
     )

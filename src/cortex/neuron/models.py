@@ -45,7 +45,8 @@ from cortex.neuron import loader, sources
 from cortex.neuron.devices import Device
 from cortex.neuron.engine.base import Harness
 from cortex.neuron.engine.harness import TransformersHarness
-from cortex.neuron.metrics import NeuronMetrics
+from cortex.neuron.engine.worker import DeviceWorker
+from cortex.neuron.metrics import LiveFigures, NeuronMetrics
 from cortex.protocol.lifecycle import (
     Capabilities,
     DeviceInfo,
@@ -111,6 +112,8 @@ class ModelRegistry:
         self._reserved: dict[str, int] = {}  # device label → bytes of loads in flight
         self._budgets = {d.label: config.memory_budget or d.default_budget() for d in devices}
         self._tokenizers: dict[Path, Any] = {}
+        self._workers: dict[str, DeviceWorker] = {}
+        self.metrics.watch(self._live)
 
     # --- views ---------------------------------------------------------------------
 
@@ -225,7 +228,12 @@ class ModelRegistry:
         harness = TransformersHarness(
             weights.model,
             device.torch_device,
+            self._worker(device),
             max_model_len=weights.context_length,
+            max_num_seqs=self.config.max_num_seqs,
+            max_queue=self.config.max_queue,
+            max_prefill_tokens=self.config.max_prefill_tokens,
+            stats=self.metrics.engine_stats(model_id),
             name=model_id,
         )
         now = time.time()
@@ -273,6 +281,9 @@ class ModelRegistry:
     async def aclose(self) -> None:
         for model_id in list(self._ready):
             await self.unload(model_id, force=True)
+        for worker in self._workers.values():
+            await asyncio.to_thread(worker.close)
+        self._workers.clear()
 
     async def acquire(self, model_id: str) -> LoadedModel:
         """A ready model; waits (bounded) while it loads. Count its use with ``session()``."""
@@ -297,6 +308,25 @@ class ModelRegistry:
         return self._tokenizers[path]
 
     # --- internals -----------------------------------------------------------------
+
+    def _worker(self, device: Device) -> DeviceWorker:
+        """The device's one generation thread, started with its first model."""
+        worker = self._workers.get(device.label)
+        if worker is None:
+            worker = self._workers[device.label] = DeviceWorker(device.torch_device)
+        return worker
+
+    def _live(self) -> list[LiveFigures]:
+        return [
+            LiveFigures(
+                model=model_id,
+                running=m.harness.num_running,
+                waiting=m.harness.num_waiting,
+                oldest_wait=m.harness.queue_wait(),
+                cached_tokens=m.harness.cached_tokens,
+            )
+            for model_id, m in list(self._ready.items())
+        ]
 
     def _load_done(self, model_id: str, task: asyncio.Task[LoadedModel]) -> None:
         load = self._loads.pop(model_id, None)
@@ -335,9 +365,11 @@ class ModelRegistry:
             return record.model_copy()
         # Requests being prepared count as in flight, and so do sequences the engine has
         # not dropped yet (a cancelled one leaves at its next step).
-        queued = loaded.harness.num_waiting
-        in_flight = max(loaded.active - queued, loaded.harness.num_running)
-        return record.model_copy(update={"in_flight": in_flight, "queued": queued})
+        harness = loaded.harness
+        queued = harness.num_waiting
+        in_flight = max(loaded.active - queued, harness.num_running)
+        update = {"in_flight": in_flight, "queued": queued, "queue_wait": harness.queue_wait()}
+        return record.model_copy(update=update)
 
     def _used(self, device: Device) -> int:
         return sum(m.weights.memory_bytes for m in self._ready.values() if m.device == device)

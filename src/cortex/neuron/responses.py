@@ -67,7 +67,7 @@ class ResponsesService:
     async def complete(self, prepared: PreparedResponse) -> dict[str, Any]:
         collector = ResponseCollector(prepared.head, prepared.conversation.tool_names)
         async with aclosing(generation.run(prepared.generation)) as events:
-            async for event in events:
+            async for _, event in events:
                 collector.add(event)
         response = collector.response()
         self._keep(prepared, response)
@@ -77,7 +77,7 @@ class ResponsesService:
         projector = ResponseStreamProjector(prepared.head, prepared.conversation.tool_names)
         yield projector.start()
         async with aclosing(generation.run(prepared.generation)) as events:
-            async for event in events:
+            async for _, event in events:
                 yield projector.project(event)
         if projector.response is not None:
             self._keep(prepared, projector.response)

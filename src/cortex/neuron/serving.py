@@ -19,7 +19,14 @@ from cortex.errors import EngineFailure
 from cortex.neuron import generation
 from cortex.neuron.generation import Generation
 from cortex.neuron.models import ModelRegistry
-from cortex.neuron.wire.chat import DONE_LINE, ChatCollector, ChunkProjector, ReasoningField, sse
+from cortex.neuron.wire.chat import (
+    DONE_LINE,
+    ChatCollector,
+    ChunkProjector,
+    ReasoningField,
+    completion,
+    sse,
+)
 from cortex.neuron.wire.events import Done, Error
 from cortex.protocol.openai import ChatCompletion, ChatCompletionRequest, error_body
 
@@ -46,17 +53,21 @@ class ChatService:
 
     async def complete(self, chat: PreparedChat) -> ChatCompletion:
         """The whole reply; cancelling this coroutine cancels the generation."""
-        collector = ChatCollector(reasoning_field=chat.reasoning_field)
+        n = len(chat.generation.inferences)
+        collectors = [ChatCollector(reasoning_field=chat.reasoning_field) for _ in range(n)]
+        dones: list[Done | None] = [None] * n
         async with aclosing(generation.run(chat.generation)) as events:
-            async for event in events:
+            async for index, event in events:
                 if isinstance(event, Error):
                     raise EngineFailure(event.message)
                 if isinstance(event, Done):
-                    return collector.completion(
-                        chat.completion_id, chat.request.model, chat.created, event
-                    )
-                collector.add(event)
-        raise EngineFailure("generation ended without a result")
+                    dones[index] = event
+                else:
+                    collectors[index].add(event)
+        finished = [(c, d) for c, d in zip(collectors, dones, strict=True) if d is not None]
+        if len(finished) < n:
+            raise EngineFailure("generation ended without a result")
+        return completion(chat.completion_id, chat.request.model, chat.created, finished)
 
     async def stream(self, chat: PreparedChat) -> AsyncIterator[bytes]:
         """SSE lines; submits on first iteration, so an unread stream costs nothing."""
@@ -69,11 +80,12 @@ class ChatService:
             reasoning_field=chat.reasoning_field,
             continuous_usage=bool(options and options.continuous_usage_stats),
             prompt_tokens=chat.generation.prompt_tokens,
+            n=len(chat.generation.inferences),
         )
         yield projector.start()
         async with aclosing(generation.run(chat.generation)) as events:
-            async for event in events:
+            async for index, event in events:
                 if isinstance(event, Error):
                     yield sse(error_body(EngineFailure(event.message))) + DONE_LINE
                     return
-                yield projector.project(event, chat.generation.completion_tokens)
+                yield projector.project(index, event, chat.generation.completion_tokens[index])

@@ -49,6 +49,7 @@ class ModelRecord(BaseModel):
     last_used_at: float | None = None
     in_flight: int = 0
     queued: int = 0
+    queue_wait: float = 0.0  # seconds the oldest queued request has waited
     tp: int = 1
     quant: str | None = None
     capabilities: Capabilities = Field(default_factory=Capabilities)

@@ -3,7 +3,8 @@
 A ``Harness`` owns one loaded model's generation. Contract:
 
 * ``submit`` is called on the event loop, never blocks, and returns at once; the
-  work happens on the harness's own worker thread, never on the event loop.
+  work happens on the device's worker thread, never on the event loop. It raises
+  ``Overloaded`` when the model's waiting queue is full.
 * The returned ``InferenceStream`` yields ``InferenceEvent``s in order and ends
   after exactly one ``Done`` or ``Error``.
 * ``InferenceStream.aclose()`` cancels: the sequence is dropped at the next engine
@@ -14,7 +15,7 @@ A ``Harness`` owns one loaded model's generation. Contract:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,6 +43,8 @@ class SamplingParams:
     min_tokens: int = 0
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    # None: no logprobs; k >= 0: the chosen token's logprob and the k most likely.
+    logprobs: int | None = None
 
     @property
     def is_greedy(self) -> bool:
@@ -64,6 +67,8 @@ class InferenceRequest:
     output: OutputProcessor
     # Token ids that end generation (the model's EOS ids); stop_token_ids add to them.
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+    # How a token id reads, for logprobs (the tokenizer's, set when logprobs are asked).
+    token_text: Callable[[int], str] | None = None
 
 
 class InferenceStream(Protocol):
@@ -84,9 +89,22 @@ class Harness(Protocol):
     @property
     def num_waiting(self) -> int: ...
 
+    def queue_wait(self) -> float:
+        """Seconds the oldest waiting sequence has waited."""
+        ...
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens held in the KV cache."""
+        ...
+
     @property
     def failure(self) -> str | None:
         """Why the harness can no longer generate (a device error), else None."""
+        ...
+
+    def check_room(self) -> None:
+        """Raise ``Overloaded`` when the waiting queue is full (before a response starts)."""
         ...
 
     def submit(self, request: InferenceRequest) -> InferenceStream: ...

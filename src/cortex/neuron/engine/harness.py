@@ -1,9 +1,10 @@
-"""``TransformersHarness``: the engine loop on a worker thread.
+"""``TransformersHarness``: continuous batching for one model, stepped by its device's worker.
 
-``step()`` reads like the engine it is: schedule → run the model → sample →
-postprocess (detokenize, check stops, emit events). The worker thread owns the
-scheduler, the runner and every tensor; the event loop only submits sequences and
-receives events through ``_Stream`` (a queue fed with ``call_soon_threadsafe``).
+``step()`` reads like the engine it is: schedule → run the model (one batched decode
+for every running sequence, one batched prefill for those joining) → sample →
+postprocess (detokenize, check stops, emit events). The device worker's thread owns
+the scheduler, the runner and every tensor; the event loop only submits sequences
+and receives events through ``_Stream`` (one ``call_soon_threadsafe`` per step).
 """
 
 from __future__ import annotations
@@ -18,21 +19,25 @@ from typing import Any
 
 import torch
 
+from cortex.errors import Overloaded
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream
-from cortex.neuron.engine.runner import ModelRunner
-from cortex.neuron.engine.sampling import make_generator, sample_next
+from cortex.neuron.engine.runner import ModelRunner, can_batch
+from cortex.neuron.engine.sampling import make_generator, sample_next, token_logprobs
 from cortex.neuron.engine.scheduler import Scheduler
-from cortex.neuron.engine.sequence import Sequence
-from cortex.neuron.wire.events import Done, Error, FinishReason, InferenceEvent
+from cortex.neuron.engine.sequence import Sequence, SequenceStatus
+from cortex.neuron.engine.stats import EngineStats
+from cortex.neuron.engine.worker import DeviceWorker
+from cortex.neuron.wire.events import Done, Error, FinishReason, InferenceEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
+
+Posts = list[tuple[Sequence, list[InferenceEvent], int]]
 
 
 class _Stream:
     """The consumer's end of one sequence; an async iterator of events."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Any) -> None:
-        self._loop = loop
+    def __init__(self, wake: Any) -> None:
         self._wake = wake
         self._queue: asyncio.Queue[tuple[list[InferenceEvent], int]] = asyncio.Queue()
         self._pending: deque[InferenceEvent] = deque()
@@ -40,13 +45,9 @@ class _Stream:
         self.seq: Sequence | None = None
         self.completion_tokens = 0  # generated up to the last event handed out
 
-    def post(self, events: list[InferenceEvent], completion_tokens: int) -> None:
-        """Called on the worker thread."""
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, (events, completion_tokens))
-        except RuntimeError:  # the event loop is gone: nobody is listening any more
-            if self.seq is not None:
-                self.seq.cancel()
+    def put(self, events: list[InferenceEvent], completion_tokens: int) -> None:
+        """On the event loop."""
+        self._queue.put_nowait((events, completion_tokens))
 
     def __aiter__(self) -> AsyncIterator[InferenceEvent]:
         return self
@@ -70,102 +71,196 @@ class _Stream:
             self._wake()
 
 
+def _dispatch(posts: Posts) -> None:
+    for seq, events, count in posts:
+        seq.sink.put(events, count)
+
+
 class TransformersHarness:
-    """Generation for one transformers model on one device."""
+    """Generation for one transformers model; stepped by its device's ``DeviceWorker``."""
 
     def __init__(
         self,
         model: Any,
         device: torch.device,
+        worker: DeviceWorker,
         *,
         max_model_len: int,
-        max_num_seqs: int = 1,
+        max_num_seqs: int = 32,
+        max_queue: int = 256,
+        max_prefill_tokens: int = 8192,
+        stats: EngineStats | None = None,
         name: str = "model",
     ) -> None:
+        self.name = name
         self.max_model_len = max_model_len
+        self.max_queue = max_queue
+        self.stats = stats or EngineStats()
         self._device = device
+        self._worker = worker
         self._runner = ModelRunner(model, device)
-        self._scheduler = Scheduler(max_num_seqs)
-        self._cond = threading.Condition()
+        # Models whose caches cannot be padded and moved run one sequence at a time.
+        self._scheduler = Scheduler(max_num_seqs if can_batch(model) else 1, max_prefill_tokens)
+        self._lock = threading.Lock()
         self._incoming: deque[Sequence] = deque()
-        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: str | None = None
-        self._thread = threading.Thread(target=self._loop, name=f"engine:{name}", daemon=True)
-        self._thread.start()
+        self._closing = False
+        self._idle = threading.Event()
+        self._idle.set()
+        worker.add(self)
+
+    # --- status (any thread) ------------------------------------------------------------
 
     @property
     def num_running(self) -> int:
-        return self._scheduler.num_running
+        return self._runner.num_rows
 
     @property
     def num_waiting(self) -> int:
         return len(self._incoming) + self._scheduler.num_waiting
 
+    def queue_wait(self) -> float:
+        incoming = list(self._incoming)
+        oldest = min((s.arrival_time for s in incoming), default=None)
+        waited = time.monotonic() - oldest if oldest is not None else 0.0
+        return max(waited, self._scheduler.queue_wait())
+
+    @property
+    def cached_tokens(self) -> int:
+        return self._runner.cached_tokens
+
     @property
     def failure(self) -> str | None:
         return self._failure
 
+    @property
+    def has_work(self) -> bool:
+        return bool(self._incoming or self._scheduler.waiting or self._runner.rows)
+
+    # --- the event loop's side -----------------------------------------------------------
+
+    def check_room(self) -> None:
+        """Raise ``Overloaded`` (429, Retry-After) when no more sequences may wait."""
+        if self.num_waiting >= self.max_queue:
+            raise Overloaded(
+                f"The model {self.name!r} has {self.num_waiting} requests waiting, its limit; "
+                "retry shortly",
+                headers={"Retry-After": "1"},
+            )
+
     def submit(self, request: InferenceRequest) -> InferenceStream:
-        stream = _Stream(asyncio.get_running_loop(), self._wake)
-        seq = Sequence(request=request, emit=stream.post)
+        """Queue a sequence; raises ``Overloaded`` (429) when the waiting queue is full."""
+        self._loop = asyncio.get_running_loop()
+        stream = _Stream(self._worker.wake)
+        seq = Sequence(request=request, sink=stream)
         stream.seq = seq
         if self._failure is not None or self._closing:
-            stream.post([Error(self._failure or "the model is being unloaded")], 0)
+            stream.put([Error(self._failure or "the model is being unloaded")], 0)
             return stream
-        with self._cond:
+        self.check_room()
+        with self._lock:
             self._incoming.append(seq)
-            self._cond.notify()
+            self._idle.clear()
+        self._worker.wake()
         return stream
 
     async def aclose(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        await asyncio.to_thread(self._thread.join)
+        """Cancel every sequence, wait until the worker has let them go, leave the worker."""
+        self._closing = True
+        with self._lock:
+            seqs = [*self._incoming, *self._scheduler.waiting, *self._runner.rows]
+        for seq in seqs:
+            seq.cancel()
+        self._worker.wake()
+        await asyncio.to_thread(self._idle.wait, 30)
+        self._worker.remove(self)
         self._runner.model = None
 
-    def _wake(self) -> None:
-        with self._cond:
-            self._cond.notify()
-
-    # --- worker thread -------------------------------------------------------------
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._closing or self._incoming or self._scheduler.has_work):
-                    self._cond.wait()
-                if self._closing:
-                    break
-                while self._incoming:
-                    self._scheduler.add(self._incoming.popleft())
-            self.step()
-        for seq in [*self._scheduler.drain(), *self._incoming]:
-            self._finish(seq, "cancelled")
-        self._incoming.clear()
+    # --- the worker's side -----------------------------------------------------------------
 
     def step(self) -> None:
-        batch = self._scheduler.schedule()
+        with self._lock:
+            while self._incoming:
+                self._scheduler.add(self._incoming.popleft())
+        batch = self._scheduler.schedule(self._runner.rows)
+        posts: Posts = []
+        finished: list[Sequence] = []
         for seq in batch.cancelled:
-            self._finish(seq, "cancelled")
+            self._finish(seq, "cancelled", posts)
+        self._runner.remove(batch.cancelled)
         try:
-            if batch.decode:
-                tokens = sample_next(self._runner.decode(batch.decode), batch.decode)
-                for seq, token in zip(batch.decode, tokens, strict=True):
-                    self._postprocess(seq, token)
-            for seq in batch.prefill:
+            with torch.inference_mode():  # sampling edits the model's logits in place
+                self._run(batch.prefill, posts, finished)
+        except torch.OutOfMemoryError as exc:
+            self._fail_rows(f"generation ran out of memory: {exc}", posts, finished)
+        except Exception as exc:
+            if self._device.type == "cuda":
+                raise  # the worker fails the whole device
+            log.exception("a step of %s failed", self.name)
+            self._fail_rows(f"generation failed: {type(exc).__name__}: {exc}", posts, finished)
+        self._runner.remove(finished)
+        self._post(posts)
+        if not self.has_work:
+            self._idle.set()
+
+    def _run(self, joining: list[Sequence], posts: Posts, finished: list[Sequence]) -> None:
+        """One decode for every running row, then one prefill for the joining ones."""
+        if self._runner.rows:
+            logits = self._runner.decode()
+            self._sample_and_post(logits, self._runner.rows, posts, finished)
+        if joining:
+            now = time.monotonic()
+            for seq in joining:
+                self.stats.queued(now - seq.arrival_time)
                 if not seq.request.params.is_greedy:
                     seq.generator = make_generator(seq.request.params.seed, self._device)
-                token = sample_next(self._runner.prefill(seq), [seq])[0]
-                self._postprocess(seq, token)
-        except Exception as exc:  # a failed forward must not kill the worker
-            self._fail(batch.decode + batch.prefill, exc)
+            logits = self._runner.prefill(joining)
+            self._sample_and_post(logits, joining, posts, finished)
 
-    def _postprocess(self, seq: Sequence, token: int) -> None:
+    def fail(self, reason: str) -> None:
+        self._failure = reason
+        posts: Posts = []
+        finished: list[Sequence] = []
+        with self._lock:
+            seqs = [*self._incoming, *self._scheduler.drain()]
+            self._incoming.clear()
+        for seq in seqs:
+            self._error(seq, reason, posts)
+        self._fail_rows(reason, posts, finished)
+        self._runner.remove(finished)
+        self._post(posts)
+        self._idle.set()
+
+    def _sample_and_post(
+        self, logits: torch.Tensor, seqs: list[Sequence], posts: Posts, finished: list[Sequence]
+    ) -> None:
+        # logits: [B, V] for ``seqs`` in order (one cancelled since the schedule is decoded
+        # once more and dropped at the next step)
+        tokens = sample_next(logits, seqs)
+        wanted = [s.request.params.logprobs for s in seqs]
+        found = (
+            token_logprobs(logits, tokens, wanted) if any(w is not None for w in wanted) else None
+        )
+        now = time.monotonic()
+        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+            events = self._postprocess(seq, token, now)
+            if found is not None and found[i] is not None:
+                events.insert(0, self._logprob_event(seq, token, found[i]))
+            if events:
+                posts.append((seq, events, seq.num_completion_tokens))
+            if seq.is_finished:
+                finished.append(seq)
+
+    def _postprocess(self, seq: Sequence, token: int, now: float) -> list[InferenceEvent]:
         request, params = seq.request, seq.request.params
         seq.output_ids.append(token)
         if seq.first_token_time is None:
-            seq.first_token_time = time.monotonic()
+            seq.first_token_time = now
+            self.stats.first_token(now - seq.arrival_time)
+        else:
+            self.stats.token_gap(now - seq.last_token_time)
+        seq.last_token_time = now
         events: list[InferenceEvent] = []
         if token in request.eos_token_ids and not params.ignore_eos:
             seq.finish_reason = "stop"
@@ -184,30 +279,40 @@ class TransformersHarness:
             if not isinstance(seq.stop_reason, str):
                 events.extend(request.output.finish())
             events.append(self._done(seq, seq.finish_reason))
-            self._release(seq)
-        if events:
-            seq.emit(events, seq.num_completion_tokens)
+            seq.status = SequenceStatus.FINISHED
+            self.stats.finished(seq, now)
+        return events
 
-    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+    def _logprob_event(self, seq: Sequence, token: int, found: Any) -> TokenLogprob:
+        text = seq.request.token_text or str
+        chosen, top = found
+        return TokenLogprob(text(token), chosen, tuple((text(t), lp) for t, lp in top))
+
+    def _finish(self, seq: Sequence, reason: FinishReason, posts: Posts) -> None:
         seq.finish_reason = reason
-        self._release(seq)
-        seq.emit([self._done(seq, reason)], seq.num_completion_tokens)
+        seq.status = SequenceStatus.FINISHED
+        self.stats.finished(seq, time.monotonic())
+        posts.append((seq, [self._done(seq, reason)], seq.num_completion_tokens))
 
-    def _fail(self, seqs: list[Sequence], exc: Exception) -> None:
-        message = f"generation failed: {type(exc).__name__}: {exc}"
-        log.exception("engine step failed on %s", self._device)
-        if self._device.type == "cuda" and not isinstance(exc, torch.OutOfMemoryError):
-            # A device error leaves CUDA unusable: fail this model, not the process.
-            self._failure = f"device {self._device} failed: {exc}"
-            seqs = [*seqs, *self._scheduler.drain()]
-        for seq in seqs:
-            seq.finish_reason = "error"
-            self._release(seq)
-            seq.emit([Error(message)], seq.num_completion_tokens)
+    def _error(self, seq: Sequence, message: str, posts: Posts) -> None:
+        seq.finish_reason = "error"
+        seq.status = SequenceStatus.FINISHED
+        posts.append((seq, [Error(message)], seq.num_completion_tokens))
 
-    def _release(self, seq: Sequence) -> None:
-        self._scheduler.finish(seq)
-        self._runner.release(seq)
+    def _fail_rows(self, message: str, posts: Posts, finished: list[Sequence]) -> None:
+        for seq in self._runner.rows:
+            if not seq.is_finished:
+                self._error(seq, message, posts)
+                finished.append(seq)
+
+    def _post(self, posts: Posts) -> None:
+        if not posts or self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(_dispatch, posts)
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            for seq, _, _ in posts:
+                seq.cancel()
 
     @staticmethod
     def _done(seq: Sequence, reason: FinishReason) -> Done:

@@ -1,8 +1,14 @@
-"""The transformers model on its device: prefill and decode with a KV cache.
+"""The transformers model on its device, running every live sequence in one batch.
 
-Only the worker thread calls a runner. Each sequence keeps its own cache
-(``Sequence.cache``); the runner computes the logits of the last position only, so
-a long prompt costs no ``[S, V]`` logits tensor.
+One KV cache holds all running sequences as rows, left-padded to a common length,
+with a 2-D attention mask marking the padding — the layout transformers' own batched
+``generate`` uses, made dynamic: rows join (a new prompt is prefilled, then padded
+and concatenated) and leave (rows are selected away, and columns that are padding
+in every row are trimmed) between steps. Keys are cached with their rotary position
+already applied, so moving a row inside the buffer changes nothing it attends to.
+
+Only the worker thread calls a runner. Logits are computed for the last position
+only, so a long prompt costs no ``[S, V]`` tensor.
 """
 
 from __future__ import annotations
@@ -16,37 +22,129 @@ from transformers import DynamicCache
 from cortex.neuron.engine.sequence import Sequence
 
 
+def can_batch(model: Any) -> bool:
+    """Rows can be padded and moved only in caches of plain full-attention layers."""
+    cache = DynamicCache(config=model.config)
+    return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+
+
 class ModelRunner:
     def __init__(self, model: Any, device: torch.device) -> None:
         self.model = model
         self.device = device
+        self.rows: list[Sequence] = []  # the cache's rows, in order
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None  # [B, T] 1 = real token, 0 = padding
 
-    @torch.inference_mode()
-    def prefill(self, seq: Sequence) -> torch.Tensor:
-        """Run the prompt through the model; returns the next-token logits ``[1, V]``."""
-        # input_ids: [1, S]
-        input_ids = torch.tensor([seq.request.prompt_ids], device=self.device)
-        seq.cache = DynamicCache(config=self.model.config)
-        return self._forward(input_ids, seq)
+    @property
+    def num_rows(self) -> int:
+        return len(self.rows)
 
-    @torch.inference_mode()
-    def decode(self, seqs: Seq[Sequence]) -> torch.Tensor:
-        """One step for each sequence; returns logits ``[B, V]`` in ``seqs`` order."""
-        rows = []
-        for seq in seqs:
-            # input_ids: [1, 1], the token sampled last step
-            input_ids = torch.tensor([[seq.last_token_id]], device=self.device)
-            rows.append(self._forward(input_ids, seq))
-        return torch.cat(rows, dim=0)
+    @property
+    def cached_tokens(self) -> int:
+        """Real tokens held in the KV cache (padding not counted)."""
+        return 0 if self._mask is None else int(self._mask.sum())
 
-    def release(self, seq: Sequence) -> None:
-        seq.cache = None
-
-    def _forward(self, input_ids: torch.Tensor, seq: Sequence) -> torch.Tensor:
-        out = self.model(
-            input_ids=input_ids, past_key_values=seq.cache, use_cache=True, logits_to_keep=1
+    @property
+    def cache_bytes(self) -> int:
+        if self._cache is None:
+            return 0
+        return sum(
+            layer.keys.numel() * layer.keys.element_size() * 2
+            for layer in self._cache.layers
+            if layer.keys is not None
         )
-        seq.cache = out.past_key_values
-        # logits: [1, 1, V] → [1, V]
+
+    @torch.inference_mode()
+    def prefill(self, seqs: Seq[Sequence]) -> torch.Tensor:
+        """Run new prompts and add them as rows; next-token logits ``[N, V]``."""
+        longest = max(seq.num_prompt_tokens for seq in seqs)
+        # input_ids, mask: [N, L], left-padded
+        ids = torch.zeros(len(seqs), longest, dtype=torch.long)
+        mask = torch.zeros(len(seqs), longest, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            prompt = seq.request.prompt_ids
+            ids[row, longest - len(prompt) :] = torch.tensor(prompt)
+            mask[row, longest - len(prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._join(out.past_key_values, mask, seqs)
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
+
+    @torch.inference_mode()
+    def decode(self) -> torch.Tensor:
+        """One token for every row; logits ``[B, V]`` in ``rows`` order."""
+        if self._mask is None:
+            raise RuntimeError("decode with no rows")
+        # input_ids: [B, 1] the token each row sampled last; positions: real tokens so far
+        ids = torch.tensor([[seq.last_token_id] for seq in self.rows], device=self.device)
+        positions = self._mask.sum(dim=-1, keepdim=True)
+        self._mask = torch.cat([self._mask, torch.ones_like(positions)], dim=-1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self._mask,
+            position_ids=positions,
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._cache = out.past_key_values
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
+
+    def remove(self, seqs: Seq[Sequence]) -> None:
+        """Drop rows (finished or cancelled sequences) and the padding they leave."""
+        gone = {id(seq) for seq in seqs}
+        keep = [i for i, seq in enumerate(self.rows) if id(seq) not in gone]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = None
+            return
+        if self._mask is None or self._cache is None:
+            return
+        index = torch.tensor(keep, device=self.device)
+        self._mask = self._mask.index_select(0, index)
+        # Columns that are padding in every remaining row can go.
+        start = int(self._mask.any(dim=0).nonzero()[0])
+        self._mask = self._mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+
+    def _join(self, cache: Any, mask: torch.Tensor, seqs: Seq[Sequence]) -> None:
+        if self._cache is None or self._mask is None:
+            self._cache, self._mask = cache, mask
+            self.rows = list(seqs)
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        old_pad, new_pad = width - self._mask.shape[1], width - mask.shape[1]
+        self._mask = torch.cat([_pad_left(self._mask, old_pad), _pad_left(mask, new_pad)], dim=0)
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            # keys, values: [B, H, T, D]; pad T on the left, then stack the rows
+            old.keys = torch.cat(
+                [_pad_left(old.keys, old_pad, -2), _pad_left(new.keys, new_pad, -2)]
+            )
+            old.values = torch.cat(
+                [_pad_left(old.values, old_pad, -2), _pad_left(new.values, new_pad, -2)]
+            )
+        self.rows.extend(seqs)
+
+
+def _pad_left(tensor: torch.Tensor, size: int, dim: int = -1) -> torch.Tensor:
+    if size == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = size
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)

@@ -137,3 +137,30 @@ def _apply_penalties(logits: torch.Tensor, seqs: Seq[Sequence]) -> torch.Tensor:
         torch.tensor([p.presence_penalty for p in params], device=device),
         torch.tensor([p.frequency_penalty for p in params], device=device),
     )
+
+
+def token_logprobs(
+    logits: torch.Tensor, tokens: list[int], wanted: Seq[int | None]
+) -> list[tuple[float, list[tuple[int, float]]] | None]:
+    """Per row: the chosen token's log-probability and the ``k`` most likely (raw logits).
+
+    ``wanted[i]`` is None for rows that asked for no logprobs.
+    """
+    # logits: [B, V]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    most = max((k for k in wanted if k is not None), default=0)
+    top_values, top_ids = logprobs.topk(most, dim=-1) if most else (None, None)
+    found: list[tuple[float, list[tuple[int, float]]] | None] = []
+    for row, k in enumerate(wanted):
+        if k is None:
+            found.append(None)
+            continue
+        chosen = float(logprobs[row, tokens[row]])
+        top: list[tuple[int, float]] = []
+        if k and top_values is not None and top_ids is not None:
+            top = [
+                (int(t), float(v))
+                for t, v in zip(top_ids[row, :k], top_values[row, :k], strict=True)
+            ]
+        found.append((chosen, top))
+    return found

@@ -1,12 +1,16 @@
-"""Which sequences run this step: waiting/running queues.
+"""Which sequences run this step: a waiting queue and admission into the batch.
 
-Owned by the worker thread. Each step admits at most one waiting sequence for
-prefill (while fewer than ``max_num_seqs`` run) and decodes every running one.
-Cancelled sequences leave at the step after ``cancel()``, waiting or running.
+Owned by the worker thread, except ``num_waiting``/``queue_wait`` which others read
+for status. Each step every running sequence decodes; waiting sequences are admitted
+(prefilled together) while fewer than ``max_num_seqs`` run and their prompts fit the
+step's ``max_prefill_tokens`` (one is always admitted if there is room, however
+long, so a long prompt is never starved). Cancelled sequences leave at the step
+after ``cancel()``, waiting or running.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -16,59 +20,51 @@ from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 @dataclass(slots=True)
 class Batch:
     prefill: list[Sequence] = field(default_factory=list)
-    decode: list[Sequence] = field(default_factory=list)
     cancelled: list[Sequence] = field(default_factory=list)
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.prefill or self.decode or self.cancelled)
 
 
 class Scheduler:
-    def __init__(self, max_num_seqs: int = 1) -> None:
+    def __init__(self, max_num_seqs: int, max_prefill_tokens: int) -> None:
         self.max_num_seqs = max_num_seqs
+        self.max_prefill_tokens = max_prefill_tokens
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
 
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
 
-    @property
-    def num_running(self) -> int:
-        return len(self.running)
-
-    @property
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+    def queue_wait(self) -> float:
+        """Seconds the oldest waiting sequence has waited (0 when none wait)."""
+        try:
+            oldest = self.waiting[0]
+        except IndexError:
+            return 0.0
+        return max(0.0, time.monotonic() - oldest.arrival_time)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def schedule(self) -> Batch:
+    def schedule(self, running: list[Sequence]) -> Batch:
         batch = Batch()
-        for seq in [s for s in self.waiting if s.is_cancelled]:
-            self.waiting.remove(seq)
-            batch.cancelled.append(seq)
-        for seq in [s for s in self.running if s.is_cancelled]:
-            self.running.remove(seq)
-            batch.cancelled.append(seq)
-        batch.decode = list(self.running)
-        if self.waiting and len(self.running) < self.max_num_seqs:
-            seq = self.waiting.popleft()
+        if any(seq.is_cancelled for seq in self.waiting):
+            for seq in [s for s in self.waiting if s.is_cancelled]:
+                self.waiting.remove(seq)
+                batch.cancelled.append(seq)
+        batch.cancelled.extend(seq for seq in running if seq.is_cancelled)
+        room = self.max_num_seqs - (len(running) - len(batch.cancelled))
+        budget = self.max_prefill_tokens
+        while self.waiting and room > 0:
+            seq = self.waiting[0]
+            if batch.prefill and seq.num_prompt_tokens > budget:
+                break
+            self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
             batch.prefill.append(seq)
+            budget -= seq.num_prompt_tokens
+            room -= 1
         return batch
 
-    def finish(self, seq: Sequence) -> None:
-        seq.status = SequenceStatus.FINISHED
-        if seq in self.running:
-            self.running.remove(seq)
-
     def drain(self) -> list[Sequence]:
-        """Remove and return every sequence (for shutdown)."""
-        seqs = [*self.running, *self.waiting]
-        self.running.clear()
+        seqs = list(self.waiting)
         self.waiting.clear()
         return seqs

@@ -1,4 +1,4 @@
-"""One request's state inside the engine: ids, sampling params, status, KV cache.
+"""One request's state inside the engine: ids, sampling params, status, timings.
 
 Owned by the worker thread, with one exception: ``cancel()`` may be called from the
 event loop; it only sets a flag the worker reads at the next step.
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import torch
 
@@ -24,21 +23,24 @@ class SequenceStatus(enum.Enum):
     FINISHED = "finished"
 
 
+class Sink(Protocol):
+    """Where a sequence's events go; ``put`` runs on the event loop."""
+
+    def put(self, events: list[InferenceEvent], completion_tokens: int) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class Sequence:
     request: InferenceRequest
-    # Delivers events, and the completion tokens generated so far, to the consumer;
-    # thread-safe (posts to the event loop).
-    emit: Callable[[list[InferenceEvent], int], None]
+    sink: Sink
     status: SequenceStatus = SequenceStatus.WAITING
     output_ids: list[int] = field(default_factory=list)
-    # Runner-owned KV cache for this sequence; None until prefilled and after release.
-    cache: Any = None
     generator: torch.Generator | None = None
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
+    last_token_time: float = 0.0
     _cancelled: bool = False
 
     @property

@@ -16,7 +16,14 @@ from typing import Any, Literal
 
 import orjson
 
-from cortex.neuron.wire.events import Done, InferenceEvent, Reasoning, Text, ToolCall
+from cortex.neuron.wire.events import (
+    Done,
+    InferenceEvent,
+    Reasoning,
+    Text,
+    TokenLogprob,
+    ToolCall,
+)
 from cortex.protocol.openai import (
     AssistantMessage,
     ChatCompletion,
@@ -48,14 +55,24 @@ def _reasoning_fields(text: str, which: ReasoningField) -> dict[str, str]:
     return {which: text}
 
 
+def logprob_entry(event: TokenLogprob) -> dict[str, Any]:
+    def item(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    entry = item(event.token, event.logprob)
+    entry["top_logprobs"] = [item(t, lp) for t, lp in event.top]
+    return entry
+
+
 @dataclass(slots=True)
 class ChatCollector:
-    """Accumulates a whole reply for a non-streaming response."""
+    """Accumulates one choice of a non-streaming response."""
 
     reasoning_field: ReasoningField = "both"
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] | None = None
 
     def add(self, event: InferenceEvent) -> None:
         if isinstance(event, Text):
@@ -64,10 +81,12 @@ class ChatCollector:
             self.reasoning.append(event.text)
         elif isinstance(event, ToolCall):
             self.tool_calls.append(event)
+        elif isinstance(event, TokenLogprob):
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.append(logprob_entry(event))
 
-    def completion(
-        self, completion_id: str, model: str, created: int, done: Done
-    ) -> ChatCompletion:
+    def choice(self, index: int, done: Done) -> Choice:
         calls = [
             OutputToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
             for c in self.tool_calls
@@ -79,20 +98,37 @@ class ChatCollector:
             tool_calls=calls or None,
             **extra,
         )
-        finish = client_finish_reason(done, bool(calls))
-        return ChatCompletion(
-            id=completion_id,
-            created=created,
-            model=model,
-            choices=[Choice(message=message, finish_reason=finish, stop_reason=done.stop_reason)],
-            usage=usage(done.prompt_tokens, done.completion_tokens),
+        return Choice(
+            index=index,
+            message=message,
+            finish_reason=client_finish_reason(done, bool(calls)),
+            stop_reason=done.stop_reason,
+            logprobs={"content": self.logprobs} if self.logprobs is not None else None,
         )
 
 
-class ChunkProjector:
-    """Events → SSE lines of ``chat.completion.chunk`` objects."""
+def completion(
+    completion_id: str, model: str, created: int, choices: list[tuple[ChatCollector, Done]]
+) -> ChatCompletion:
+    """The whole response; usage counts the prompt once and every choice's tokens."""
+    prompt = choices[0][1].prompt_tokens
+    generated = sum(done.completion_tokens for _, done in choices)
+    return ChatCompletion(
+        id=completion_id,
+        created=created,
+        model=model,
+        choices=[collector.choice(i, done) for i, (collector, done) in enumerate(choices)],
+        usage=usage(prompt, generated),
+    )
 
-    __slots__ = ("_base", "_calls", "_continuous", "_include_usage", "_prompt", "_reasoning_field")
+
+class ChunkProjector:
+    """Events of every choice → SSE lines of ``chat.completion.chunk`` objects."""
+
+    __slots__ = (
+        "_base", "_calls", "_continuous", "_done", "_generated", "_include_usage", "_logprobs",
+        "_n", "_prompt", "_reasoning_field",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -104,6 +140,7 @@ class ChunkProjector:
         *,
         continuous_usage: bool = False,
         prompt_tokens: int = 0,
+        n: int = 1,
     ) -> None:
         self._base: dict[str, Any] = {
             "id": completion_id,
@@ -113,23 +150,29 @@ class ChunkProjector:
         }
         self._include_usage = include_usage
         self._reasoning_field = reasoning_field
-        self._calls = 0
+        self._n = n
+        self._calls = [0] * n
+        self._logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        self._done = 0
+        self._generated = 0
         # With continuous usage every chunk says how many tokens so far (vLLM's option);
         # the first one is how a translating gateway learns the prompt's size up front.
         self._continuous = continuous_usage
         self._prompt = prompt_tokens
 
     def start(self) -> bytes:
-        return self._chunk({"role": "assistant", "content": ""}, completion_tokens=0)
+        return b"".join(
+            self._chunk(i, {"role": "assistant", "content": ""}, tokens=0) for i in range(self._n)
+        )
 
-    def project(self, event: InferenceEvent, completion_tokens: int = 0) -> bytes:
+    def project(self, index: int, event: InferenceEvent, tokens: int = 0) -> bytes:
         if isinstance(event, Text):
-            return self._chunk({"content": event.text}, completion_tokens=completion_tokens)
+            return self._chunk(index, {"content": event.text}, tokens=tokens)
         if isinstance(event, Reasoning):
             fields = _reasoning_fields(event.text, self._reasoning_field)
-            return self._chunk(fields, completion_tokens=completion_tokens)
+            return self._chunk(index, fields, tokens=tokens)
         if isinstance(event, ToolCall):
-            self._calls += 1
+            self._calls[index] += 1
             head = {
                 "index": event.index,
                 "id": event.id,
@@ -137,48 +180,59 @@ class ChunkProjector:
                 "function": {"name": event.name, "arguments": ""},
             }
             arguments = {"index": event.index, "function": {"arguments": event.arguments}}
-            return self._chunk(
-                {"tool_calls": [head]}, completion_tokens=completion_tokens
-            ) + self._chunk({"tool_calls": [arguments]}, completion_tokens=completion_tokens)
-        if isinstance(event, Done):
-            finish = client_finish_reason(event, self._calls > 0)
-            out = self._chunk(
-                {},
-                finish_reason=finish,
-                stop_reason=event.stop_reason,
-                completion_tokens=event.completion_tokens,
+            return self._chunk(index, {"tool_calls": [head]}, tokens=tokens) + self._chunk(
+                index, {"tool_calls": [arguments]}, tokens=tokens
             )
+        if isinstance(event, TokenLogprob):
+            self._logprobs[index].append(logprob_entry(event))
+            return b""
+        if isinstance(event, Done):
+            out = self._chunk(
+                index,
+                {},
+                finish_reason=client_finish_reason(event, self._calls[index] > 0),
+                stop_reason=event.stop_reason,
+                tokens=event.completion_tokens,
+            )
+            self._done += 1
+            self._generated += event.completion_tokens
+            if self._done < self._n:
+                return out
             if self._include_usage:
                 payload = dict(self._base, choices=[])
-                payload["usage"] = usage(event.prompt_tokens, event.completion_tokens).model_dump()
+                payload["usage"] = usage(event.prompt_tokens, self._generated).model_dump()
                 out += sse(payload)
             return out + DONE_LINE
         return b""
 
     def _chunk(
         self,
+        index: int,
         delta: dict[str, Any],
         finish_reason: str | None = None,
         *,
         stop_reason: str | int | None = None,
-        completion_tokens: int = 0,
+        tokens: int = 0,
     ) -> bytes:
         # No per-chunk "usage": null: the gateway relays these bytes to clients that did
         # not ask for usage, and only the final usage chunk (choices: []) carries it.
         payload = dict(self._base)
+        pending = self._logprobs[index]
         choice: dict[str, Any] = {
-            "index": 0,
+            "index": index,
             "delta": delta,
-            "logprobs": None,
+            "logprobs": {"content": pending} if pending else None,
             "finish_reason": finish_reason,
         }
+        if pending:
+            self._logprobs[index] = []
         if finish_reason is not None:
             choice["stop_reason"] = stop_reason  # vLLM's: the stop string or token that hit
         payload["choices"] = [choice]
         if self._continuous:
             payload["usage"] = {
                 "prompt_tokens": self._prompt,
-                "completion_tokens": completion_tokens,
-                "total_tokens": self._prompt + completion_tokens,
+                "completion_tokens": tokens,
+                "total_tokens": self._prompt + tokens,
             }
         return sse(payload)

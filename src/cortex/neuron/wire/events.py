@@ -38,6 +38,15 @@ class ToolCall:
 
 
 @dataclass(slots=True, frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability, and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
 class Done:
     """Generation ended; always the last event of a stream that did not fail."""
 
@@ -55,4 +64,4 @@ class Error:
     message: str
 
 
-InferenceEvent = Text | Reasoning | ToolCall | Done | Error
+InferenceEvent = Text | Reasoning | ToolCall | TokenLogprob | Done | Error

@@ -1,0 +1,158 @@
+"""The batching engine through a real neuron: limits, metrics, n, logprobs, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.procs import Neuron
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = [{"role": "user", "content": "Tell me about the river."}]
+
+
+def _metrics(neuron: Neuron) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(neuron.get("/metrics").text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_parse_and_move(neuron: Neuron) -> None:
+    before = _metrics(neuron)
+    client = OpenAI(base_url=f"{neuron.url}/v1", api_key="unused", max_retries=0)
+    client.chat.completions.create(
+        model="tiny",
+        messages=PROMPT,
+        max_tokens=8,
+        extra_body={"ignore_eos": True},  # type: ignore[arg-type]
+    )
+    after = _metrics(neuron)
+    assert (
+        _value(after, "cortex_neuron_generation_tokens_total", model="tiny")
+        - _value(before, "cortex_neuron_generation_tokens_total", model="tiny")
+        == 8
+    )
+    assert _value(after, "cortex_neuron_prompt_tokens_total", model="tiny") > _value(
+        before, "cortex_neuron_prompt_tokens_total", model="tiny"
+    )
+    for histogram in (
+        "cortex_neuron_time_to_first_token_seconds",
+        "cortex_neuron_inter_token_latency_seconds",
+        "cortex_neuron_queue_time_seconds",
+        "cortex_neuron_e2e_request_latency_seconds",
+    ):
+        assert _value(after, f"{histogram}_count", model="tiny") > _value(
+            before, f"{histogram}_count", model="tiny"
+        )
+    assert _value(after, "cortex_neuron_requests_total", model="tiny", finish_reason="length") >= 1
+    assert ("cortex_neuron_requests_running", (("model", "tiny"),)) in after
+    assert ("cortex_neuron_kv_cache_tokens", (("model", "tiny"),)) in after
+
+
+def test_n_choices_and_logprobs(neuron: Neuron) -> None:
+    client = OpenAI(base_url=f"{neuron.url}/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(
+        model="tiny", messages=PROMPT, max_tokens=6, n=3, temperature=1.0, seed=5,  # type: ignore[arg-type]
+        logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert len({c.message.content for c in reply.choices}) > 1  # each choice samples its own
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 18
+    for choice in reply.choices:
+        assert choice.logprobs is not None
+        entries = choice.logprobs.content or []
+        assert len(entries) == 6
+        assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=PROMPT, max_tokens=4, n=2, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        )
+    )  # fmt: skip
+    finishes = {c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason}
+    assert finishes == {0, 1}
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_bad_sampling_values_are_400s_naming_the_field(neuron: Neuron) -> None:
+    base = {"model": "tiny", "messages": PROMPT}
+    for field, value in [
+        ("top_k", -5), ("min_p", 1.5), ("presence_penalty", 3), ("frequency_penalty", -3),
+        ("repetition_penalty", 0), ("n", 0), ("top_logprobs", 50), ("min_tokens", -1),
+        ("seed", "x"), ("stop_token_ids", "eos"), ("logprobs", "yes"),
+    ]:  # fmt: skip
+        response = neuron.post("/v1/chat/completions", json={**base, field: value})
+        assert response.status_code == 400, field
+        assert field in response.json()["error"]["message"], field
+    orphan = neuron.post("/v1/chat/completions", json={**base, "top_logprobs": 2})
+    assert orphan.status_code == 400
+    assert "logprobs" in orphan.json()["error"]["message"]
+
+
+def test_a_full_queue_is_a_429_with_retry_after(start_neuron: Any, tiny_model: Path) -> None:
+    neuron = start_neuron(
+        "--preload", f"tiny={tiny_model}", "--max-num-seqs", "1", "--max-queue", "1"
+    )
+    body = {"model": "tiny", "messages": PROMPT, "max_tokens": 60000, "ignore_eos": True,
+            "stream": True}  # fmt: skip
+
+    async def crowd() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=neuron.url, timeout=30) as client:
+            holders = [client.stream("POST", "/v1/chat/completions", json=body) for _ in range(2)]
+            opened = [await holder.__aenter__() for holder in holders]
+            await asyncio.sleep(0.3)
+            refused = await client.post("/v1/chat/completions", json=body)
+            for holder in holders:
+                await holder.__aexit__(None, None, None)
+            return [*opened, refused]
+
+    *opened, refused = asyncio.run(crowd())
+    assert [r.status_code for r in opened] == [200, 200]
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_hundreds_of_disconnects_leak_nothing(neuron: Neuron) -> None:
+    body = {"model": "tiny", "messages": PROMPT, "max_tokens": 60000, "ignore_eos": True,
+            "stream": True, "temperature": 1.0}  # fmt: skip
+
+    async def leave_after_first_chunk(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for _ in response.aiter_lines():
+                break
+
+    async def storm() -> None:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=neuron.url, timeout=60, limits=limits) as client:
+            for _ in range(5):
+                await asyncio.gather(*(leave_after_first_chunk(client) for _ in range(50)))
+
+    asyncio.run(storm())
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        record = next(m for m in neuron.get("/node").json()["models"] if m["id"] == "tiny")
+        cached = _value(_metrics(neuron), "cortex_neuron_kv_cache_tokens", model="tiny")
+        if (record["in_flight"], record["queued"], cached) == (0, 0, 0):
+            break
+        time.sleep(0.1)
+    assert (record["in_flight"], record["queued"], cached) == (0, 0, 0)
+    cancelled = _value(_metrics(neuron), "cortex_neuron_requests_total", model="tiny",
+                       finish_reason="cancelled")  # fmt: skip
+    assert cancelled >= 250
