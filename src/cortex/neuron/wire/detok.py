@@ -9,7 +9,7 @@ always equal ``decode(all ids)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 REPLACEMENT = "\ufffd"
 
@@ -30,7 +30,7 @@ class IncrementalDecoder:
     __slots__ = ("_emitted", "_ids", "_prefix_offset", "_read_offset", "_skip", "_tokenizer")
 
     def __init__(self, tokenizer: Decodes, *, skip_special_tokens: bool = True) -> None:
-        self._tokenizer = tokenizer
+        self._tokenizer = fast_decoder(tokenizer)
         self._skip = skip_special_tokens
         self._ids: list[int] = []
         self._prefix_offset = 0
@@ -65,3 +65,25 @@ class IncrementalDecoder:
         if not ids:
             return ""
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip)
+
+
+class _Backend:
+    """The Rust tokenizer under a transformers one, called directly: the wrapper's
+    ``decode`` costs several times the decoding itself, twice per generated token."""
+
+    __slots__ = ("_decode",)
+
+    def __init__(self, backend: Any) -> None:
+        self._decode = backend.decode
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return str(self._decode(list(token_ids), skip_special_tokens=skip_special_tokens))
+
+
+def fast_decoder(tokenizer: Decodes) -> Decodes:
+    """``tokenizer`` itself, or its backend when decoding through it gives the same text
+    (no clean-up of spaces, which only the wrapper does)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return tokenizer
+    return _Backend(backend)
