@@ -16,21 +16,28 @@ generates exactly ``--tokens`` tokens (64). For each N in ``--n`` (1,4,16,32):
   tiny model writes nothing but newlines), so where the first text came with more than one
   token the line says so: that TTFT is the time to the first visible text.
 
-The peers run first, in this process, with ``torch.set_num_threads`` equal to the neuron's
-``--cpu-threads`` (default: every core this process may use); the neuron starts after they
-have finished, so each is measured alone. Each figure follows one untimed warm-up of the same
+The peers run first, in this process, with ``torch.set_num_threads(--cpu-threads)`` (default:
+every core this process may use, their best on a small CPU); the neuron runs with its own
+default (every core but one: the other serves HTTP) unless ``--neuron-threads`` names a
+count. The header line says both. The neuron starts after the peers have finished, so each
+is measured alone. Each figure follows one untimed warm-up of the same
 shape with fewer tokens, then repeats its unit (N requests in a row, one batch, one round of N
 streams) until ``--min-seconds`` have passed. The streaming clients run in this process, so on
 a small machine they take some CPU from the neuron (the TTFT line says how much). Each line
 gives the neuron's figure, the peers' figures from the same run and the ratios (neuron / peer).
 
     .venv/bin/python bench/engine.py [--model PATH] [--n 1,4,16,32] [--tokens 64]
-        [--cpu-threads N] [--min-seconds 3] [--timeout 300] [--gpu] [--quick]
+        [--trained] [--cpu-threads N] [--neuron-threads N] [--min-seconds 3] [--timeout 300]
+        [--gpu] [--quick]
 
 The default model is the tiny local Qwen3 (``cortex.testing.cached_model(trained=False)``),
-float32 on the CPU. ``--quick`` measures N=1,16 with 16 tokens, 1 s a figure. ``--gpu`` then
-repeats everything on one CUDA GPU with a randomly initialised Qwen3-0.6B-shaped model
-(bfloat16, the tiny tokenizer) built into a temp folder; without CUDA it says so and skips.
+float32 on the CPU; it writes only newlines, which the neuron streams once text follows, so
+its TTFT is the whole stream's. ``--trained`` takes the trained tiny model instead: same
+shape, it writes a sentence first, so TTFT is the first token's (and the clients, parsing a
+chunk a token, take more of a small machine's CPU). ``--quick`` measures N=1,16 with 16
+tokens, 1 s a figure. ``--gpu`` then repeats everything on one CUDA GPU with a randomly
+initialised Qwen3-0.6B-shaped model (bfloat16, the tiny tokenizer) built into a temp folder;
+without CUDA it says so and skips.
 The neuron is stopped at the end, also on errors, Ctrl-C and SIGTERM (and, on Linux, when
 this process is killed outright).
 """
@@ -65,6 +72,7 @@ from openai import AsyncOpenAI
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from cortex.neuron.cli import default_cpu_threads as neuron_default_threads
 from engine_peers import MESSAGES, WARMUP_TOKENS, PeerError, Peers, build_gpu_model
 
 MODEL_ID = "bench"
@@ -106,7 +114,14 @@ class NeuronProcess:
     """``neuron serve`` with the model preloaded as ``bench``; stopped when the block exits."""
 
     def __init__(
-        self, model: Path, *, threads: int, dtype: str, cuda: bool, log: Path, timeout: float
+        self,
+        model: Path,
+        *,
+        threads: int | None,
+        dtype: str,
+        cuda: bool,
+        log: Path,
+        timeout: float,
     ) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -118,10 +133,11 @@ class NeuronProcess:
             sys.executable, "-m", "cortex.neuron", "serve",
             "--listen", f"127.0.0.1:{port}",
             "--preload", f"{MODEL_ID}={model}",
-            "--cpu-threads", str(threads),
             "--dtype", dtype,
             "--log-level", "warning",
         ]  # fmt: skip
+        if threads is not None:
+            self.command += ["--cpu-threads", str(threads)]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         if cuda:
             # The one GPU the peers use (cuda:0), even where the neuron could use more.
@@ -371,6 +387,7 @@ class Plan:
     ns: list[int]
     tokens: int
     threads: int
+    neuron_threads: int | None  # None: the neuron's default
     min_seconds: float
     timeout: float
 
@@ -395,7 +412,8 @@ def run_suite(suite: Suite, plan: Plan) -> None:
         raise BenchError(f"transformers cannot load {suite.model}: {exc}") from exc
     print(
         f"engine bench: model {suite.model.name} ({peers.parameters / 1e6:,.1f}M params, "
-        f"{suite.dtype}) on {device_name(suite.device)}, {plan.threads} threads, "
+        f"{suite.dtype}) on {device_name(suite.device)}, {plan.threads} threads "
+        f"(neuron: {plan.neuron_threads or 'its default, ' + str(neuron_default_threads())}), "
         f"{plan.tokens} tokens per request after a {peers.prompt_tokens}-token prompt; "
         f"torch {torch.__version__}, transformers {transformers.__version__} "
         "(peers and neuron alike)",
@@ -418,7 +436,7 @@ def run_suite(suite: Suite, plan: Plan) -> None:
         progress("starting the neuron")
         neuron = NeuronProcess(
             suite.model,
-            threads=plan.threads,
+            threads=plan.neuron_threads,
             dtype=suite.dtype,
             cuda=suite.device.type == "cuda",
             log=Path(tmp) / "neuron.log",
@@ -468,9 +486,17 @@ def _usable_cores() -> int:
 def _plan() -> tuple[argparse.Namespace, Plan]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a Hugging Face model folder (default: tiny)")
+    parser.add_argument(
+        "--trained",
+        action="store_true",
+        help="the trained tiny model: it writes text, so TTFT is the first token's",
+    )
     parser.add_argument("--n", type=_counts, help=f"concurrent requests [{DEFAULT_N}]")
     parser.add_argument("--tokens", type=int, help=f"tokens per request [{DEFAULT_TOKENS}]")
-    parser.add_argument("--cpu-threads", type=int, default=_usable_cores(), help="[all cores]")
+    parser.add_argument(
+        "--cpu-threads", type=int, default=_usable_cores(), help="the peers' [all cores]"
+    )
+    parser.add_argument("--neuron-threads", type=int, help="[the neuron's default]")
     parser.add_argument(
         "--min-seconds",
         type=float,
@@ -494,9 +520,12 @@ def _plan() -> tuple[argparse.Namespace, Plan]:
         ns=pick(args.n, _counts(QUICK_N), _counts(DEFAULT_N)),
         tokens=pick(args.tokens, QUICK_TOKENS, DEFAULT_TOKENS),
         threads=args.cpu_threads,
+        neuron_threads=args.neuron_threads,
         min_seconds=pick(args.min_seconds, QUICK_SECONDS, DEFAULT_SECONDS),
         timeout=args.timeout,
     )
+    if plan.neuron_threads is not None and plan.neuron_threads < 1:
+        parser.error("--neuron-threads must be positive")
     if plan.tokens < 1 or plan.threads < 1 or plan.timeout <= 0 or plan.min_seconds <= 0:
         parser.error("--tokens, --cpu-threads, --min-seconds and --timeout must be positive")
     return args, plan
@@ -513,7 +542,7 @@ def main() -> None:
     try:
         from cortex.testing import cached_model
 
-        model = args.model or cached_model(trained=False)
+        model = args.model or cached_model(trained=args.trained)
         if not (model / "config.json").is_file():
             raise BenchError(f"{model} is not a Hugging Face model folder (no config.json)")
         run_suite(Suite(model.resolve(), torch.device("cpu"), "float32"), plan)

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cortex.neuron.cli import default_cpu_threads
+
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -35,3 +39,11 @@ def test_bad_environment_value_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "listen" in result.stderr
     assert "HOST:PORT" in result.stderr
+
+
+def test_torch_threads_default_to_every_core_but_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cores, threads in ((1, 1), (2, 1), (8, 7)):
+        monkeypatch.setattr(
+            os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False
+        )
+        assert default_cpu_threads() == threads
