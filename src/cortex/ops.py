@@ -11,6 +11,8 @@ and exit code 1, never a traceback. ``cortex.cli`` registers the public commands
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -339,8 +341,13 @@ def _reporting() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+PIPED_WIDTH = 160  # a pipe or a file has no width; rich's 80 would fold the tables
+
+
 def _console(*, stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, highlight=False, width=PIPED_WIDTH if piped else None)
 
 
 GatewayOpt = Annotated[
