@@ -85,6 +85,27 @@ def test_plain_reply_stream_and_not(fleet: tuple[Neuron, Gateway]) -> None:
     assert final.usage.input_tokens == message.usage.input_tokens
 
 
+def test_a_thinking_budget_cuts_the_thinking_block_short(fleet: tuple[Neuron, Gateway]) -> None:
+    full = "The user wants 2 + 2. That is 4."
+
+    def thought(budget: int) -> str:
+        reply = _client(fleet[1]).messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=24,
+            messages=_user("reasoning"),  # type: ignore[arg-type]
+            thinking={"type": "enabled", "budget_tokens": budget},
+        )
+        block = reply.content[0]
+        assert block.type == "thinking"
+        return block.thinking
+
+    short = thought(3)
+    assert short
+    assert full.startswith(short)
+    assert len(short) < len(full)
+    assert thought(1000) == full
+
+
 def test_thinking_then_text_and_tool_use_in_order(fleet: tuple[Neuron, Gateway]) -> None:
     client = _client(fleet[1])
     thought = client.messages.create(

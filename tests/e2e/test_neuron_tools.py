@@ -158,6 +158,38 @@ def test_reasoning_is_separated_in_both_fields(trained: Neuron) -> None:
     assert "reasoning_content" not in extra
 
 
+def test_a_thinking_token_budget_cuts_reasoning_short(trained: Neuron) -> None:
+    full = "The user wants 2 + 2. That is 4."
+    reply = _chat(trained, "reasoning", max_tokens=24, extra_body={"thinking_token_budget": 3})
+    reasoning = (reply.choices[0].message.model_extra or {})["reasoning_content"]
+    assert reasoning
+    assert full.startswith(reasoning)
+    assert len(reasoning) < len(full)
+    details = reply.usage.completion_tokens_details
+    assert details is not None
+    assert details.reasoning_tokens == 3 + 2  # the budget and both markers
+    chunks = list(
+        _chat(
+            trained,
+            "reasoning",
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"thinking_token_budget": 3},
+        )
+    )
+    streamed = "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+        for c in chunks
+        if c.choices
+    )
+    assert streamed == reasoning
+    final = chunks[-1].usage
+    assert final.completion_tokens_details.reasoning_tokens == 3 + 2
+    unbudgeted = _chat(trained, "reasoning", extra_body={"thinking_token_budget": 100})
+    assert unbudgeted.choices[0].message.model_extra["reasoning_content"] == full
+
+
 def test_a_template_that_closed_thinking_starts_in_text(trained: Neuron) -> None:
     reply = _chat(trained, "no_thinking")
     assert reply.choices[0].message.content == "The answer is 6."

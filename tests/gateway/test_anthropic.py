@@ -272,18 +272,21 @@ def test_only_hosted_tools_means_no_tools_at_all() -> None:
 
 
 @pytest.mark.parametrize(
-    ("thinking", "kwargs"),
+    ("thinking", "kwargs", "budget"),
     [
-        ({"type": "disabled"}, {"enable_thinking": False}),
-        ({"type": "enabled", "budget_tokens": 4096}, None),
-        ({"type": "adaptive"}, None),
-        (None, None),
+        ({"type": "disabled"}, {"enable_thinking": False}, None),
+        ({"type": "enabled", "budget_tokens": 4096}, None, 4096),
+        ({"type": "adaptive"}, None, None),
+        (None, None, None),
     ],
 )
-def test_thinking(thinking: dict[str, Any] | None, kwargs: dict[str, Any] | None) -> None:
+def test_thinking(
+    thinking: dict[str, Any] | None, kwargs: dict[str, Any] | None, budget: int | None
+) -> None:
     extra = {"thinking": thinking} if thinking else {}
     body = _request([{"role": "user", "content": "hi"}], **extra)
     assert body.get("chat_template_kwargs") == kwargs
+    assert body.get("thinking_token_budget") == budget
     assert "budget_tokens" not in json.dumps(body)
 
 

@@ -183,6 +183,36 @@ def test_output_inside_an_opened_think_block(tiny_tokenizer: Any) -> None:
     assert output.reasoning_tokens == ids.index(THINK_END) + 1
 
 
+def test_a_spent_thinking_budget_forces_the_end_of_thinking(tiny_tokenizer: Any) -> None:
+    """Feeding what ``forced_next`` asks for, as the engine does: reasoning stops at the
+    budget (markers not counted) and the block closes; text then flows as usual."""
+    ids = _enc(tiny_tokenizer, FIXTURES["reasoning"].reply)
+    thought = ids[1 : ids.index(THINK_END)]  # between <think> and </think>
+    for budget in (0, 3):
+        output = MarkedOutput(tiny_tokenizer, MARKERS, thinking_budget=budget)
+        fed: list[int] = []
+        events: list[InferenceEvent] = []
+        model = iter(ids)  # what the model would sample
+        while len(fed) < budget + 2:
+            forced = output.forced_next()
+            token = forced if forced is not None else next(model)
+            fed.append(token)
+            events += output.feed(token)[0]
+        assert fed == [THINK, *thought[:budget], THINK_END]
+        assert output.forced_next() is None  # out of reasoning: nothing more is forced
+        events += output.feed(_enc(tiny_tokenizer, "Four.")[0])[0] + output.finish()
+        reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
+        assert reasoning == tiny_tokenizer.decode(thought[:budget]).strip()
+        assert output.reasoning_tokens == budget + 2
+
+
+def test_no_budget_never_forces(tiny_tokenizer: Any) -> None:
+    output = MarkedOutput(tiny_tokenizer, MARKERS, start="reasoning")
+    for token in _enc(tiny_tokenizer, "a long long thought " * 20):
+        assert output.forced_next() is None
+        output.feed(token)
+
+
 def test_forced_tool_start_with_a_name_prefix(tiny_tokenizer: Any) -> None:
     # The prompt holds "<tool_call>" + PREFIX; the model writes the rest, then a second call.
     ids = [*_enc(tiny_tokenizer, '{"city": "Paris"}}\n'), TOOL_END]

@@ -42,6 +42,7 @@ from cortex.protocol.anthropic import (
     RedactedThinkingBlock,
     TextBlock,
     ThinkingBlock,
+    ThinkingEnabled,
     ToolChoiceAny,
     ToolChoiceAuto,
     ToolChoiceNone,
@@ -84,6 +85,10 @@ def to_openai(request: MessagesRequest, model: str) -> dict[str, Any]:
             body[name] = value
     body.update(_tools(request))
     body.update(_template_kwargs(request))
+    if isinstance(request.thinking, ThinkingEnabled):
+        # The neuron forces the end of thinking once the budget is spent, then the answer
+        # follows; max_tokens still bounds thinking and answer together, as Anthropic's does.
+        body["thinking_token_budget"] = request.thinking.budget_tokens
     body["stream"] = request.stream
     if request.stream:
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
@@ -104,10 +109,8 @@ def to_tokenize(request: CountTokensRequest, model: str, source: str | None) -> 
 
 
 def _template_kwargs(request: CountTokensRequest) -> dict[str, Any]:
-    # Only "disabled" is translated. Templates think by default, so "enabled" and
-    # "adaptive" need nothing; ``budget_tokens`` is dropped because nothing here can
-    # enforce a thinking budget (the engine does not count reasoning tokens apart), and
-    # ``max_tokens`` already bounds reasoning plus answer together, as Anthropic's does.
+    # Only "disabled" reaches the template. Templates think by default, so "enabled" and
+    # "adaptive" need nothing here ("enabled" carries its budget in the request body).
     if request.thinking_disabled:
         return {"chat_template_kwargs": {"enable_thinking": False}}
     return {}

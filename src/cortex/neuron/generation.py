@@ -69,6 +69,7 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
                 tools=tool_dicts,
                 fmt=weights.tool_format,
                 parallel_tool_calls=request.parallel_tool_calls is not False,
+                thinking_budget=request.thinking_token_budget,
             )
         return TextOutput(model.tokenizer, request.stop_strings)
 

@@ -107,6 +107,9 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     min_tokens: int | None = Field(default=None, ge=0)
     ignore_eos: bool = False
+    # vLLM's name: at most this many tokens inside reasoning, then the model is made to close
+    # it (its end-of-thinking token is forced) and answer.
+    thinking_token_budget: int | None = Field(default=None, ge=0)
     n: int = Field(default=1, ge=1, le=16)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -164,18 +167,28 @@ def invalid_from_validation(exc: ValidationError) -> InvalidRequest:
 # --- responses -------------------------------------------------------------------------
 
 
+class CompletionTokensDetails(BaseModel):
+    model_config = _SHAPE
+    reasoning_tokens: int
+
+
 class Usage(BaseModel):
     model_config = _SHAPE
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # OpenAI's, for a reply that reasoned: how many completion tokens were reasoning.
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens)
+        if reasoning_tokens
+        else None,
     )
 
 

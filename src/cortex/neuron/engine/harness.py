@@ -238,6 +238,10 @@ class TransformersHarness:
         # logits: [B, V] for ``seqs`` in order (one cancelled since the schedule is decoded
         # once more and dropped at the next step)
         tokens = sample_next(logits, seqs)
+        for i, seq in enumerate(seqs):
+            forced = seq.request.output.forced_next()  # a spent thinking budget
+            if forced is not None:
+                tokens[i] = forced
         wanted = [s.request.params.logprobs for s in seqs]
         found = (
             token_logprobs(logits, tokens, wanted) if any(w is not None for w in wanted) else None

@@ -113,12 +113,13 @@ def completion(
     """The whole response; usage counts the prompt once and every choice's tokens."""
     prompt = choices[0][1].prompt_tokens
     generated = sum(done.completion_tokens for _, done in choices)
+    reasoning = sum(done.reasoning_tokens for _, done in choices)
     return ChatCompletion(
         id=completion_id,
         created=created,
         model=model,
         choices=[collector.choice(i, done) for i, (collector, done) in enumerate(choices)],
-        usage=usage(prompt, generated),
+        usage=usage(prompt, generated, reasoning),
     )
 
 
@@ -127,7 +128,7 @@ class ChunkProjector:
 
     __slots__ = (
         "_base", "_calls", "_continuous", "_done", "_generated", "_include_usage", "_logprobs",
-        "_n", "_prompt", "_reasoning_field",
+        "_n", "_prompt", "_reasoning", "_reasoning_field",
     )  # fmt: skip
 
     def __init__(
@@ -155,6 +156,7 @@ class ChunkProjector:
         self._logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         self._done = 0
         self._generated = 0
+        self._reasoning = 0
         # With continuous usage every chunk says how many tokens so far (vLLM's option);
         # the first one is how a translating gateway learns the prompt's size up front.
         self._continuous = continuous_usage
@@ -196,11 +198,13 @@ class ChunkProjector:
             )
             self._done += 1
             self._generated += event.completion_tokens
+            self._reasoning += event.reasoning_tokens
             if self._done < self._n:
                 return out
             if self._include_usage:
                 payload = dict(self._base, choices=[])
-                payload["usage"] = usage(event.prompt_tokens, self._generated).model_dump()
+                final = usage(event.prompt_tokens, self._generated, self._reasoning)
+                payload["usage"] = final.model_dump(exclude_none=True)
                 out += sse(payload)
             return out + DONE_LINE
         return b""

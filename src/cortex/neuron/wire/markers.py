@@ -173,6 +173,8 @@ class MarkedOutput:
         "_state",
         "_stopped",
         "_stops",
+        "_thinking_budget",
+        "_thought",
         "_tokenizer",
         "_tool_ids",
         "_tool_prefix",
@@ -190,6 +192,7 @@ class MarkedOutput:
         tools: Sequence[Mapping[str, Any]] | None = None,
         fmt: ToolFormat = "hermes",
         parallel_tool_calls: bool = True,
+        thinking_budget: int | None = None,
     ) -> None:
         # Without the closing marker the state could never be left: everything would vanish
         # into reasoning or a tool body.
@@ -214,6 +217,8 @@ class MarkedOutput:
         self._tool_prefix = tool_prefix if start == "tool" else ""
         self._calls = 0
         self._reasoning = 0
+        self._thinking_budget = thinking_budget
+        self._thought = 0  # tokens inside reasoning, markers not counted
         self._stopped = False
         self._begin(start)
         # Only text that no marker precedes keeps its leading whitespace.
@@ -222,6 +227,13 @@ class MarkedOutput:
     @property
     def reasoning_tokens(self) -> int:
         return self._reasoning
+
+    def forced_next(self) -> int | None:
+        """The end-of-thinking token once the thinking budget is spent inside reasoning."""
+        budget = self._thinking_budget
+        if budget is not None and self._state == "reasoning" and self._thought >= budget:
+            return self._markers.think_end
+        return None
 
     def feed(self, token_id: int) -> Feed:
         if self._stopped:
@@ -244,6 +256,8 @@ class MarkedOutput:
             # The block's tokens, both markers included; a <tool_call> ending it is not.
             self._reasoning += 1
         if kind is None:
+            if state == "reasoning":
+                self._thought += 1
             return self._emit(self._decoder.push(token_id))
         if kind == _TOOL or (kind == _THINK and state == "text"):
             return self._switch("tool" if kind == _TOOL else "reasoning")

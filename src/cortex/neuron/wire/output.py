@@ -29,6 +29,10 @@ class OutputProcessor(Protocol):
         """How many of the tokens fed so far were generated inside reasoning."""
         ...
 
+    def forced_next(self) -> int | None:
+        """A token the next one must be, whatever is sampled (a spent thinking budget)."""
+        ...
+
 
 class StopMatcher:
     """Finds the earliest stop string in streamed text; holds back possible prefixes."""
@@ -93,6 +97,9 @@ class TextOutput:
     @property
     def reasoning_tokens(self) -> int:
         return 0
+
+    def forced_next(self) -> int | None:
+        return None
 
     def finish(self) -> list[InferenceEvent]:
         if self._stopped:
