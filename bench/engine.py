@@ -73,6 +73,7 @@ from openai import AsyncOpenAI
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cortex.neuron.cli import default_cpu_threads as neuron_default_threads
+from cortex.neuron.cli import usable_cores
 from engine_peers import MESSAGES, WARMUP_TOKENS, PeerError, Peers, build_gpu_model
 
 MODEL_ID = "bench"
@@ -477,12 +478,6 @@ def _counts(text: str) -> list[int]:
     return ns
 
 
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _plan() -> tuple[argparse.Namespace, Plan]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a Hugging Face model folder (default: tiny)")
@@ -494,7 +489,7 @@ def _plan() -> tuple[argparse.Namespace, Plan]:
     parser.add_argument("--n", type=_counts, help=f"concurrent requests [{DEFAULT_N}]")
     parser.add_argument("--tokens", type=int, help=f"tokens per request [{DEFAULT_TOKENS}]")
     parser.add_argument(
-        "--cpu-threads", type=int, default=_usable_cores(), help="the peers' [all cores]"
+        "--cpu-threads", type=int, default=usable_cores(), help="the peers' [all cores]"
     )
     parser.add_argument("--neuron-threads", type=int, help="[the neuron's default]")
     parser.add_argument(

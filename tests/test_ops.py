@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from cortex import ops
+from cortex import ops, ops_render
 from cortex.protocol.fleet import FleetView
 
 NOW = 1_700_000_000.0
@@ -209,7 +209,7 @@ def row(text: str, start: str) -> str:
     ],
 )
 def test_human_bytes(n: int | None, text: str) -> None:
-    assert ops.human_bytes(n) == text
+    assert ops_render.human_bytes(n) == text
 
 
 @pytest.mark.parametrize(
@@ -224,11 +224,11 @@ def test_human_bytes(n: int | None, text: str) -> None:
     ],
 )
 def test_ago(ts: float | None, text: str) -> None:
-    assert ops.ago(ts, NOW) == text
+    assert ops_render.ago(ts, NOW) == text
 
 
 def test_status_rendering_shows_nodes_memory_and_models() -> None:
-    text = render(ops.render_status(FleetView.model_validate(FLEET), NOW))
+    text = render(ops_render.render_status(FleetView.model_validate(FLEET), NOW))
     gpu = row(text, "gpu-1")
     assert " up " in gpu
     assert "cuda:0 1.2 GiB / 24.0 GiB" in gpu
@@ -266,14 +266,14 @@ def test_status_rendering_shows_nodes_memory_and_models() -> None:
 
 
 def test_status_rendering_of_an_empty_fleet() -> None:
-    text = render(ops.render_status(FleetView(nodes=[], models=[]), NOW))
+    text = render(ops_render.render_status(FleetView(nodes=[], models=[]), NOW))
     assert "No nodes" in text
     assert "No models loaded." in text
     assert "Loads in progress" not in text
 
 
 def test_models_rendering_lists_the_catalogue() -> None:
-    text = render(ops.render_models(FleetView.model_validate(FLEET)))
+    text = render(ops_render.render_models(FleetView.model_validate(FLEET)))
     cells = [c.strip() for c in row(text, "qwen-7b").split("│")[1:-1]]
     assert cells == ["qwen-7b", "ready", "gpu-1", "gpu-1", "qwen", "yes", "5"]
     assert "gpu-1, cpu-box" in row(text, "tiny")

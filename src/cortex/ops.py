@@ -1,9 +1,8 @@
 """Operator commands of the ``cortex`` CLI: ``status``, ``models``, ``load``, ``unload``, ``pin``.
 
 This module owns how an operator talks to a running gateway's fleet routes (``GET /fleet``,
-``POST /fleet/load|unload|pin``) and how the answers look on a terminal. The rendering
-functions (``render_status``, ``render_models`` …) are pure: a ``FleetView`` and a clock in,
-a rich renderable out. The HTTP part is a thin httpx layer. Every failure (gateway down,
+``POST /fleet/load|unload|pin``) and prints the answers (the tables and lines come from
+``cortex.ops_render``). The HTTP part is a thin httpx layer. Every failure (gateway down,
 HTTP error envelope, a body that is not what the protocol says) ends as one line on stderr
 and exit code 1, never a traceback. ``cortex.cli`` registers the public commands as is.
 """
@@ -16,25 +15,29 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
 from pydantic import BaseModel, ValidationError
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
+from cortex.ops_render import (
+    progress_line,
+    render_models,
+    render_status,
+    result_line,
+    with_message,
+)
 from cortex.protocol.fleet import FleetActionResult, FleetProgress, FleetView
-from cortex.protocol.lifecycle import DeviceInfo
 
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
 QUICK_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 # A load (or an unload draining in-flight requests) takes as long as it takes.
 ACTION_TIMEOUT = httpx.Timeout(None, connect=5.0)
 LOAD_STAGES = ("placing", "evicting", "resolving", "checking", "loading", "ready")
-STATE_STYLES = dict(ready="green", loading="yellow", unloading="magenta", failed="bold red")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -45,176 +48,6 @@ class GatewayError(Exception):
     def __init__(self, message: str) -> None:
         self.message = " ".join(message.split())
         super().__init__(self.message)
-
-
-# ── formatting (pure) ────────────────────────────────────────────────────────────
-
-
-def human_bytes(n: int | None) -> str:
-    """``1288490189`` → ``"1.2 GiB"`` (binary units, one decimal)."""
-    if n is None:
-        return "—"
-    if abs(n) < 1024:
-        return f"{n} B"
-    value = n / 1024
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1023.95:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} PiB"
-
-
-def ago(ts: float | None, now: float) -> str:
-    """``"3s ago"``, ``"5m ago"``, ``"2h ago"``, ``"4d ago"``; ``"never"`` for no time."""
-    if ts is None:
-        return "never"
-    s = max(0, int(now - ts))
-    if s < 60:
-        return f"{s}s ago"
-    if s < 3600:
-        return f"{s // 60}m ago"
-    if s < 86400:
-        return f"{s // 3600}h ago"
-    return f"{s // 86400}d ago"
-
-
-def state_text(state: str) -> Text:
-    return Text(state, style=STATE_STYLES.get(state, "dim"))
-
-
-def device_text(device: DeviceInfo) -> Text:
-    """``cuda:0 3.4 GiB / 24.0 GiB``, then dim lines: the models' share and the budget."""
-    label = "cpu" if device.kind == "cpu" else f"cuda:{device.index}"
-    used = max(0, device.memory_total - device.memory_free)
-    text = Text(f"{label} {human_bytes(used)} / {human_bytes(device.memory_total)}")
-    extras = []
-    if device.memory_used_by_models:
-        extras.append(f"models {human_bytes(device.memory_used_by_models)}")
-    if device.memory_budget is not None:
-        extras.append(f"budget {human_bytes(device.memory_budget)}")
-    if extras:
-        text.append("".join(f"\n  {extra}" for extra in extras), style="dim")
-    return text
-
-
-def _table(
-    title: str, *columns: str, right: tuple[str, ...] = (), whole: Iterable[str] = ()
-) -> Table:
-    """Columns in ``right`` are right-aligned; they and ``whole`` ones never wrap. When the
-    terminal is narrow, the other columns fold: nothing is ever cut off."""
-    table = Table(title=title, title_justify="left", title_style="bold")
-    keep = {*right, *whole}
-    for column in columns:
-        justify: Literal["left", "right"] = "right" if column in right else "left"
-        table.add_column(column, justify=justify, no_wrap=column in keep, overflow="fold")
-    return table
-
-
-def render_nodes(view: FleetView, now: float) -> RenderableType:
-    if not view.nodes:
-        return Text("No nodes: the gateway knows no neuron.", style="dim")
-    columns = ["Node", "State", "Memory used / total", "Models", "Last seen"]
-    show_error = any(node.error for node in view.nodes)
-    whole = ("State", "Memory used / total", "Last seen")
-    errors = ["Error"] if show_error else []
-    table = _table("Nodes", *columns, *errors, right=("Models",), whole=whole)
-    for node in view.nodes:
-        cells = [
-            Text.assemble(
-                (node.name, "bold"), (f"\n{node.endpoint.removeprefix('http://')}", "dim")
-            ),
-            Text("up", style="green") if node.up else Text("down", style="bold red"),
-            Text("\n").join(device_text(d) for d in node.devices) or Text("—"),
-            Text(str(len(node.models))),
-            Text(ago(node.last_seen, now)),
-        ]
-        if show_error:
-            cells.append(Text(node.error or "", style="red"))
-        table.add_row(*cells)
-    return table
-
-
-def render_loaded(view: FleetView, now: float) -> RenderableType:
-    """One row per model per node, with the catalogue's pin and priority."""
-    order = {node.name: i for i, node in enumerate(view.nodes)}
-    rows = sorted(
-        ((record, node.name) for node in view.nodes for record in node.models),
-        key=lambda row: (row[0].id, order[row[1]]),
-    )
-    if not rows:
-        return Text("No models loaded.", style="dim")
-    catalogue = {entry.id: entry for entry in view.models}
-    # Short headers: at 80 columns the names must fit whole; "Last used" folds instead.
-    numeric = ("Running", "Waiting", "Memory", "Prio")
-    columns = ("Model", "Node", "State", *numeric[:3], "Last used", "Pin", "Prio")
-    table = _table("Models", *columns, right=numeric, whole=("Model", "Node", "State"))
-    for record, node_name in rows:
-        entry = catalogue.get(record.id)
-        state = state_text(record.state)
-        if record.error:
-            state.append(f" ({record.error})", style="red")
-        figures = (record.in_flight, record.queued, human_bytes(record.memory_bytes or None))
-        pinned = ("yes" if entry.pinned else "", entry.priority) if entry else ("", "")
-        last_used = ago(record.last_used_at, now)
-        cells = map(Text, map(str, (*figures, last_used, *pinned)))
-        table.add_row(Text(record.id, style="bold"), Text(node_name), state, *cells)
-    return table
-
-
-def render_status(view: FleetView, now: float) -> RenderableType:
-    """What ``cortex status`` prints: nodes, loaded models, loads in progress, strategy."""
-    parts: list[RenderableType] = [render_nodes(view, now), Text(), render_loaded(view, now)]
-    if view.loads:
-        loads = _table("Loads in progress", "Model", "Node", "Started", "Evicting")
-        for load in view.loads:
-            cells = (load.model, load.node, ago(load.started_at, now), ", ".join(load.evicting))
-            loads.add_row(*map(Text, cells))
-        parts += [Text(), loads]
-    footer = f"eviction strategy: {view.strategy}"
-    available = sum(1 for entry in view.models if entry.state == "available")
-    if available:
-        footer += f" · {available} more model(s) available to load (cortex models)"
-    parts += [Text(), Text(footer, style="dim")]
-    return Group(*parts)
-
-
-def render_models(view: FleetView) -> RenderableType:
-    """What ``cortex models`` prints: the gateway's catalogue."""
-    if not view.models:
-        return Text("The catalogue is empty: no neuron offers a model.", style="dim")
-    columns = ("Model", "State", "Loaded on", "Placeable on", "Aliases", "Pin", "Prio")
-    table = _table("Catalogue", *columns, right=("Prio",))
-    for entry in view.models:
-        lists = (
-            Text(", ".join(ns) or "—") for ns in (entry.nodes, entry.placeable_on, entry.aliases)
-        )
-        pin = (Text("yes" if entry.pinned else ""), Text(str(entry.priority)))
-        table.add_row(Text(entry.id, style="bold"), state_text(entry.state), *lists, *pin)
-    return table
-
-
-def progress_line(event: FleetProgress) -> Text:
-    """One printed line per ``progress`` event of a load."""
-    line = Text.assemble((f"{event.stage:<9}", "bold cyan"), " ", (event.node, "bold"), "  ")
-    line.append(event.message)
-    if event.needed_bytes is not None:
-        line.append(f" (needs {human_bytes(event.needed_bytes)})", style="dim")
-    return line
-
-
-def result_line(result: FleetActionResult) -> Text:
-    where = ", ".join(result.nodes) or "no node"
-    if result.state == "unloaded":
-        line = Text(f"{result.model} unloaded from {where}")
-    else:
-        line = Text.assemble(f"{result.model} is ", state_text(result.state), f" on {where}")
-    return _with_message(line, result.message)
-
-
-def _with_message(line: Text, message: str | None) -> Text:
-    if message and message not in line.plain:  # the gateway's words, unless they repeat ours
-        line.append(f" ({message})", style="dim")
-    return line
 
 
 def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
@@ -440,4 +273,4 @@ def pin(
         body = {"model": model, "pinned": not unpin}
         result = fleet_action(gateway_url(gateway), "/fleet/pin", body, QUICK_TIMEOUT)
         line = Text(f"{result.model} {'unpinned' if unpin else 'pinned'}")
-        _console().print(_with_message(line, result.message), soft_wrap=True)
+        _console().print(with_message(line, result.message), soft_wrap=True)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -21,6 +21,7 @@ from cortex.errors import CortexError, InvalidRequest, RequestTooLarge
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 def json_response(
@@ -81,3 +82,21 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
     if task.cancelled():
         return None
     return task.result()
+
+
+def sse_event(name: str, data: dict[str, Any]) -> bytes:
+    """One named server-sent event with a compact JSON body."""
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def progress_of(task: asyncio.Future[Any], progress: asyncio.Queue[P]) -> AsyncIterator[P]:
+    """What ``task`` puts on ``progress`` as it runs, in order; ends once ``task`` is done."""
+    while not task.done():
+        getter = asyncio.ensure_future(progress.get())
+        await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield getter.result()
+        else:
+            getter.cancel()
+    while not progress.empty():
+        yield progress.get_nowait()

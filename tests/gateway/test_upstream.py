@@ -30,8 +30,8 @@ from cortex.gateway.upstream import (
     UpstreamPool,
     UpstreamProtocolError,
     UpstreamResponse,
-    _Conn,
 )
+from cortex.gateway.upstream_conn import Connection
 
 # -- a raw test server ------------------------------------------------------------------
 
@@ -615,7 +615,7 @@ def _census() -> tuple[int, int, int]:
     conns = transports = futures = 0
     for obj in gc.get_objects():
         kind = type(obj)  # not isinstance: some foreign objects hook __class__
-        if kind is _Conn:
+        if kind is Connection:
             conns += 1
         elif issubclass(kind, asyncio.BaseTransport):
             transports += not obj.is_closing()

@@ -117,10 +117,9 @@ class AnthropicDialect:
         node: str,
         started: bool,
     ) -> Outcome:
-        is_sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
         rid = str(routed.options.get("request_id", request_id()))
         headers = [(b"x-cortex-node", node.encode()), (b"request-id", rid.encode())]
-        if response.status != 200 or not (routed.stream and is_sse):
+        if response.status != 200 or not (routed.stream and response.is_event_stream):
             data = await response.read()
             if response.status != 200:
                 err = neuron_error(response.status, data)

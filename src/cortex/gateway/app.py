@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -40,7 +39,7 @@ from cortex.protocol.fleet import (
     FleetProgress,
     FleetUnloadRequest,
 )
-from cortex.web import error_response, json_response, read_body
+from cortex.web import error_response, json_response, progress_of, read_body, sse_event
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +148,15 @@ class GatewayApp:
             self.fleet.ensure(model, node, progress.put_nowait, lease=False)
         )
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        while not task.done():
-            getter = asyncio.ensure_future(progress.get())
-            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield _event("progress", getter.result().model_dump())
-            else:
-                getter.cancel()
-        while not progress.empty():
-            yield _event("progress", progress.get_nowait().model_dump())
+        async for event in progress_of(task, progress):
+            yield sse_event("progress", event.model_dump())
         error = task.exception()
         if error is None:
             result = FleetActionResult(model=model, nodes=[task.result()], state="ready")
-            yield _event("result", result.model_dump())
+            yield sse_event("result", result.model_dump())
         else:
             err = error if isinstance(error, CortexError) else EngineFailure(str(error))
-            yield _event("error", openai.error_body(err) | {"status": err.status})
+            yield sse_event("error", openai.error_body(err) | {"status": err.status})
 
     async def fleet_unload(self, request: Request) -> Response:
         body = openai.parse_request(FleetUnloadRequest, await self._body(request))
@@ -222,10 +214,6 @@ def metrics_server(metrics: GatewayMetrics) -> HttpServer:
             responder.respond(404, json.dumps(openai.error_body(err)).encode())
 
     return HttpServer(handle, error_payload, max_body=1024 * 1024)
-
-
-def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 class GatewayService:

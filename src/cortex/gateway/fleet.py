@@ -24,11 +24,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import replace
 
 from cortex.config import CortexConfig, ModelsConfig
-from cortex.errors import CortexError, InsufficientMemory, ModelNotFound, NoCapacity
+from cortex.errors import InsufficientMemory, ModelNotFound, NoCapacity
+from cortex.gateway.fleet_tasks import FleetTasks
 from cortex.gateway.inbox import (
     Barrier,
     Ensure,
@@ -46,11 +46,10 @@ from cortex.gateway.inbox import (
 )
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
-from cortex.gateway.poller import Poller, read
+from cortex.gateway.poller import Poller
 from cortex.gateway.router import Placement, Unplaceable, plan
 from cortex.gateway.state import NodeState, PendingLoad, Snapshot
 from cortex.protocol.fleet import FleetProgress
-from cortex.protocol.lifecycle import LoadProgress
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,9 @@ class Fleet:
         self._deferred: dict[str, list[Ensure]] = {}
         self._pin_failed: dict[str, float] = {}
         self.poller = Poller(self.client, lambda: self.snapshot, self._inbox.put_nowait, poll)
+        self.tasks = FleetTasks(
+            self.client, metrics, lambda: self.snapshot, self._inbox.put_nowait, self._notify
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._owner: asyncio.Task[None] | None = None
 
@@ -226,7 +228,7 @@ class Fleet:
         victims = f", evicting {', '.join(placement.victims)}" if placement.victims else ""
         log.info("placing %s on %s%s", model, placement.node, victims)
         self._notify(model, placement.node, "placing", f"placing on {placement.node}{victims}")
-        self._spawn(self._load(load))
+        self._spawn(self.tasks.load(load))
 
     def _on_load_done(self, message: LoadDone) -> None:
         load, snap = message.load, self.snapshot
@@ -239,7 +241,7 @@ class Fleet:
             limit = self.config.eviction.defrag_after_cycles
             if limit and node.eviction_cycles >= limit:
                 node = replace(node, eviction_cycles=0)
-                self._spawn(self._defrag(node))
+                self._spawn(self.tasks.defrag(node))
         nodes[load.node] = node
         self._publish(nodes=nodes, pending=pending, unloading=unloading)
         self.metrics.record_node(node)
@@ -304,7 +306,7 @@ class Fleet:
             )
             return
         self._publish(unloading=snap.unloading | {(n, message.model) for n in targets})
-        self._spawn(self._unload(message, targets))
+        self._spawn(self.tasks.unload(message, targets))
 
     def _on_unload_done(self, message: UnloadDone) -> None:
         snap = self.snapshot
@@ -338,64 +340,12 @@ class Fleet:
     def _publish(self, **changes: object) -> None:
         self.snapshot = replace(self.snapshot, version=self.snapshot.version + 1, **changes)  # type: ignore[arg-type]
 
-    # --- I/O tasks (report back through the inbox) ----------------------------------------
-
-    async def _load(self, load: PendingLoad) -> None:
-        started = time.monotonic()
-        node = self.snapshot.nodes[load.node]
-        error: CortexError | None = None
-        try:
-            for victim in load.victims:
-                self._notify(
-                    load.model, node.name, "evicting", f"unloading {victim} from {node.name}"
-                )
-                await self.client.unload(node, victim)
-                reason = self.snapshot.strategy
-                self.metrics.evictions.value(victim, node.name, reason).inc()
-            profile = self.snapshot.profile(load.model)
-            source = profile.load_source if profile is not None else load.model
-            await self.client.load(node, load.model, source, self._relay(load.model, node.name))
-        except CortexError as exc:
-            error = exc
-        reading = await read(self.client, node)
-        self._inbox.put_nowait(LoadDone(load, reading, error, time.monotonic() - started))
-
-    async def _unload(self, message: Unload, targets: list[str]) -> None:
-        readings: dict[str, Reading] = {}
-        errors: list[CortexError] = []
-        for name in targets:
-            node = self.snapshot.nodes[name]
-            try:
-                await self.client.unload(node, message.model, force=message.force)
-                self.metrics.evictions.value(message.model, name, "operator").inc()
-            except CortexError as exc:
-                errors.append(exc)
-            readings[name] = await read(self.client, node)
-        self._inbox.put_nowait(UnloadDone(message.model, readings))
-        if errors and not message.future.done():
-            message.future.set_exception(errors[0])
-        elif not message.future.done():
-            message.future.set_result(targets)
-
-    async def _defrag(self, node: NodeState) -> None:
-        try:
-            freed = await self.client.defrag(node)
-            log.info("defragmented %s: %d bytes freed", node.name, freed)
-        except CortexError as exc:
-            log.warning("defrag of %s failed: %s", node.name, exc.message)
-
     # --- helpers ---------------------------------------------------------------------
 
     def _spawn(self, coroutine: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _relay(self, model: str, node: str) -> Callable[[LoadProgress], None]:
-        def relay(progress: LoadProgress) -> None:
-            self._notify(model, node, progress.stage, progress.message, progress.needed_bytes)
-
-        return relay
 
     def _notify(
         self, model: str, node: str, stage: str, message: str, needed: int | None = None

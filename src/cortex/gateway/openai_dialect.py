@@ -78,8 +78,7 @@ class OpenAIDialect:
         node: str,
         started: bool,
     ) -> Outcome:
-        is_sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
-        if not (request.stream and is_sse and response.status == 200):
+        if not (request.stream and response.is_event_stream and response.status == 200):
             data = await response.read()
             if started:  # a stream was promised: turn the neuron's error into an error event
                 responder.end(b"data: " + data + b"\n\n" + _DONE + b"\n\n")

@@ -36,189 +36,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
-from typing import cast
-from urllib.parse import urlsplit
 
-import httptools
+from cortex.gateway.upstream_conn import (
+    Connection,
+    Host,
+    Stale,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+)
 
-from cortex.errors import NeuronUnavailable, UpstreamTimeout
+__all__ = [
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamProtocolError",
+    "UpstreamResponse",
+]
 
-_HIGH_WATER = 1 << 20  # pause reading the socket above this many buffered body bytes
 _SKIP = frozenset({b"host", b"content-length", b"transfer-encoding"})
-_PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
-
-
-class UpstreamError(NeuronUnavailable):
-    """A connection-level failure talking to a neuron."""
-
-
-class UpstreamConnectError(UpstreamError):
-    """Could not connect, or the connection died before the response head: retryable."""
-
-
-class UpstreamProtocolError(UpstreamError):
-    """A malformed response, or the connection was lost in the middle of the body."""
-
-
-class _Stale(Exception):
-    """A reused idle connection died before any response byte: resend on a fresh one."""
-
-
-def _expire(fut: asyncio.Future[None], where: str, limit: float) -> None:
-    if not fut.done():
-        fut.set_exception(UpstreamTimeout(f"{where} sent nothing for {limit:g} s"))
-
-
-class _Host:
-    __slots__ = ("addr", "endpoint", "host", "idle", "port")
-
-    def __init__(self, endpoint: str) -> None:
-        url = urlsplit(endpoint)
-        if url.scheme != "http" or not url.hostname:
-            raise ValueError(f"upstream endpoint must be http://host[:port], got {endpoint!r}")
-        self.endpoint = endpoint
-        self.host = url.hostname
-        self.port = url.port or 80
-        self.addr = url.netloc.rpartition("@")[2].encode("ascii")
-        self.idle: deque[_Conn] = deque()
-
-
-class _Conn(asyncio.Protocol):
-    """One TCP connection; also the parser's callback target. State of the current response."""
-
-    # fmt: off
-    __slots__ = (
-        "active", "buf", "buffered", "closed", "done", "error", "got_bytes", "head_done",
-        "headers", "host", "idle_since", "keep_alive", "loop", "parser", "paused", "pool",
-        "reused", "status", "transport", "waiter",
-    )
-    # fmt: on
-
-    transport: asyncio.Transport
-
-    def __init__(self, pool: UpstreamPool, host: _Host, loop: asyncio.AbstractEventLoop) -> None:
-        self.pool = pool
-        self.host = host
-        self.loop = loop
-        self.parser = httptools.HttpResponseParser(self)
-        self.active = self.closed = self.paused = False
-        self.idle_since = 0.0
-        self.waiter: asyncio.Future[None] | None = None
-        self.begin(False)
-
-    def begin(self, reused: bool) -> None:
-        self.reused = reused
-        self.got_bytes = self.head_done = self.done = self.keep_alive = False
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.buf: list[bytes] = []
-        self.buffered = 0
-        self.error: BaseException | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.pool._conns.add(self)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.active:  # bytes on an idle connection: nothing may be trusted on it
-            self.abort()
-            return
-        self.got_bytes = True
-        try:
-            self.parser.feed_data(data)
-        except _PARSE_ERRORS as exc:
-            if self.error is None:
-                self.error = UpstreamProtocolError(f"bad response from {self.host.endpoint}: {exc}")
-            self.abort()
-            self.wake()
-            return
-        if self.buffered > _HIGH_WATER and not self.paused and not self.closed:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def eof_received(self) -> bool:
-        self.closed = True  # never hand it out again; connection_lost follows
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.pool._conns.discard(self)
-        if not self.active:
-            with contextlib.suppress(ValueError):
-                self.host.idle.remove(self)
-            return
-        if self.done or self.error is not None:
-            self.wake()
-            return
-        where = self.host.endpoint
-        if not self.head_done:
-            stale = self.reused and not self.got_bytes
-            self.error = (
-                _Stale() if stale else UpstreamConnectError(f"{where} closed before answering")
-            )
-        elif exc is None and not any(
-            n == b"content-length" or n == b"transfer-encoding" for n, _ in self.headers
-        ):
-            self.done = True  # a body delimited by the connection's end
-        else:
-            self.error = UpstreamProtocolError(f"{where} closed the connection mid-response")
-        self.wake()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        if self.head_done:
-            raise UpstreamProtocolError("unexpected second response")
-        self.head_done = True
-        self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
-        self.wake()
-
-    def on_body(self, body: bytes) -> None:
-        self.buf.append(body)
-        self.buffered += len(body)
-        self.wake()
-
-    def on_message_complete(self) -> None:
-        self.done = True
-        self.wake()
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait(self, limit: float | None) -> None:
-        fut = self.loop.create_future()
-        self.waiter = fut
-        if limit is None:
-            await fut
-            return
-        timer = self.loop.call_later(limit, _expire, fut, self.host.endpoint, limit)
-        try:
-            await fut
-        finally:
-            timer.cancel()
-
-    def abort(self) -> None:
-        self.closed = True
-        self.transport.abort()
-
-    def close(self) -> None:
-        self.closed = True
-        self.transport.close()
 
 
 class UpstreamResponse:
@@ -226,11 +65,15 @@ class UpstreamResponse:
 
     __slots__ = ("_conn", "_timeout", "headers", "status")
 
-    def __init__(self, conn: _Conn, timeout: float | None) -> None:
-        self._conn: _Conn | None = conn
+    def __init__(self, conn: Connection, timeout: float | None) -> None:
+        self._conn: Connection | None = conn
         self._timeout = timeout
         self.status: int = conn.status
         self.headers: list[tuple[bytes, bytes]] = conn.headers
+
+    @property
+    def is_event_stream(self) -> bool:
+        return (self.header(b"content-type") or b"").startswith(b"text/event-stream")
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -330,8 +173,8 @@ class UpstreamPool:
         self._max_idle = max_idle_per_host
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
-        self._hosts: dict[str, _Host] = {}
-        self._conns: set[_Conn] = set()
+        self._hosts: dict[str, Host] = {}
+        self._conns: set[Connection] = set()
         self._closed = False
 
     async def request(
@@ -349,7 +192,7 @@ class UpstreamPool:
             raise UpstreamError("the upstream pool is closed")
         host = self._hosts.get(endpoint)
         if host is None:
-            host = self._hosts[endpoint] = _Host(endpoint)
+            host = self._hosts[endpoint] = Host(endpoint)
         parts = [f"{method} {path} HTTP/1.1\r\nHost: ".encode("latin-1"), host.addr, b"\r\n"]
         for name, value in headers:
             if name.lower() not in _SKIP:
@@ -361,12 +204,12 @@ class UpstreamPool:
         if conn is not None:
             try:
                 return await self._send(conn, data, timeout, True)
-            except _Stale:
+            except Stale:
                 pass
         return await self._send(await self._connect(host), data, timeout, False)
 
     async def _send(
-        self, conn: _Conn, data: bytes, limit: float | None, reused: bool
+        self, conn: Connection, data: bytes, limit: float | None, reused: bool
     ) -> UpstreamResponse:
         conn.begin(reused)
         conn.active = True
@@ -375,7 +218,7 @@ class UpstreamPool:
         except Exception as exc:  # uvloop raises on a transport closed under our feet
             conn.abort()
             if reused:
-                raise _Stale from exc
+                raise Stale from exc
             raise UpstreamConnectError(f"cannot write to {conn.host.endpoint}: {exc}") from exc
         try:
             while not conn.head_done:
@@ -387,12 +230,12 @@ class UpstreamPool:
             raise
         return UpstreamResponse(conn, limit)
 
-    async def _connect(self, host: _Host) -> _Conn:
+    async def _connect(self, host: Host) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(self, host, loop), host.host, host.port
+                    lambda: Connection(self, host, loop), host.host, host.port
                 )
         except TimeoutError:
             raise UpstreamConnectError(f"connecting to {host.endpoint} timed out") from None
@@ -400,7 +243,7 @@ class UpstreamPool:
             raise UpstreamConnectError(f"cannot connect to {host.endpoint}: {exc}") from exc
         return conn
 
-    def _pop_idle(self, host: _Host) -> _Conn | None:
+    def _pop_idle(self, host: Host) -> Connection | None:
         idle = host.idle
         if not idle:
             return None
@@ -415,7 +258,14 @@ class UpstreamPool:
             return conn
         return None
 
-    def _release(self, conn: _Conn) -> None:
+    def track(self, conn: Connection) -> None:
+        """A connection is made: it is closed with the pool."""
+        self._conns.add(conn)
+
+    def untrack(self, conn: Connection) -> None:
+        self._conns.discard(conn)
+
+    def _release(self, conn: Connection) -> None:
         conn.active = False
         conn.buf = []
         conn.buffered = 0

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import torch
 import transformers
@@ -43,7 +41,14 @@ from cortex.protocol.lifecycle import (
     UnloadRequest,
 )
 from cortex.protocol.responses import parse_responses_request
-from cortex.web import error_response, json_response, read_body, unless_disconnected
+from cortex.web import (
+    error_response,
+    json_response,
+    progress_of,
+    read_body,
+    sse_event,
+    unless_disconnected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,21 +162,14 @@ class NeuronApp:
         task = asyncio.create_task(self.registry.load(load, progress.put_nowait))
         # The load goes on if this client leaves; its outcome is then read by nobody.
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        while not task.done():
-            getter = asyncio.ensure_future(progress.get())
-            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield _event("progress", getter.result().model_dump())
-            else:
-                getter.cancel()
-        while not progress.empty():
-            yield _event("progress", progress.get_nowait().model_dump())
+        async for event in progress_of(task, progress):
+            yield sse_event("progress", event.model_dump())
         error = task.exception()
         if error is None:
-            yield _event("record", task.result().model_dump())
+            yield sse_event("record", task.result().model_dump())
         else:
             err = error if isinstance(error, CortexError) else EngineFailure(str(error))
-            yield _event("error", openai.error_body(err) | {"status": err.status})
+            yield sse_event("error", openai.error_body(err) | {"status": err.status})
 
     async def unload(self, request: Request) -> Response:
         self._authorize(request)
@@ -249,10 +247,6 @@ class NeuronApp:
             err: CortexError = InvalidRequest(f"Method {request.method} is not allowed here")
             return json_response(openai.error_body(err), status=405)
         return error_response(NotFound(f"No route {request.url.path}"), openai.error_body)
-
-
-def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def create_app(config: NeuronConfig, devices: list[Device] | None = None) -> Starlette:

@@ -45,6 +45,13 @@ def run(config: NeuronConfig, *, log_level: str = "info", access_log: bool = Fal
         raise typer.Exit(code)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_cpu_threads() -> int:
     """Torch threads when the config names none: every usable core but one.
 
@@ -53,8 +60,7 @@ def default_cpu_threads() -> int:
     server has descheduled: on a 2-core machine one torch thread serves 16 streams faster
     than two (``bench/engine.py``). vLLM's CPU backend reserves a core the same way.
     """
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (usable or 1) - 1)
+    return max(1, usable_cores() - 1)
 
 
 def _configure_logging(level: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream, SamplingParams
-from cortex.neuron.models import LoadedModel
+from cortex.neuron.loaded import LoadedModel
 from cortex.neuron.prompt import Prompt, render
 from cortex.neuron.wire.events import Done, Error, InferenceEvent
 from cortex.neuron.wire.markers import MarkedOutput, Markers, State, start_state

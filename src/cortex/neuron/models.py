@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,9 @@ from cortex.errors import (
 )
 from cortex.neuron import loader, sources
 from cortex.neuron.devices import Device
-from cortex.neuron.engine.base import Harness
 from cortex.neuron.engine.harness import TransformersHarness
 from cortex.neuron.engine.worker import DeviceWorker
+from cortex.neuron.loaded import LoadedModel
 from cortex.neuron.metrics import LiveFigures, NeuronMetrics
 from cortex.protocol.lifecycle import (
     Capabilities,
@@ -58,34 +58,6 @@ from cortex.protocol.lifecycle import (
 log = logging.getLogger(__name__)
 
 ProgressListener = Callable[[LoadProgress], None]
-
-
-@dataclass(slots=True, eq=False)
-class LoadedModel:
-    record: ModelRecord
-    device: Device
-    weights: loader.LoadedWeights
-    harness: Harness
-    active: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.weights.tokenizer
-
-    @contextlib.contextmanager
-    def session(self) -> Iterator[None]:
-        """Counts one request in flight for the model's lifetime (unload drains these)."""
-        self.active += 1
-        self.idle.clear()
-        self.record.last_used_at = time.time()
-        try:
-            yield
-        finally:
-            self.active -= 1
-            self.record.last_used_at = time.time()
-            if self.active == 0:
-                self.idle.set()
 
 
 @dataclass(slots=True, eq=False)

@@ -19,29 +19,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError
 
 from cortex.errors import CortexError, InvalidRequest
-from cortex.protocol.openai import invalid_from_validation
+from cortex.protocol.openai import invalid_from_validation, type_tag
 
 _REQUEST = ConfigDict(extra="allow", strict=True)
-
-
-def _tag(known: frozenset[str], *, missing: str | None = None) -> Any:
-    """A discriminator: a known ``type`` picks its model, any other string type is ``other``.
-
-    ``missing`` names the branch for an object with no ``type`` at all (tools: a custom tool).
-    """
-
-    def pick(value: Any) -> str | None:
-        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-        if kind is None and missing is not None and isinstance(value, dict):
-            return missing
-        if not isinstance(kind, str):
-            return None
-        return kind if kind in known else "other"
-
-    return Discriminator(pick)
 
 
 # --- content blocks -----------------------------------------------------------------------
@@ -77,7 +60,7 @@ ResultPart = Annotated[
     | Annotated[ImageBlock, Tag("image")]
     | Annotated[DocumentBlock, Tag("document")]
     | Annotated[OtherBlock, Tag("other")],
-    _tag(frozenset({"text", "image", "document"})),
+    type_tag(frozenset({"text", "image", "document"})),
 ]
 
 
@@ -123,7 +106,7 @@ ContentBlock = Annotated[
     | Annotated[ThinkingBlock, Tag("thinking")]
     | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")]
     | Annotated[OtherBlock, Tag("other")],
-    _tag(_BLOCKS),
+    type_tag(_BLOCKS),
 ]
 
 
@@ -158,7 +141,7 @@ class ServerTool(BaseModel):
 
 ToolSpec = Annotated[
     Annotated[CustomTool, Tag("custom")] | Annotated[ServerTool, Tag("other")],
-    _tag(frozenset({"custom"}), missing="custom"),
+    type_tag(frozenset({"custom"}), untyped=lambda _: "custom"),
 ]
 
 
@@ -219,7 +202,7 @@ ThinkingConfig = Annotated[
     | Annotated[ThinkingAdaptive, Tag("adaptive")]
     | Annotated[ThinkingDisabled, Tag("disabled")]
     | Annotated[ThinkingOther, Tag("other")],
-    _tag(frozenset({"enabled", "adaptive", "disabled"})),
+    type_tag(frozenset({"enabled", "adaptive", "disabled"})),
 ]
 
 

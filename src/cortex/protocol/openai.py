@@ -7,9 +7,10 @@ clients send many (``user``, ``logit_bias``, ``store`` …) that change nothing 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, ValidationError, model_validator
 
 from cortex.errors import CortexError, InvalidRequest
 
@@ -144,6 +145,26 @@ def parse_request(model: type[M], body: bytes) -> M:
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise invalid_from_validation(exc) from None
+
+
+def type_tag(
+    known: frozenset[str], *, untyped: Callable[[dict[str, Any]], str | None] | None = None
+) -> Any:
+    """A discriminator: a known ``type`` picks its model, any other string type is ``other``.
+
+    ``untyped`` names the branch for an object with no ``type`` at all (an Anthropic custom
+    tool, a Responses message), or None for no branch.
+    """
+
+    def pick(value: Any) -> str | None:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        if kind is None and untyped is not None and isinstance(value, dict):
+            return untyped(value)
+        if not isinstance(kind, str):
+            return None
+        return kind if kind in known else "other"
+
+    return Discriminator(pick)
 
 
 def invalid_from_validation(exc: ValidationError) -> InvalidRequest:

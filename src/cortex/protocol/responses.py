@@ -16,23 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from cortex.errors import InvalidRequest
-from cortex.protocol.openai import Penalty, Probability, invalid_from_validation
+from cortex.protocol.openai import Penalty, Probability, invalid_from_validation, type_tag
 
 _REQUEST = ConfigDict(extra="allow", strict=True)
-
-
-def _tag(known: frozenset[str], *, role_means_message: bool = False) -> Any:
-    """A discriminator: a known ``type`` picks its model, any other string type is ``other``."""
-
-    def pick(value: Any) -> str | None:
-        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-        if kind is None and role_means_message and isinstance(value, dict) and "role" in value:
-            return "message"
-        if not isinstance(kind, str):
-            return None
-        return kind if kind in known else "other"
-
-    return Discriminator(pick)
 
 
 # --- content parts ------------------------------------------------------------------------
@@ -138,13 +124,19 @@ class ReasoningItem(BaseModel):
 
 _ITEMS = frozenset({"message", "function_call", "function_call_output", "reasoning"})
 
+
+def _message_if_role(item: dict[str, Any]) -> str | None:
+    """An input item without a ``type`` is a message when it has a ``role`` (EasyInputMessage)."""
+    return "message" if "role" in item else None
+
+
 InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")]
     | Annotated[dict[str, Any], Tag("other")],
-    _tag(_ITEMS, role_means_message=True),
+    type_tag(_ITEMS, untyped=_message_if_role),
 ]
 
 # --- tools --------------------------------------------------------------------------------
@@ -161,7 +153,7 @@ class FunctionTool(BaseModel):
 
 NestedTool = Annotated[
     Annotated[FunctionTool, Tag("function")] | Annotated[dict[str, Any], Tag("other")],
-    _tag(frozenset({"function"})),
+    type_tag(frozenset({"function"})),
 ]
 
 
@@ -179,7 +171,7 @@ ToolSpec = Annotated[
     Annotated[FunctionTool, Tag("function")]
     | Annotated[NamespaceTool, Tag("namespace")]
     | Annotated[dict[str, Any], Tag("other")],
-    _tag(frozenset({"function", "namespace"})),
+    type_tag(frozenset({"function", "namespace"})),
 ]
 
 

@@ -1,0 +1,89 @@
+"""The I/O the fleet's owner starts: loads (with their evictions), operator unloads, defrags.
+
+Each runs as a task of its own and reports back by posting a message to the owner's inbox
+(with a fresh reading of the node), so the owner never awaits while it decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from cortex.errors import CortexError
+from cortex.gateway.inbox import LoadDone, Message, Reading, Unload, UnloadDone
+from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.neurons import NeuronClient
+from cortex.gateway.poller import read
+from cortex.gateway.state import NodeState, PendingLoad, Snapshot
+from cortex.protocol.lifecycle import LoadProgress
+
+log = logging.getLogger(__name__)
+
+# (model, node, stage, message, needed bytes): progress for the load's waiters
+Notify = Callable[[str, str, str, str, int | None], None]
+
+
+class FleetTasks:
+    def __init__(
+        self,
+        client: NeuronClient,
+        metrics: GatewayMetrics,
+        snapshot: Callable[[], Snapshot],
+        post: Callable[[Message], None],
+        notify: Notify,
+    ) -> None:
+        self.client = client
+        self.metrics = metrics
+        self._snapshot = snapshot
+        self._post = post
+        self._notify = notify
+
+    async def load(self, load: PendingLoad) -> None:
+        started = time.monotonic()
+        node = self._snapshot().nodes[load.node]
+        error: CortexError | None = None
+        try:
+            for victim in load.victims:
+                message = f"unloading {victim} from {node.name}"
+                self._notify(load.model, node.name, "evicting", message, None)
+                await self.client.unload(node, victim)
+                reason = self._snapshot().strategy
+                self.metrics.evictions.value(victim, node.name, reason).inc()
+            profile = self._snapshot().profile(load.model)
+            source = profile.load_source if profile is not None else load.model
+            await self.client.load(node, load.model, source, self._relay(load.model, node.name))
+        except CortexError as exc:
+            error = exc
+        reading = await read(self.client, node)
+        self._post(LoadDone(load, reading, error, time.monotonic() - started))
+
+    async def unload(self, message: Unload, targets: list[str]) -> None:
+        readings: dict[str, Reading] = {}
+        errors: list[CortexError] = []
+        for name in targets:
+            node = self._snapshot().nodes[name]
+            try:
+                await self.client.unload(node, message.model, force=message.force)
+                self.metrics.evictions.value(message.model, name, "operator").inc()
+            except CortexError as exc:
+                errors.append(exc)
+            readings[name] = await read(self.client, node)
+        self._post(UnloadDone(message.model, readings))
+        if errors and not message.future.done():
+            message.future.set_exception(errors[0])
+        elif not message.future.done():
+            message.future.set_result(targets)
+
+    async def defrag(self, node: NodeState) -> None:
+        try:
+            freed = await self.client.defrag(node)
+            log.info("defragmented %s: %d bytes freed", node.name, freed)
+        except CortexError as exc:
+            log.warning("defrag of %s failed: %s", node.name, exc.message)
+
+    def _relay(self, model: str, node: str) -> Callable[[LoadProgress], None]:
+        def relay(progress: LoadProgress) -> None:
+            self._notify(model, node, progress.stage, progress.message, progress.needed_bytes)
+
+        return relay
