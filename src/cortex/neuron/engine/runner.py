@@ -13,6 +13,7 @@ only, so a long prompt costs no ``[S, V]`` tensor.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence as Seq
 from typing import Any
 
@@ -28,10 +29,23 @@ def can_batch(model: Any) -> bool:
     return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
 
 
+def cache_keyword(model: Any) -> str:
+    """The forward argument that takes the KV cache: ``cache`` from transformers 5.24
+    (which deprecates ``past_key_values``), ``past_key_values`` before and in models that
+    still name it so."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _returned_cache(out: Any) -> Any:
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
 class ModelRunner:
     def __init__(self, model: Any, device: torch.device) -> None:
         self.model = model
         self.device = device
+        self._cache_keyword = cache_keyword(model)
         self.rows: list[Sequence] = []  # the cache's rows, in order
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [B, T] 1 = real token, 0 = padding
@@ -73,11 +87,11 @@ class ModelRunner:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_keyword: cache},
         )
-        self._join(out.past_key_values, mask, seqs)
+        self._join(_returned_cache(out), mask, seqs)
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
 
@@ -94,11 +108,11 @@ class ModelRunner:
             input_ids=ids,
             attention_mask=self._mask,
             position_ids=positions,
-            past_key_values=self._cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_keyword: self._cache},
         )
-        self._cache = out.past_key_values
+        self._cache = _returned_cache(out)
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
 
