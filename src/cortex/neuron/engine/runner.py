@@ -38,7 +38,8 @@ def cache_keyword(model: Any) -> str:
 
 
 def _returned_cache(out: Any) -> Any:
-    return out["cache"] if "cache" in out else out.past_key_values
+    cache = out.get("cache")  # read past_key_values only where it is still the name
+    return cache if cache is not None else out.past_key_values
 
 
 class ModelRunner:
