@@ -60,6 +60,12 @@ FLEET: dict[str, Any] = {
                     "last_used_at": NOW - 12,
                     "in_flight": 2,
                     "queued": 1,
+                    "capabilities": {
+                        "tools": True,
+                        "reasoning": True,
+                        "tool_format": "hermes",
+                        "reasoning_format": "think",
+                    },
                 },
                 {"id": "tiny", "state": "ready", "source": "/m/tiny", "memory_bytes": 512 * MiB},
                 {"id": "llama-8b", "state": "loading", "source": "meta/llama"},
@@ -253,6 +259,10 @@ def test_status_rendering_shows_nodes_memory_and_models() -> None:
         "yes",
         "5",
     ]
+    # The formats the neuron found, under the model's name; none for a model without them.
+    assert "tools: hermes · reasoning: think" in lines[lines.index(row(text, "qwen-7b")) + 1]
+    tiny_at = lines.index(row(text, "tiny"))
+    assert "tools:" not in lines[tiny_at + 1]
     tiny = [c.strip() for c in row(text, "tiny").split("│")[1:-1]]
     assert tiny[2] == "ready"
     assert tiny[6] == "never"

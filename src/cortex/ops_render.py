@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cortex.protocol.fleet import FleetActionResult, FleetProgress, FleetView
-from cortex.protocol.lifecycle import DeviceInfo
+from cortex.protocol.lifecycle import DeviceInfo, ModelRecord
 
 STATE_STYLES = dict(ready="green", loading="yellow", unloading="magenta", failed="bold red")
 
@@ -126,8 +126,22 @@ def render_loaded(view: FleetView, now: float) -> RenderableType:
         pinned = ("yes" if entry.pinned else "", entry.priority) if entry else ("", "")
         last_used = ago(record.last_used_at, now)
         cells = map(Text, map(str, (*figures, last_used, *pinned)))
-        table.add_row(Text(record.id, style="bold"), Text(node_name), state, *cells)
+        table.add_row(model_text(record), Text(node_name), state, *cells)
     return table
+
+
+def model_text(record: ModelRecord) -> Text:
+    """The model's id, and under it the tool-call and reasoning formats the neuron found."""
+    text = Text(record.id, style="bold")
+    found = record.capabilities
+    formats = [
+        f"{what}: {name}"
+        for what, name in (("tools", found.tool_format), ("reasoning", found.reasoning_format))
+        if name != "none"
+    ]
+    if formats:
+        text.append("\n" + " · ".join(formats), style="dim")
+    return text
 
 
 def render_status(view: FleetView, now: float) -> RenderableType:

@@ -296,7 +296,12 @@ def test_previous_response_id(trained: Neuron) -> None:
 
 def test_capabilities_are_probed_at_load(trained: Neuron) -> None:
     record = next(m for m in trained.get("/node").json()["models"] if m["id"] == "trained")
-    assert record["capabilities"] == {"tools": True, "reasoning": True}
+    assert record["capabilities"] == {
+        "tools": True,
+        "reasoning": True,
+        "tool_format": "hermes",
+        "reasoning_format": "think",
+    }
 
 
 def test_a_codex_shaped_request_streams_to_completion(trained: Neuron) -> None:

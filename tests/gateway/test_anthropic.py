@@ -274,8 +274,12 @@ def test_only_hosted_tools_means_no_tools_at_all() -> None:
 @pytest.mark.parametrize(
     ("thinking", "kwargs", "budget"),
     [
-        ({"type": "disabled"}, {"enable_thinking": False}, None),
-        ({"type": "enabled", "budget_tokens": 4096}, None, 4096),
+        ({"type": "disabled"}, {"enable_thinking": False, "thinking": False}, None),
+        (
+            {"type": "enabled", "budget_tokens": 4096},
+            {"enable_thinking": True, "thinking": True},
+            4096,
+        ),
         ({"type": "adaptive"}, None, None),
         (None, None, None),
     ],
@@ -319,7 +323,7 @@ def test_to_tokenize() -> None:
     assert tokenize["source"] == "Qwen/Qwen3-8B"
     assert [m["role"] for m in tokenize["messages"]] == ["system", "user"]
     assert len(tokenize["tools"]) == 13
-    assert tokenize["chat_template_kwargs"] == {"enable_thinking": False}
+    assert tokenize["chat_template_kwargs"] == {"enable_thinking": False, "thinking": False}
     plain = parse_count_tokens_request(
         {"model": "m", "messages": [{"role": "user", "content": "x"}]}
     )

@@ -1,4 +1,5 @@
-"""Tool-call bodies: Hermes JSON and the XML form, typed by the tool's schema."""
+"""Tool-call bodies of the Qwen family: Hermes JSON and Qwen3-Coder's XML form, typed by the
+tool's schema."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cortex.neuron.wire.toolcalls import parse_body, parse_hermes, parse_xml, schema_types
+from cortex.neuron.formats import Marker
+from cortex.neuron.formats.base import Call, json_call, schema_types
+from cortex.neuron.formats.hermes import Hermes
+from cortex.neuron.formats.qwen3_coder import Qwen3Coder, parse_xml
 from cortex.testing import FIXTURES, WEATHER_TOOL
 
 PARIS = [("get_weather", '{"city": "Paris"}')]
+BLOCK = (Marker(1, "<tool_call>"), Marker(2, "</tool_call>"))
+SYNTAXES = {"hermes": Hermes(*BLOCK), "xml": Qwen3Coder(*BLOCK)}
+
+
+def parse_body(body: str, fmt: str, tools: list[dict[str, Any]] | None) -> list[Call] | None:
+    return SYNTAXES[fmt].parse(body, schema_types(tools))
+
 
 TYPED_TOOL: dict[str, Any] = {
     "type": "function",
@@ -50,7 +61,7 @@ def _args(calls: list[tuple[str, str]] | None) -> list[tuple[str, Any]]:
 
 
 def test_hermes_fixture_body() -> None:
-    assert parse_hermes(_body(FIXTURES["tool_call"].reply)) == PARIS
+    assert json_call(_body(FIXTURES["tool_call"].reply)) == PARIS
 
 
 @pytest.mark.parametrize(
@@ -64,16 +75,16 @@ def test_hermes_fixture_body() -> None:
     ],
 )
 def test_hermes_accepted_shapes(body: str) -> None:
-    assert parse_hermes(body) == PARIS
+    assert json_call(body) == PARIS
 
 
 @pytest.mark.parametrize("body", ['{"name": "now"}', '{"name": "now", "arguments": null}'])
 def test_hermes_missing_arguments_are_an_empty_object(body: str) -> None:
-    assert parse_hermes(body) == [("now", "{}")]
+    assert json_call(body) == [("now", "{}")]
 
 
 def test_hermes_keeps_non_ascii() -> None:
-    calls = parse_hermes('{"name": "get_weather", "arguments": {"city": "東京 🙂"}}')
+    calls = json_call('{"name": "get_weather", "arguments": {"city": "東京 🙂"}}')
     assert calls == [("get_weather", '{"city": "東京 🙂"}')]
 
 
@@ -97,7 +108,7 @@ def test_hermes_keeps_non_ascii() -> None:
     ],
 )
 def test_hermes_rejects_everything_else(body: str) -> None:
-    assert parse_hermes(body) is None
+    assert json_call(body) is None
 
 
 _JSON_VALUES = st.recursive(
@@ -110,7 +121,7 @@ _JSON_VALUES = st.recursive(
 @given(name=st.text(min_size=1, max_size=12), arguments=st.dictionaries(st.text(), _JSON_VALUES))
 def test_hermes_round_trips_any_arguments(name: str, arguments: dict[str, Any]) -> None:
     body = json.dumps({"name": name, "arguments": arguments})
-    assert _args(parse_hermes(body)) == [(name, arguments)]
+    assert _args(json_call(body)) == [(name, arguments)]
 
 
 # -- XML ---------------------------------------------------------------------------------------
@@ -118,7 +129,7 @@ def test_hermes_round_trips_any_arguments(name: str, arguments: dict[str, Any]) 
 
 def test_xml_fixture_body_matches_hermes() -> None:
     xml = parse_xml(_body(FIXTURES["xml_tool_call"].reply))
-    assert xml == parse_hermes(_body(FIXTURES["tool_call"].reply)) == PARIS
+    assert xml == json_call(_body(FIXTURES["tool_call"].reply)) == PARIS
 
 
 def _xml(**values: str) -> str:

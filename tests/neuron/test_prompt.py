@@ -31,6 +31,14 @@ def test_request_renders_like_the_fixture(tiny_tokenizer: Any, name: str) -> Non
 def test_template_errors_are_invalid_requests(tiny_tokenizer: Any) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
     request = parse_request(ChatCompletionRequest, json.dumps(body).encode())
-    tokenizer = type("NoTemplate", (), {"chat_template": None})()
+    tokenizer = type(
+        "NoTemplate",
+        (),
+        {
+            "chat_template": None,
+            "encode": lambda self, text, **_: list(text.encode()),
+            "decode": lambda self, ids, **_: bytes(ids).decode(errors="replace"),
+        },
+    )()
     with pytest.raises(InvalidRequest, match="no chat template"):
         render(tokenizer, request.messages)

@@ -1,4 +1,5 @@
-"""Marker tokens → Text / Reasoning / ToolCall events, on the tiny tokenizer's fixture replies."""
+"""Token ids → Text / Reasoning / ToolCall events through a format, on the tiny tokenizer's
+fixture replies (the Qwen3 shape: ``<think>`` and Hermes ``<tool_call>``)."""
 
 from __future__ import annotations
 
@@ -13,24 +14,23 @@ from hypothesis import strategies as st
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from cortex.neuron.formats import Format, Marker, ThinkSyntax, detect, single_token
+from cortex.neuron.formats.hermes import Hermes
+from cortex.neuron.formats.qwen3_coder import Qwen3Coder
 from cortex.neuron.wire.events import InferenceEvent, Reasoning, Text, ToolCall
-from cortex.neuron.wire.markers import (
-    MarkedOutput,
-    Markers,
-    State,
-    probe,
-    start_state,
-    tool_format,
-)
+from cortex.neuron.wire.stream import FormattedOutput, State, start_state
 from cortex.testing import FIXTURES, WEATHER_TOOL
 
 THINK, THINK_END, TOOL, TOOL_END = 1018, 1019, 1020, 1021
-MARKERS = Markers(THINK, THINK_END, TOOL, TOOL_END)
+THINK_SYNTAX = ThinkSyntax("think", Marker(THINK, "<think>"), Marker(THINK_END, "</think>"))
+TOOL_MARKERS = (Marker(TOOL, "<tool_call>"), Marker(TOOL_END, "</tool_call>"))
+MARKERS = Format(think=THINK_SYNTAX, tools=Hermes(*TOOL_MARKERS))
+XML = Format(think=THINK_SYNTAX, tools=Qwen3Coder(*TOOL_MARKERS))
 MARKER_IDS = {THINK, THINK_END, TOOL, TOOL_END}
 CALL_ID = re.compile(r"call_[A-Za-z0-9]{24}")
 PREFIX = '\n{"name": "get_weather", "arguments": '
 
-Run = tuple[list[InferenceEvent], str | None, MarkedOutput]
+Run = tuple[list[InferenceEvent], str | None, FormattedOutput]
 
 
 def _enc(tokenizer: Any, text: str) -> list[int]:
@@ -40,7 +40,8 @@ def _enc(tokenizer: Any, text: str) -> list[int]:
 
 def _run(tokenizer: Any, ids: Sequence[int], **options: Any) -> Run:
     """Feed ids one at a time, as the engine does; stop where a stop string says so."""
-    output = MarkedOutput(tokenizer, MARKERS, tools=[WEATHER_TOOL], **options)
+    fmt = options.pop("fmt", MARKERS)
+    output = FormattedOutput(tokenizer, fmt, tools=[WEATHER_TOOL], **options)
     events: list[InferenceEvent] = []
     for token in ids:
         new, stop = output.feed(token)
@@ -52,7 +53,8 @@ def _run(tokenizer: Any, ids: Sequence[int], **options: Any) -> Run:
 
 def _run_batches(tokenizer: Any, ids: Sequence[int], sizes: list[int], **options: Any) -> Run:
     """Feed ids in batches of the given sizes through a loop, collecting events per batch."""
-    output = MarkedOutput(tokenizer, MARKERS, tools=[WEATHER_TOOL], **options)
+    fmt = options.pop("fmt", MARKERS)
+    output = FormattedOutput(tokenizer, fmt, tools=[WEATHER_TOOL], **options)
     events: list[InferenceEvent] = []
     at = 0
     for size in [*sizes, len(ids)]:
@@ -137,7 +139,7 @@ def test_malformed_call_comes_back_verbatim(tiny_tokenizer: Any) -> None:
     assert _fixture(tiny_tokenizer, "malformed_tool_call") == [("text", reply)]
 
 
-@pytest.mark.parametrize("fmt", ["hermes", "xml"])
+@pytest.mark.parametrize("fmt", [MARKERS, XML])
 def test_xml_call_parses_like_hermes(tiny_tokenizer: Any, fmt: Any) -> None:
     assert _fixture(tiny_tokenizer, "xml_tool_call", fmt=fmt) == _fixture(
         tiny_tokenizer, "tool_call", fmt=fmt
@@ -163,19 +165,19 @@ def test_start_state_from_the_prompt(tiny_tokenizer: Any) -> None:
     plain = _prompt(tiny_tokenizer, "reasoning")
     closed = _prompt(tiny_tokenizer, "no_thinking")
     assert THINK_END in closed  # the template closed an empty think block
-    assert start_state(plain, MARKERS) == "text"
-    assert start_state(closed, MARKERS) == "text"
-    assert start_state([*plain, *_enc(tiny_tokenizer, "<think>\n")], MARKERS) == "reasoning"
-    assert start_state([*closed, THINK], MARKERS) == "reasoning"
-    assert start_state([], MARKERS) == "text"
-    assert start_state([THINK], Markers(tool_start=TOOL, tool_end=TOOL_END)) == "text"
+    assert start_state(plain, THINK_SYNTAX) == "text"
+    assert start_state(closed, THINK_SYNTAX) == "text"
+    assert start_state([*plain, *_enc(tiny_tokenizer, "<think>\n")], THINK_SYNTAX) == "reasoning"
+    assert start_state([*closed, THINK], THINK_SYNTAX) == "reasoning"
+    assert start_state([], THINK_SYNTAX) == "text"
+    assert start_state([THINK], None) == "text"
 
 
 def test_output_inside_an_opened_think_block(tiny_tokenizer: Any) -> None:
     reply = FIXTURES["reasoning"].reply.removeprefix("<think>")
     prompt = [*_prompt(tiny_tokenizer, "reasoning"), THINK]
     ids = _enc(tiny_tokenizer, reply)
-    events, _, output = _run(tiny_tokenizer, ids, start=start_state(prompt, MARKERS))
+    events, _, output = _run(tiny_tokenizer, ids, start=start_state(prompt, THINK_SYNTAX))
     assert _runs(events) == [
         ("reasoning", "The user wants 2 + 2. That is 4."),
         ("text", "The answer is 4."),
@@ -189,7 +191,7 @@ def test_a_spent_thinking_budget_forces_the_end_of_thinking(tiny_tokenizer: Any)
     ids = _enc(tiny_tokenizer, FIXTURES["reasoning"].reply)
     thought = ids[1 : ids.index(THINK_END)]  # between <think> and </think>
     for budget in (0, 3):
-        output = MarkedOutput(tiny_tokenizer, MARKERS, thinking_budget=budget)
+        output = FormattedOutput(tiny_tokenizer, MARKERS, thinking_budget=budget)
         fed: list[int] = []
         events: list[InferenceEvent] = []
         model = iter(ids)  # what the model would sample
@@ -207,7 +209,7 @@ def test_a_spent_thinking_budget_forces_the_end_of_thinking(tiny_tokenizer: Any)
 
 
 def test_no_budget_never_forces(tiny_tokenizer: Any) -> None:
-    output = MarkedOutput(tiny_tokenizer, MARKERS, start="reasoning")
+    output = FormattedOutput(tiny_tokenizer, MARKERS, start="reasoning")
     for token in _enc(tiny_tokenizer, "a long long thought " * 20):
         assert output.forced_next() is None
         output.feed(token)
@@ -230,11 +232,11 @@ def test_forced_tool_start_that_does_not_parse_shows_the_prefix(tiny_tokenizer: 
     assert _runs(events) == [("text", f"<tool_call>{PREFIX}oops</tool_call>sorry")]
 
 
-def test_start_without_the_closing_marker_is_refused(tiny_tokenizer: Any) -> None:
-    with pytest.raises(ValueError, match="think"):
-        MarkedOutput(tiny_tokenizer, Markers(think_start=THINK), start="reasoning")
+def test_start_without_a_way_out_is_refused(tiny_tokenizer: Any) -> None:
+    with pytest.raises(ValueError, match="reasoning"):
+        FormattedOutput(tiny_tokenizer, Format(tools=MARKERS.tools), start="reasoning")
     with pytest.raises(ValueError, match="tool"):
-        MarkedOutput(tiny_tokenizer, Markers(tool_start=TOOL), start="tool")
+        FormattedOutput(tiny_tokenizer, Format(think=THINK_SYNTAX), start="tool")
 
 
 # -- truncation, stops, odd markers ------------------------------------------------------------
@@ -319,7 +321,7 @@ def test_markers_out_of_place_are_text(tiny_tokenizer: Any) -> None:
 
 
 def test_tool_markers_unknown_to_markers_are_plain_text(tiny_tokenizer: Any) -> None:
-    output = MarkedOutput(tiny_tokenizer, Markers(THINK, THINK_END))
+    output = FormattedOutput(tiny_tokenizer, Format(think=THINK_SYNTAX))
     reply = FIXTURES["tool_call"].reply
     events = [e for token in _enc(tiny_tokenizer, reply) for e in output.feed(token)[0]]
     assert _runs(events + output.finish()) == [("text", reply)]
@@ -359,11 +361,13 @@ class _Table:
 
 
 _T_THINK, _T_THINK_END = 8, 9
-_TABLE_MARKERS = Markers(think_start=_T_THINK, think_end=_T_THINK_END)
+_TABLE_MARKERS = Format(
+    think=ThinkSyntax("think", Marker(_T_THINK, "<think>"), Marker(_T_THINK_END, "</think>"))
+)
 
 
 def test_whitespace_inside_a_token_is_held_until_it_is_known_to_be_content() -> None:
-    output = MarkedOutput(_Table(), _TABLE_MARKERS)
+    output = FormattedOutput(_Table(), _TABLE_MARKERS)
     assert output.feed(0)[0] == [Text("a")]
     assert output.feed(3)[0] == [Text(".")]  # the newlines may be layout before a marker
     assert output.feed(1)[0] == [Text("\n\n b")]
@@ -402,7 +406,7 @@ def _reference(ids: list[int]) -> list[tuple[str, str]]:
 
 @given(ids=st.lists(st.integers(min_value=0, max_value=len(_Table.VOCAB) - 1), max_size=30))
 def test_streamed_whitespace_rules_match_the_whole_output_rules(ids: list[int]) -> None:
-    output = MarkedOutput(_Table(), _TABLE_MARKERS)
+    output = FormattedOutput(_Table(), _TABLE_MARKERS)
     events = [event for token in ids for event in output.feed(token)[0]]
     assert _runs(events + output.finish()) == _reference(ids)
 
@@ -522,14 +526,13 @@ def test_spelled_out_marker_really_is_several_tokens(tiny_tokenizer: Any) -> Non
     assert _runs(_run(tiny_tokenizer, ids)[0]) == [("text", "<think>")]
 
 
-# -- probing -----------------------------------------------------------------------------------
+# -- detection -------------------------------------------------------------------------------
 
 
-def test_probe_finds_the_markers(tiny_tokenizer: Any) -> None:
-    markers = probe(tiny_tokenizer)
-    assert markers == MARKERS
-    assert markers.reasoning
-    assert markers.tools
+def test_detect_finds_the_markers(tiny_tokenizer: Any) -> None:
+    fmt = detect(tiny_tokenizer, tiny_tokenizer.chat_template)
+    assert fmt == MARKERS
+    assert (fmt.tool_format, fmt.reasoning_format) == ("hermes", "think")
 
 
 def _bare_tokenizer(extra: list[AddedToken] | None = None) -> Any:
@@ -547,30 +550,29 @@ def _bare_tokenizer(extra: list[AddedToken] | None = None) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=backend)  # type: ignore[no-untyped-call]
 
 
-def test_probe_reports_none_without_marker_tokens() -> None:
-    markers = probe(_bare_tokenizer())
-    assert markers == Markers()
-    assert not markers.reasoning
-    assert not markers.tools
+def test_detect_reports_none_without_marker_tokens() -> None:
+    fmt = detect(_bare_tokenizer(), None)
+    assert fmt == Format()
+    assert (fmt.tool_format, fmt.reasoning_format) == ("none", "none")
 
 
-def test_probe_accepts_markers_registered_as_special_tokens() -> None:
+def test_markers_registered_as_special_tokens_count() -> None:
     tokenizer = _bare_tokenizer([AddedToken("<think>", special=True, normalized=False)])
-    markers = probe(tokenizer)
-    assert markers.think_start is not None
-    assert (markers.think_end, markers.tool_start, markers.tool_end) == (None, None, None)
-    assert not markers.reasoning
+    assert single_token(tokenizer, "<think>") is not None
+    assert single_token(tokenizer, "</think>") is None
+    assert detect(tokenizer, None).think is None  # one marker of the pair is not enough
 
 
 def test_tool_format_from_the_template(tiny_tokenizer: Any) -> None:
-    assert tool_format(tiny_tokenizer.chat_template) == "hermes"
-    assert tool_format(None) == "hermes"
-    assert tool_format("{{- '<tool_call>\\n<function=' + name + '>\\n' }}") == "xml"
+    assert detect(tiny_tokenizer, tiny_tokenizer.chat_template).tool_format == "hermes"
+    assert detect(tiny_tokenizer, None).tool_format == "hermes"
+    xml = "{{- '<tool_call>\\n<function=' + name + '>\\n' }}"
+    assert detect(tiny_tokenizer, xml).tool_format == "qwen3_coder"
 
 
 def test_a_call_opened_inside_an_unclosed_one_releases_it_as_text(tiny_tokenizer: Any) -> None:
     newline = _enc(tiny_tokenizer, "\n")
-    output = MarkedOutput(tiny_tokenizer, probe(tiny_tokenizer))
+    output = FormattedOutput(tiny_tokenizer, MARKERS)
     streamed = [
         e for token in [TOOL, *newline, TOOL, *newline, TOOL] for e in output.feed(token)[0]
     ]

@@ -109,10 +109,14 @@ def to_tokenize(request: CountTokensRequest, model: str, source: str | None) -> 
 
 
 def _template_kwargs(request: CountTokensRequest) -> dict[str, Any]:
-    # Only "disabled" reaches the template. Templates think by default, so "enabled" and
-    # "adaptive" need nothing here ("enabled" carries its budget in the request body).
+    # Templates switch thinking with "enable_thinking" (Qwen3, GLM) or "thinking"
+    # (DeepSeek V3.1, off by default there); a template ignores the name it does not read.
+    # "adaptive" leaves each template its own default; "enabled" carries its budget in the
+    # request body as well.
     if request.thinking_disabled:
-        return {"chat_template_kwargs": {"enable_thinking": False}}
+        return {"chat_template_kwargs": {"enable_thinking": False, "thinking": False}}
+    if isinstance(request.thinking, ThinkingEnabled):
+        return {"chat_template_kwargs": {"enable_thinking": True, "thinking": True}}
     return {}
 
 

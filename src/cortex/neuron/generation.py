@@ -10,18 +10,19 @@ grammar-constrained decoding).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream, SamplingParams
+from cortex.neuron.formats import Format
 from cortex.neuron.loaded import LoadedModel
-from cortex.neuron.prompt import Prompt, render
+from cortex.neuron.prompt import Prompt
 from cortex.neuron.wire.events import Done, Error, InferenceEvent
-from cortex.neuron.wire.markers import MarkedOutput, Markers, State, start_state
+from cortex.neuron.wire.harmony import HarmonyOutput
 from cortex.neuron.wire.output import OutputProcessor, TextOutput
+from cortex.neuron.wire.stream import FormattedOutput, State, start_state
 from cortex.protocol.openai import ChatCompletionRequest, NamedToolChoice
 
 
@@ -46,30 +47,48 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
     """Render, steer and check one request (blocking: run it off the event loop)."""
     model.harness.check_room()  # a full queue is a 429 before anything streams
     weights = model.weights
+    template = weights.template
     choice = request.tool_choice
     tools = request.tools if choice != "none" else None
-    markers = weights.markers if choice != "none" else _without_tools(weights.markers)
-    prompt = render(model.tokenizer, request.messages, tools, request.chat_template_kwargs)
-    start: State = start_state(prompt.ids, markers) if markers.reasoning else "text"
-    prefix = ""
+    fmt = template.format
+    if choice == "none" or (not tools and fmt.tools is not None and fmt.tools.by_text):
+        # No calls wanted: markers stay text. Formats whose calls are plain JSON or Python
+        # are parsed only when tools were offered, so that a JSON answer stays an answer.
+        fmt = replace(fmt, tools=None)
+    prompt = template.render(request.messages, tools, template_kwargs(request))
+    start: State = start_state(prompt.ids, fmt.think)
+    steer = Steer(prompt)
     if choice == "required" or isinstance(choice, NamedToolChoice):
-        prompt, prefix = _open_call(request, model, prompt, start)
-        start = "tool"
+        steer = _open_call(request, model, prompt, start)
+        if steer.in_prompt:
+            start = "tool"
+    prompt = steer.prompt
     params = sampling_params(request, model, len(prompt.ids))
     tool_dicts = [t.model_dump(exclude_none=True) for t in tools] if tools else None
 
     def output() -> OutputProcessor:
-        if markers.reasoning or markers.tools:
-            return MarkedOutput(
+        options: dict[str, Any] = {
+            "stops": request.stop_strings,
+            "tools": tool_dicts,
+            "parallel_tool_calls": request.parallel_tool_calls is not False,
+            "thinking_budget": request.thinking_token_budget,
+        }
+        if fmt.harmony is not None:
+            return HarmonyOutput(
                 model.tokenizer,
-                markers,
+                fmt.harmony,
+                forced=steer.forced,
+                deferred=steer.deferred,
+                **options,
+            )
+        if fmt.think is not None or fmt.tools is not None:
+            return FormattedOutput(
+                model.tokenizer,
+                fmt,
                 start=start,
-                tool_prefix=prefix,
-                stops=request.stop_strings,
-                tools=tool_dicts,
-                fmt=weights.tool_format,
-                parallel_tool_calls=request.parallel_tool_calls is not False,
-                thinking_budget=request.thinking_token_budget,
+                tool_prefix=steer.opened,
+                opening=steer.opening,
+                **options,
             )
         return TextOutput(model.tokenizer, request.stop_strings)
 
@@ -138,19 +157,34 @@ def _token_text(tokenizer: Any) -> Callable[[int], str]:
     return text
 
 
-def _without_tools(markers: Markers) -> Markers:
-    return replace(markers, tool_start=None, tool_end=None)
+@dataclass(frozen=True, slots=True)
+class Steer:
+    """How a forced tool choice opens the call: in the prompt (``opened``: the call's body so
+    far, which the parser takes as written); for a model that can reason, as the tokens that
+    take the place of the first it writes after reasoning (``opening``); for harmony, as
+    tokens forced at the start (``forced``) and after the analysis message (``deferred``)."""
+
+    prompt: Prompt
+    opened: str = ""
+    opening: tuple[int, ...] = ()
+    forced: tuple[int, ...] = ()
+    deferred: tuple[int, ...] = ()
+
+    @property
+    def in_prompt(self) -> bool:
+        """The prompt opened the call: the output starts inside it."""
+        return not (self.opening or self.forced)
 
 
 def _open_call(
     request: ChatCompletionRequest, model: LoadedModel, prompt: Prompt, start: State
-) -> tuple[Prompt, str]:
-    """Append the opening of a tool call to the prompt; return it and the body's prefix."""
-    markers = model.weights.markers
-    if not markers.tools:
+) -> Steer:
+    """Open a call of the requested tool in the model's own syntax (see ``Steer``)."""
+    fmt: Format = model.weights.template.format
+    if not fmt.can_call_tools:
         raise InvalidRequest(
-            "tool_choice needs a model that can make tool calls; this model's tokenizer has "
-            "no tool-call markers",
+            "tool_choice needs a model that can make tool calls; no tool-call format was found "
+            "in this model's tokenizer or chat template",
             param="tool_choice",
         )
     choice = request.tool_choice
@@ -158,25 +192,53 @@ def _open_call(
         raise InvalidRequest(
             "tool_choice asks for a tool call but no tools were given", param="tool_choice"
         )
-    prefix = ""
+    name: str | None = None
     if isinstance(choice, NamedToolChoice):
         name = choice.function.name
         if name not in {t.function.name for t in request.tools or []}:
             raise InvalidRequest(
                 f"tool_choice names {name!r}, which is not among the tools", param="tool_choice"
             )
-        if model.weights.tool_format == "xml":
-            prefix = f"<function={name}>\n"
-        else:
-            # No space after the colon: BPE vocabularies attach the space to the next
-            # token (' {"'), so a prompt ending in a bare space leads the model astray.
-            prefix = '{"name": ' + json.dumps(name) + ', "arguments":'
-    opening = ""
-    if start == "reasoning" and markers.think_end is not None:
-        opening += markers.think_end_text + "\n\n"  # close the thinking the template opened
-    opening += markers.tool_start_text + "\n" + prefix
-    extra = model.tokenizer.encode(opening, add_special_tokens=False)
-    return Prompt(text=prompt.text + opening, ids=prompt.ids + list(extra)), prefix
+    encode = model.tokenizer.encode
+    harmony = fmt.harmony
+    if harmony is not None:
+        # gpt-oss reasons before it acts: its analysis message first, then the call.
+        analysis = f"{harmony.channel.text}analysis{harmony.message.text}"
+        call = f"{harmony.start.text}assistant{harmony.opening(name)}"
+        return Steer(
+            prompt,
+            forced=tuple(encode(analysis, add_special_tokens=False)),
+            deferred=tuple(encode(call, add_special_tokens=False)),
+        )
+    syntax = fmt.tools
+    if syntax is None:  # can_call_tools said otherwise
+        raise InvalidRequest("this model cannot make tool calls", param="tool_choice")
+    body = syntax.opening(name)
+    opening = (syntax.start.text if syntax.start is not None and not syntax.by_text else "") + body
+    if fmt.think is not None:
+        # A model that can reason reasons first: the opening takes the place of the first
+        # token it writes outside reasoning (the output parser redirects it there).
+        return Steer(prompt, opening=tuple(encode(opening, add_special_tokens=False)))
+    return Steer(_extend(model, prompt, opening), opened=body)
+
+
+def _extend(model: LoadedModel, prompt: Prompt, text: str) -> Prompt:
+    extra = model.tokenizer.encode(text, add_special_tokens=False)
+    return Prompt(text=prompt.text + text, ids=prompt.ids + list(extra))
+
+
+def template_kwargs(request: ChatCompletionRequest) -> dict[str, Any]:
+    """What the chat template is given: ``reasoning_effort`` as the switches templates read
+    (``enable_thinking`` in Qwen3 and GLM, ``thinking`` in DeepSeek V3.1, ``reasoning_effort``
+    in gpt-oss), then the request's own ``chat_template_kwargs``, which win."""
+    kwargs: dict[str, Any] = {}
+    effort = request.reasoning_effort
+    if effort is not None:
+        reasons = effort not in ("none", "minimal")
+        kwargs = {"enable_thinking": reasons, "thinking": reasons}
+        if reasons:
+            kwargs["reasoning_effort"] = effort
+    return {**kwargs, **(request.chat_template_kwargs or {})}
 
 
 def sampling_params(

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from cortex.neuron.devices import Device
-from cortex.neuron.wire.markers import Markers, probe, tool_format
-from cortex.neuron.wire.toolcalls import ToolFormat
+from cortex.neuron.prompt import ChatTemplate
 
 # from_pretrained builds models on the meta device by patching process-wide state, so two
 # loads on two threads at once corrupt each other ("Cannot copy out of meta tensor",
@@ -34,11 +33,10 @@ class LoadedWeights:
     memory_bytes: int
     context_length: int
     eos_token_ids: frozenset[int]
+    # The chat template, what it accepts, and the model's reasoning/tool-call format.
+    template: ChatTemplate
     # Sampling defaults from generation_config.json that apply when a request is silent.
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
-    # Reasoning/tool-call marker tokens found in the tokenizer, and the call syntax.
-    markers: Markers = field(default_factory=Markers)
-    tool_format: ToolFormat = "hermes"
 
 
 def choose_dtype(name: str, device: Device) -> torch.dtype:
@@ -79,9 +77,8 @@ def load_weights(path: Path, device: Device, dtype: torch.dtype) -> LoadedWeight
         memory_bytes=memory,
         context_length=context_length(model.config, tokenizer),
         eos_token_ids=eos_ids(path, model, tokenizer),
+        template=ChatTemplate.of(tokenizer),
         sampling_defaults=sampling_defaults(path),
-        markers=probe(tokenizer),
-        tool_format=tool_format(getattr(tokenizer, "chat_template", None)),
     )
 
 

@@ -212,8 +212,12 @@ class ModelRegistry:
         record.state, record.error = "ready", None
         record.memory_bytes = weights.memory_bytes
         record.context_length = weights.context_length
+        fmt = weights.template.format
         record.capabilities = Capabilities(
-            tools=weights.markers.tools, reasoning=weights.markers.reasoning
+            tools=fmt.can_call_tools,
+            reasoning=fmt.can_reason,
+            tool_format=fmt.tool_format,
+            reasoning_format=fmt.reasoning_format,
         )
         record.loaded_at = record.last_used_at = now
         loaded = LoadedModel(record=record, device=device, weights=weights, harness=harness)

@@ -140,6 +140,8 @@ def to_chat(request: ResponsesRequest, history: list[ChatMessage] | None = None)
         for name, chat in _SAMPLING.items()
         if getattr(request, name) is not None
     }
+    if request.reasoning is not None and request.reasoning.effort is not None:
+        sampling["reasoning_effort"] = request.reasoning.effort
     return Conversation(
         messages=messages,
         history=carried,

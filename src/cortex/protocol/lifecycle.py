@@ -33,6 +33,11 @@ class Capabilities(BaseModel):
     model_config = _SHAPE
     tools: bool = False
     reasoning: bool = False
+    # The syntax the model writes them in, detected at load: "hermes", "qwen3_coder", "glm",
+    # "harmony", "llama_json", "json_list", "mistral", "deepseek", "kimi", "pythonic" for
+    # calls; "think", "mistral", "harmony" for reasoning; "none" where it has none.
+    tool_format: str = "none"
+    reasoning_format: str = "none"
 
 
 class ModelRecord(BaseModel):

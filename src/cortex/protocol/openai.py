@@ -118,6 +118,9 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # OpenAI's "none" | "minimal" | "low" | "medium" | "high": whether (and for gpt-oss, how
+    # hard) the model reasons, as the chat template's switches; chat_template_kwargs win.
+    reasoning_effort: str | None = None
     # Which field carries reasoning in the reply (default: the neuron's setting).
     reasoning_field: Literal["both", "reasoning_content", "reasoning"] | None = None
 

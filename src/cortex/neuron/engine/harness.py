@@ -239,9 +239,9 @@ class TransformersHarness:
         # once more and dropped at the next step)
         tokens = sample_next(logits, seqs)
         for i, seq in enumerate(seqs):
-            forced = seq.request.output.forced_next()  # a spent thinking budget
-            if forced is not None:
-                tokens[i] = forced
+            output = seq.request.output
+            forced = output.forced_next()  # a spent thinking budget, a forced call
+            tokens[i] = forced if forced is not None else output.redirect(tokens[i])
         wanted = [s.request.params.logprobs for s in seqs]
         found = (
             token_logprobs(logits, tokens, wanted) if any(w is not None for w in wanted) else None
@@ -281,7 +281,8 @@ class TransformersHarness:
             seq.finish_reason = "length"
         if seq.finish_reason is not None:
             if not isinstance(seq.stop_reason, str):
-                events.extend(request.output.finish())
+                # A call with no closing token is whole only if generation ended on its own.
+                events.extend(request.output.finish(seq.finish_reason != "length"))
             events.append(self._done(seq, seq.finish_reason))
             seq.status = SequenceStatus.FINISHED
             self.stats.finished(seq, now)

@@ -1,26 +1,17 @@
-"""OpenAI chat messages → the model's own chat template → prompt token ids.
+"""OpenAI chat messages → the plain dicts Hugging Face chat templates read.
 
-Owns the translation of wire messages into the dicts Hugging Face chat templates
-expect (tool-call arguments as objects, ``developer`` as ``system``, text parts
-joined) and turns template failures into 400s instead of tracebacks.
+Tool-call arguments become objects (templates render them with ``tojson``), ``developer`` becomes
+``system``, text parts are joined, and reasoning rides along as ``reasoning_content`` (``adapt``
+renames or drops it for the template at hand). Anything a text-only model cannot take is a 400.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateError
-
 from cortex.errors import InvalidRequest
-from cortex.protocol.openai import ChatMessage, ContentPart, Tool
-
-
-@dataclass(slots=True, frozen=True)
-class Prompt:
-    text: str
-    ids: list[int]
+from cortex.protocol.openai import ChatMessage, ContentPart
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -34,8 +25,11 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             item["name"] = message.name
         if message.tool_call_id is not None:
             item["tool_call_id"] = message.tool_call_id
-        if message.reasoning_content is not None:
-            item["reasoning_content"] = message.reasoning_content
+        reasoning = message.reasoning_content
+        if reasoning is None and isinstance((message.model_extra or {}).get("reasoning"), str):
+            reasoning = (message.model_extra or {})["reasoning"]  # vLLM's name for it
+        if reasoning:
+            item["reasoning_content"] = reasoning
         if message.tool_calls:
             item["tool_calls"] = [
                 {
@@ -50,36 +44,6 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             ]
         rendered.append(item)
     return rendered
-
-
-def render(
-    tokenizer: Any,
-    messages: list[ChatMessage],
-    tools: list[Tool] | None = None,
-    template_kwargs: dict[str, Any] | None = None,
-) -> Prompt:
-    """Render and tokenize; blocking (runs off the event loop for long prompts)."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise InvalidRequest(
-            "This model has no chat template, so it cannot serve chat completions", param="model"
-        )
-    tool_dicts = [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
-    try:
-        text = tokenizer.apply_chat_template(
-            template_messages(messages),
-            tools=tool_dicts,
-            add_generation_prompt=True,
-            tokenize=False,
-            **(template_kwargs or {}),
-        )
-    except TemplateError as exc:
-        raise InvalidRequest(f"The model's chat template rejected the messages: {exc}") from None
-    except (TypeError, ValueError, KeyError) as exc:
-        raise InvalidRequest(
-            f"The messages could not be rendered by the chat template: {exc}"
-        ) from None
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return Prompt(text=text, ids=list(ids))
 
 
 def _text(content: str | list[ContentPart] | None, where: str) -> str:

@@ -20,8 +20,9 @@ class OutputProcessor(Protocol):
         """Events made complete by one generated token, and the stop string it completed."""
         ...
 
-    def finish(self) -> list[InferenceEvent]:
-        """Events still pending when generation ends for a reason other than a stop string."""
+    def finish(self, complete: bool = True) -> list[InferenceEvent]:
+        """Events still pending when generation ends for a reason other than a stop string;
+        ``complete``: it ended on its own (end of sequence), not at a length limit."""
         ...
 
     @property
@@ -31,6 +32,11 @@ class OutputProcessor(Protocol):
 
     def forced_next(self) -> int | None:
         """A token the next one must be, whatever is sampled (a spent thinking budget)."""
+        ...
+
+    def redirect(self, token_id: int) -> int:
+        """The token to take instead of ``token_id``, the one sampled (when nothing was
+        forced): the start of a forced tool call, for one."""
         ...
 
 
@@ -78,6 +84,30 @@ class StopMatcher:
         return longest
 
 
+class VisibleText:
+    """The client's text channel of one sequence: stop strings applied, and whether any
+    visible (non-whitespace) text has gone out yet."""
+
+    __slots__ = ("_stops", "replied", "stopped")
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = StopMatcher(stops)
+        self.stopped = False
+        self.replied = False
+
+    def push(self, text: str, *, final: bool) -> tuple[list[InferenceEvent], str | None]:
+        """``Text`` that can go out now, and the stop string matched; ``final`` ends a run of
+        text (nothing is held back for a stop string any more)."""
+        released, stop = self._stops.push(text)
+        if stop is not None:
+            self.stopped = True
+        elif final:
+            released += self._stops.flush()
+        if released and not released.isspace():
+            self.replied = True
+        return ([Text(released)] if released else []), stop
+
+
 class TextOutput:
     """Plain text output: detokenize, apply stop strings, emit ``Text`` events."""
 
@@ -101,7 +131,10 @@ class TextOutput:
     def forced_next(self) -> int | None:
         return None
 
-    def finish(self) -> list[InferenceEvent]:
+    def redirect(self, token_id: int) -> int:
+        return token_id
+
+    def finish(self, complete: bool = True) -> list[InferenceEvent]:
         if self._stopped:
             return []
         text, stop = self._stops.push(self._decoder.flush())

@@ -1,0 +1,95 @@
+"""Mistral tool calls after the ``[TOOL_CALLS]`` token, which has no closing token: a call
+section runs to the end of the reply.
+
+* Newer tokenizers (Mistral Small 3.2, Devstral, Magistral, Ministral 3), with an ``[ARGS]``
+  token; each call opens with its own ``[TOOL_CALLS]``, and some write a ``[CALL_ID]``::
+
+      [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time[ARGS]{"city": "Oslo"}
+
+* Older ones (Mistral 7B v0.3, Nemo): one JSON list of call objects::
+
+      [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "a1b2c3d4e"}]
+
+Both shapes are parsed whichever the vocabulary suggests; ``opening`` writes the one it has.
+Ids in the model's history must be nine letters and digits; ``history_id`` leaves ids to the
+prompt side, which maps the client's ids to that shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cortex.neuron.formats.base import Call, Marker, Schemas, ToolSyntax, call_object, load_json
+
+__all__ = ["Mistral"]
+
+_DECODER = json.JSONDecoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Mistral(ToolSyntax):
+    name = "mistral"
+    start: Marker
+    args: Marker | None = None  # [ARGS]: the name-then-arguments shape
+    call_id: Marker | None = None  # [CALL_ID]
+
+    def parse(self, body: str, schemas: Schemas) -> list[Call] | None:
+        if body.lstrip().startswith(("[", "{")):
+            return _parse_json(body)
+        return self._parse_named(body)
+
+    def _parse_named(self, body: str) -> list[Call] | None:
+        args = self.args.text if self.args else "[ARGS]"
+        call_id = self.call_id.text if self.call_id else "[CALL_ID]"
+        calls: list[Call] = []
+        for part in body.split(self.start.text):
+            if not part.strip() and calls:
+                continue  # the layout between two calls
+            name, found, rest = part.partition(args)
+            if not found:
+                return None
+            name = name.partition(call_id)[0].strip()
+            if not name or any(c.isspace() or c in "{[<" for c in name):
+                return None
+            try:
+                arguments, end = _DECODER.raw_decode(rest.lstrip())
+            except (ValueError, RecursionError):
+                return None
+            if rest.lstrip()[end:].strip():
+                return None
+            call = call_object({"name": name, "arguments": arguments})
+            if call is None:
+                return None
+            calls.append(call)
+        return calls or None
+
+    def opening(self, name: str | None) -> str:
+        if self.args is not None:
+            return "" if name is None else name + self.args.text
+        if name is None:
+            return '[{"name": "'
+        return '[{"name": ' + json.dumps(name) + ', "arguments":'
+
+    def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+        if self.args is not None:
+            return "".join(
+                self.start.text + name + self.args.text + json.dumps(arguments, ensure_ascii=False)
+                for name, arguments in calls
+            )
+        listed = [{"name": name, "arguments": arguments} for name, arguments in calls]
+        return self.start.text + json.dumps(listed, ensure_ascii=False)
+
+
+def _parse_json(body: str) -> list[Call] | None:
+    try:
+        data = load_json(body.strip())
+    except ValueError:
+        return None
+    items = data if isinstance(data, list) else [data]
+    calls = [call_object(item) for item in items]
+    if not calls or any(call is None for call in calls):
+        return None
+    return [call for call in calls if call is not None]
