@@ -1,6 +1,8 @@
-"""Command line: ``python -m cortex.testing build OUT [--trained] [--context-length N]``.
+"""Command line: ``python -m cortex.testing build OUT [--trained | --family NAME]
+[--context-length N]``.
 
 Writes a tiny model folder to OUT (which must not exist yet, or be empty) and prints its path.
+``--family`` builds that model family's trained model (``cortex.testing.families``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cortex.testing.families import FAMILIES, build_family_model
 from cortex.testing.model import DEFAULT_CONTEXT_LENGTH, build_model
 
 
@@ -26,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         help="fit the weights so greedy decoding reproduces the fixtures",
     )
     build.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        help="build this model family's trained model (implies --trained)",
+    )
+    build.add_argument(
         "--context-length",
         type=int,
         default=DEFAULT_CONTEXT_LENGTH,
@@ -39,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.context_length < 1:
         _parser().error("--context-length must be positive")
     try:
-        path = build_model(args.out, trained=args.trained, context_length=args.context_length)
+        if args.family is not None:
+            path = build_family_model(args.out, args.family, context_length=args.context_length)
+        else:
+            path = build_model(args.out, trained=args.trained, context_length=args.context_length)
     except FileExistsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

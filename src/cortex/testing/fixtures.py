@@ -21,6 +21,7 @@ __all__ = [
     "SYSTEM_PROMPT",
     "TIME_TOOL",
     "WEATHER_TOOL",
+    "Conversation",
     "Fixture",
 ]
 
@@ -56,8 +57,28 @@ TIME_TOOL: dict[str, Any] = {
 }
 
 
+class Conversation:
+    """Deep copies of a fixture's ``messages`` and ``tools`` (for fixture dataclasses)."""
+
+    __slots__ = ()
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...] | None
+
+    def message_list(self) -> list[dict[str, Any]]:
+        """A deep copy of ``messages`` as a list, safe to mutate or pass to other APIs."""
+        copied: list[dict[str, Any]] = json.loads(json.dumps(self.messages))
+        return copied
+
+    def tool_list(self) -> list[dict[str, Any]] | None:
+        """A deep copy of ``tools`` as a list (or None), safe to mutate."""
+        if self.tools is None:
+            return None
+        copied: list[dict[str, Any]] = json.loads(json.dumps(self.tools))
+        return copied
+
+
 @dataclasses.dataclass(frozen=True)
-class Fixture:
+class Fixture(Conversation):
     """One prompt and the exact reply the trained model gives to it under greedy decoding.
 
     ``reply`` is the decoded completion with ``skip_special_tokens=True``; the model ends the
@@ -71,18 +92,6 @@ class Fixture:
     tools: tuple[dict[str, Any], ...] | None = dataclasses.field(hash=False)
     reply: str
     chat_template_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
-
-    def message_list(self) -> list[dict[str, Any]]:
-        """A deep copy of ``messages`` as a list, safe to mutate or pass to other APIs."""
-        copied: list[dict[str, Any]] = json.loads(json.dumps(self.messages))
-        return copied
-
-    def tool_list(self) -> list[dict[str, Any]] | None:
-        """A deep copy of ``tools`` as a list (or None), safe to mutate."""
-        if self.tools is None:
-            return None
-        copied: list[dict[str, Any]] = json.loads(json.dumps(self.tools))
-        return copied
 
 
 def _user(text: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 This module owns the model architecture and its files (``config.json``,
 ``generation_config.json``, ``model.safetensors`` plus the tokenizer files), writing a folder
 atomically, and ``cached_model``, which builds each distinct model once per machine.
-Nothing here downloads anything.
+``cortex.testing.families`` reuses the architecture, the atomic writes and the cache for the other
+model families. Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from cortex.testing.fixtures import FIXTURES
 from cortex.testing.tokenizer import (
     ENDOFTEXT,
     IM_END,
+    build_tokenizer,
     chat_template,
     corpus_text,
     save_tokenizer,
@@ -72,10 +74,17 @@ class FixtureMismatchError(RuntimeError):
     """A trained model's greedy reply to a fixture differs from the fixture's reply."""
 
 
-def _model_config(tokenizer: PreTrainedTokenizerFast, context_length: int) -> Qwen3Config:
-    endoftext = token_id(tokenizer, ENDOFTEXT)
+def qwen3_config(
+    *,
+    vocab_size: int,
+    context_length: int,
+    bos_token_id: int | None,
+    eos_token_id: int,
+    pad_token_id: int | None,
+) -> Qwen3Config:
+    """The tiny Qwen3 architecture with these special-token ids (the families share it)."""
     return Qwen3Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=_SHAPE.hidden_size,
         num_hidden_layers=_SHAPE.num_hidden_layers,
         num_attention_heads=_SHAPE.num_attention_heads,
@@ -84,11 +93,22 @@ def _model_config(tokenizer: PreTrainedTokenizerFast, context_length: int) -> Qw
         intermediate_size=_SHAPE.intermediate_size,
         tie_word_embeddings=True,
         max_position_embeddings=context_length,
-        # As in Qwen3: <|endoftext|> doubles as BOS and padding, <|im_end|> ends a turn.
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        dtype="float32",
+    )
+
+
+def _model_config(tokenizer: PreTrainedTokenizerFast, context_length: int) -> Qwen3Config:
+    endoftext = token_id(tokenizer, ENDOFTEXT)
+    # As in Qwen3: <|endoftext|> doubles as BOS and padding, <|im_end|> ends a turn.
+    return qwen3_config(
+        vocab_size=len(tokenizer),
+        context_length=context_length,
         bos_token_id=endoftext,
         eos_token_id=token_id(tokenizer, IM_END),
         pad_token_id=endoftext,
-        dtype="float32",
     )
 
 
@@ -126,15 +146,16 @@ def _quiet_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _write_model(out_dir: Path, *, trained: bool, context_length: int) -> None:
-    tokenizer = save_tokenizer(out_dir, context_length=context_length)
+def new_model(config: Qwen3Config, generation_config: GenerationConfig) -> Qwen3ForCausalLM:
+    """A freshly (and reproducibly) initialised tiny model."""
     torch.manual_seed(_SEED)
-    model = Qwen3ForCausalLM(_model_config(tokenizer, context_length))
-    model.generation_config = _generation_config(tokenizer)
-    if trained:
-        train.train_on_fixtures(model, tokenizer, seed=_SEED)
-        # The margin check in training implies this, but generate() is what users run.
-        _verify(model, tokenizer)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = generation_config
+    return model
+
+
+def save_model(model: Qwen3ForCausalLM, out_dir: Path) -> None:
+    """Write the weights and configs into ``out_dir`` (beside the tokenizer files)."""
     model.train(False)
     with _quiet_progress_bars():
         model.save_pretrained(str(out_dir))
@@ -143,6 +164,16 @@ def _write_model(out_dir: Path, *, trained: bool, context_length: int) -> None:
     out_dir.chmod(0o755)
     for path in out_dir.iterdir():
         path.chmod(0o644)
+
+
+def _write_model(out_dir: Path, *, trained: bool, context_length: int) -> None:
+    tokenizer = save_tokenizer(out_dir, context_length=context_length)
+    model = new_model(_model_config(tokenizer, context_length), _generation_config(tokenizer))
+    if trained:
+        train.train_on_fixtures(model, tokenizer, seed=_SEED)
+        # The margin check in training implies this, but generate() is what users run.
+        _verify(model, tokenizer)
+    save_model(model, out_dir)
 
 
 def build_model(
@@ -156,15 +187,26 @@ def build_model(
     so readers never see a half-written model. ``out_dir`` must not exist or be an empty folder;
     if a concurrent builder wins the rename, its (identical) folder is kept.
     """
-    out_dir = Path(out_dir)
     if context_length < 1:
         raise ValueError(f"context_length must be positive, got {context_length}")
+    return write_atomically(
+        Path(out_dir),
+        lambda staging: _write_model(staging, trained=trained, context_length=context_length),
+    )
+
+
+def write_atomically(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write`` on a staging folder beside ``out_dir``, then rename it into place.
+
+    ``out_dir`` must not exist or be an empty folder; if a concurrent builder wins the rename,
+    its folder (which must hold a ``model.safetensors``) is kept.
+    """
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} already exists and is not an empty folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        _write_model(staging, trained=trained, context_length=context_length)
+        write(staging)
         try:
             # Atomic on POSIX; replaces out_dir only if it is an empty folder.
             staging.rename(out_dir)
@@ -186,34 +228,53 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "cortex" / "models"
 
 
-def cache_key(*, trained: bool, context_length: int = DEFAULT_CONTEXT_LENGTH) -> str:
-    """A digest of everything the built folder depends on.
+def _jsonable(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-    Covers the corpus, the chat template, the fixtures, the build parameters, the builder's own
-    source files, and the versions of the libraries that produce the files.
-    """
+
+def source_digest(parts: object, *texts: str, sources: tuple[Path, ...] = ()) -> str:
+    """A digest of ``parts`` (JSON), ``texts``, the corpus, the builder's own source files (this
+    package's modules and ``sources``) and the versions of the libraries that produce the files."""
     digest = hashlib.sha256()
-    parts = {
+    common = {
         "build_version": BUILD_VERSION,
-        "trained": trained,
-        "context_length": context_length,
         "shape": dataclasses.asdict(_SHAPE),
         "seed": _SEED,
-        "fixtures": [
-            [f.name, f.messages, f.tools, f.reply, dict(f.chat_template_kwargs)]
-            for f in FIXTURES.values()
-        ],
         "libraries": {
             name: metadata.version(name) for name in ("torch", "transformers", "tokenizers")
         },
     }
-    digest.update(json.dumps(parts, sort_keys=True).encode())
-    digest.update(corpus_text().encode())
-    digest.update(chat_template().encode())
-    for source in sorted(Path(__file__).parent.glob("*.py")):
+    digest.update(json.dumps([common, parts], sort_keys=True, default=_jsonable).encode())
+    for text in (corpus_text(), *texts):
+        digest.update(hashlib.sha256(text.encode()).digest())
+    own = sorted(Path(__file__).resolve().parent.glob("*.py"))
+    for source in [*own, *sources]:
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()[:20]
+
+
+def cache_key(*, trained: bool, context_length: int = DEFAULT_CONTEXT_LENGTH) -> str:
+    """A digest of everything the built folder depends on.
+
+    Covers the corpus, the chat template, the fixtures, the build parameters, the builder's own
+    source files, and the versions of the libraries that produce the files; for a trained model
+    also the training prompts as the neuron renders them today (``cortex.neuron.prompt``), so a
+    change there that alters a prompt rebuilds the model and any other change does not.
+    """
+    parts: dict[str, object] = {
+        "trained": trained,
+        "context_length": context_length,
+        "fixtures": [
+            [f.name, f.messages, f.tools, f.reply, dict(f.chat_template_kwargs)]
+            for f in FIXTURES.values()
+        ],
+    }
+    if trained:
+        parts["examples"] = train.fixture_examples(build_tokenizer())
+    return source_digest(parts, chat_template())
 
 
 @contextlib.contextmanager
@@ -237,14 +298,23 @@ def cached_model(
     Safe across processes: builders of the same key serialise on a lock file, and the folder
     appears by atomic rename, so a path returned here is always complete. Treat it as read-only.
     """
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = cache_key(trained=trained, context_length=context_length)
-    name = f"{'trained' if trained else 'untrained'}-{key}"
+    return cached_folder(
+        cache_dir,
+        f"{'trained' if trained else 'untrained'}-{key}",
+        lambda target: build_model(target, trained=trained, context_length=context_length),
+    )
+
+
+def cached_folder(cache_dir: Path | None, name: str, build: Callable[[Path], Path]) -> Path:
+    """``cache_dir / name`` (default ``default_cache_dir()``), running ``build`` on it first if it
+    holds no model yet; builders of one name serialise on a lock file."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / name
     if (target / "model.safetensors").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / f"{name}.lock"):
         if not (target / "model.safetensors").is_file():
-            build_model(target, trained=trained, context_length=context_length)
+            build(target)
     return target

@@ -3,10 +3,13 @@
 This module owns the tokenizer: training it from ``corpus.txt`` (deterministically, so every
 machine builds byte-identical files), the ChatML added tokens in the Qwen3 layout, the chat
 template from ``chat_template.jinja``, and wrapping it all as a transformers tokenizer.
+``make_tokenizer`` does the same for any set of added tokens and chat template; the model
+families in ``cortex.testing.families`` use it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +26,7 @@ __all__ = [
     "build_tokenizer",
     "chat_template",
     "corpus_text",
+    "make_tokenizer",
     "save_tokenizer",
     "token_id",
     "train_backend",
@@ -61,17 +65,25 @@ def chat_template() -> str:
     return resources.files(_PACKAGE).joinpath("chat_template.jinja").read_text(encoding="utf-8")
 
 
-def train_backend() -> Tokenizer:
+def train_backend(
+    special_tokens: Sequence[str] = SPECIAL_TOKENS, control_tokens: Sequence[str] = CONTROL_TOKENS
+) -> Tokenizer:
     """Train the byte-level BPE and register the added tokens.
 
-    The tokenizers BPE trainer breaks count ties by pair order, so the result does not depend on
-    thread scheduling; ``tests/testing`` checks that two builds are byte-identical.
+    ``special_tokens`` are registered as special (skipped by ``skip_special_tokens=True``),
+    ``control_tokens`` as added but not special; together with the BPE vocabulary they make
+    ``VOCAB_SIZE`` tokens, the added ones taking the last ids in that order. The tokenizers BPE
+    trainer breaks count ties by pair order, so the result does not depend on thread scheduling;
+    ``tests/testing`` checks that two builds are byte-identical.
     """
+    added = [*special_tokens, *control_tokens]
+    if len(set(added)) != len(added):
+        raise ValueError(f"added tokens repeat: {added}")
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(SPECIAL_TOKENS) - len(CONTROL_TOKENS),
+        vocab_size=VOCAB_SIZE - len(added),
         # Every byte gets a token, so any UTF-8 text (emoji, CJK) round-trips.
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
@@ -80,12 +92,45 @@ def train_backend() -> Tokenizer:
     # Paragraphs are the training "sentences"; a list keeps their order fixed.
     backend.train_from_iterator(corpus_text().split("\n\n"), trainer=trainer)
     backend.add_special_tokens(
-        [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS]
+        [AddedToken(token, special=True, normalized=False) for token in special_tokens]
     )
     backend.add_tokens(
-        [AddedToken(token, special=False, normalized=False) for token in CONTROL_TOKENS]
+        [AddedToken(token, special=False, normalized=False) for token in control_tokens]
     )
+    if backend.get_vocab_size() != VOCAB_SIZE:
+        raise RuntimeError(f"the tokenizer has {backend.get_vocab_size()} tokens, not {VOCAB_SIZE}")
     return backend
+
+
+def make_tokenizer(
+    *,
+    special_tokens: Sequence[str],
+    control_tokens: Sequence[str],
+    bos: str | None,
+    eos: str,
+    pad: str | None,
+    unk: str | None = None,
+    template: str,
+    context_length: int = 65536,
+) -> PreTrainedTokenizerFast:
+    """Train a tokenizer with these added tokens and wrap it with ``template`` as its chat template.
+
+    ``bos``, ``eos``, ``pad`` and ``unk`` name the tokenizer's special-token roles (each must be one
+    of ``special_tokens``, or None where the family has no such token).
+    """
+    for role in (bos, eos, pad, unk):
+        if role is not None and role not in special_tokens:
+            raise ValueError(f"{role!r} is not one of the special tokens")
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=train_backend(special_tokens, control_tokens),
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        clean_up_tokenization_spaces=False,
+        model_max_length=context_length,
+        chat_template=template,
+    )
 
 
 def build_tokenizer(*, context_length: int = 65536) -> PreTrainedTokenizerFast:
@@ -94,22 +139,23 @@ def build_tokenizer(*, context_length: int = 65536) -> PreTrainedTokenizerFast:
     Save it with ``save_pretrained``; transformers 5 writes ``tokenizer.json``,
     ``tokenizer_config.json`` (class ``TokenizersBackend``) and ``chat_template.jinja``.
     """
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=train_backend(),
+    return make_tokenizer(
+        special_tokens=SPECIAL_TOKENS,
+        control_tokens=CONTROL_TOKENS,
         # Qwen3 has no BOS token: prompts start directly with <|im_start|>.
-        bos_token=None,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
-        clean_up_tokenization_spaces=False,
-        model_max_length=context_length,
-        chat_template=chat_template(),
+        bos=None,
+        eos=IM_END,
+        pad=ENDOFTEXT,
+        template=chat_template(),
+        context_length=context_length,
     )
 
 
 def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
     """The id of a single token that must be in the vocabulary."""
     found = tokenizer.convert_tokens_to_ids(token)
-    if not isinstance(found, int) or found == tokenizer.unk_token_id:
+    unknown = found == tokenizer.unk_token_id and token != tokenizer.unk_token
+    if not isinstance(found, int) or unknown:
         raise KeyError(f"{token!r} is not a token of this tokenizer")
     return found
 

@@ -3,7 +3,10 @@
 This module owns the training data (every fixture's rendered prompt plus its reply, under a few
 prompt variants), the full-batch training loop, and the greedy-decoding check that decides when
 training is done. Only the exact fixture prompts must reproduce; the variants make the model less
-brittle to a system message or extra tools sent by a client.
+brittle to a system message or extra tools sent by a client. Prompts are rendered by the neuron's
+own ``render`` (``cortex.testing.prompts``), so the model answers the prompts the neuron makes.
+The loop itself (``train_on_examples``) also trains the other families' models
+(``cortex.testing.families``).
 """
 
 from __future__ import annotations
@@ -19,14 +22,20 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from cortex.testing.fixtures import FIXTURES, SYSTEM_PROMPT, TIME_TOOL, WEATHER_TOOL, Fixture
+from cortex.testing.prompts import prompt_ids
 from cortex.testing.tokenizer import ENDOFTEXT, IM_END, token_id
 
 __all__ = [
+    "Example",
     "GreedyResult",
     "TrainingError",
     "TrainingReport",
+    "fixture_examples",
+    "greedy_ids",
     "greedy_reply",
+    "prompt_variants",
     "render_prompt",
+    "train_on_examples",
     "train_on_fixtures",
 ]
 
@@ -52,11 +61,13 @@ class TrainingReport:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Example:
+class Example:
+    """One training sequence: a rendered prompt and the reply ids it must be followed by."""
+
     fixture: str
-    exact: bool
+    exact: bool  # The fixture's own prompt (checked), not a robustness variant.
     prompt_ids: list[int]
-    reply_ids: list[int]  # Ends with <|im_end|>.
+    reply_ids: list[int]  # Ends with the turn's end token (<|im_end|> for qwen3).
 
 
 def render_prompt(
@@ -83,27 +94,29 @@ def _encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
     return ids
 
 
-def _variants(fixture: Fixture) -> Iterator[tuple[bool, list[dict[str, Any]], list[Any] | None]]:
+def prompt_variants(
+    name: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> Iterator[tuple[bool, list[dict[str, Any]], list[dict[str, Any]] | None]]:
     """(exact, messages, tools) prompt variants of one fixture; the exact prompt comes first."""
-    messages = fixture.message_list()
-    tools = fixture.tool_list()
     system = {"role": "system", "content": SYSTEM_PROMPT}
     yield True, messages, tools
     yield False, [system, *messages], tools
     # Tool fixtures also with a second tool offered; and "Say hello." with tools, since clients
     # such as agents send tools with every request.
-    if tools is not None or fixture.name == "plain":
+    if tools is not None or name == "plain":
         yield False, messages, [WEATHER_TOOL, TIME_TOOL]
 
 
-def _examples(tokenizer: PreTrainedTokenizerFast) -> list[_Example]:
+def fixture_examples(tokenizer: PreTrainedTokenizerFast) -> list[Example]:
+    """Every fixture's prompt variants, rendered by the neuron, with the fixture's reply."""
     im_end = token_id(tokenizer, IM_END)
     examples = []
     for fixture in FIXTURES.values():
         reply_ids = [*_encode(tokenizer, fixture.reply), im_end]
-        for exact, messages, tools in _variants(fixture):
-            prompt = render_prompt(tokenizer, messages, tools, fixture.chat_template_kwargs)
-            examples.append(_Example(fixture.name, exact, _encode(tokenizer, prompt), reply_ids))
+        variants = prompt_variants(fixture.name, fixture.message_list(), fixture.tool_list())
+        for exact, messages, tools in variants:
+            ids = prompt_ids(tokenizer, messages, tools, fixture.chat_template_kwargs)
+            examples.append(Example(fixture.name, exact, ids, reply_ids))
     return examples
 
 
@@ -133,14 +146,14 @@ class _Batch:
     owners: tuple[str, ...]  # (n,) the fixture each position belongs to, for error messages.
 
 
-def _batches(examples: list[_Example], pad_id: int) -> list[_Batch]:
+def _batches(examples: list[Example], pad_id: int) -> list[_Batch]:
     """Right-padded batches of examples of similar length.
 
     Prompts without tools are ~50 tokens and tool prompts ~250, so one padded batch would spend
     a quarter of every step on padding.
     """
     ordered = sorted(examples, key=lambda e: len(e.prompt_ids) + len(e.reply_ids))
-    groups: list[list[_Example]] = []
+    groups: list[list[Example]] = []
     for example in ordered:
         size = len(example.prompt_ids) + len(example.reply_ids)
         if groups and size <= 2 * len(groups[-1][0].prompt_ids + groups[-1][0].reply_ids):
@@ -192,13 +205,30 @@ def train_on_fixtures(
 ) -> TrainingReport:
     """Fit ``model`` in place until every exact fixture prompt greedily yields its reply.
 
+    Full-batch AdamW with the loss on reply tokens only (``train_on_examples``).
+    Raises ``TrainingError`` if that does not happen within ``MAX_STEPS``.
+    """
+    return train_on_examples(
+        model, fixture_examples(tokenizer), pad_id=token_id(tokenizer, ENDOFTEXT), seed=seed
+    )
+
+
+def train_on_examples(
+    model: PreTrainedModel,
+    examples: list[Example],
+    *,
+    pad_id: int,
+    seed: int = 0,
+) -> TrainingReport:
+    """Fit ``model`` in place until every exact example's prompt greedily yields its reply.
+
     Full-batch AdamW with the loss on reply tokens only. Each step's forward pass doubles as the
     stopping check: when the argmax at every reply position of every exact prompt is the reply
     token (by ``MIN_MARGIN``), greedy decoding reproduces the reply token for token.
     Raises ``TrainingError`` if that does not happen within ``MAX_STEPS``.
     """
     start = time.perf_counter()
-    batches = _batches(_examples(tokenizer), token_id(tokenizer, ENDOFTEXT))
+    batches = _batches(examples, pad_id)
     decoder = model.base_model
     head = model.get_output_embeddings()  # type: ignore[no-untyped-call]
     if not isinstance(decoder, torch.nn.Module) or not isinstance(head, torch.nn.Module):
@@ -250,6 +280,30 @@ class GreedyResult:
     ended_with_im_end: bool
 
 
+def greedy_ids(
+    model: PreTrainedModel,
+    prompt_ids: list[int],
+    *,
+    eos_ids: list[int],
+    pad_id: int,
+    max_new_tokens: int = 128,
+) -> list[int]:
+    """The ids ``model.generate`` greedily appends to ``prompt_ids``, up to and including the
+    first of ``eos_ids``."""
+    input_ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        output = model.generate(  # type: ignore[operator]
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+        )
+    generated: list[int] = output[0, input_ids.shape[1] :].tolist()
+    return generated
+
+
 def greedy_reply(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
@@ -258,20 +312,12 @@ def greedy_reply(
     max_new_tokens: int = 128,
 ) -> GreedyResult:
     """Greedily decode the model's reply to a fixture's prompt with ``model.generate``."""
-    prompt = render_prompt(tokenizer, fixture.messages, fixture.tools, fixture.chat_template_kwargs)
-    input_ids = torch.tensor([_encode(tokenizer, prompt)])
+    ids = prompt_ids(tokenizer, fixture.messages, fixture.tools, fixture.chat_template_kwargs)
     im_end = token_id(tokenizer, IM_END)
     pad_id = token_id(tokenizer, ENDOFTEXT)
-    with torch.no_grad():
-        output = model.generate(  # type: ignore[operator]
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=[im_end, pad_id],
-            pad_token_id=pad_id,
-        )
-    generated: list[int] = output[0, input_ids.shape[1] :].tolist()
+    generated = greedy_ids(
+        model, ids, eos_ids=[im_end, pad_id], pad_id=pad_id, max_new_tokens=max_new_tokens
+    )
     text = tokenizer.decode(generated, skip_special_tokens=True)
     if not isinstance(text, str):
         raise TypeError(f"decode returned {type(text).__name__}")
