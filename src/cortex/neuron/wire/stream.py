@@ -138,9 +138,8 @@ class FormattedOutput:
 
     __slots__ = (
         "_calls", "_candidate", "_forced", "_kinds", "_opening", "_parallel", "_reasoning",
-        "_schemas", "_segment",
-        "_state", "_syntax", "_text", "_think", "_thinking_budget", "_thought", "_tokenizer",
-        "_tool_ids", "_tool_marked", "_tool_prefix",
+        "_schemas", "_segment", "_state", "_syntax", "_text", "_think", "_thinking_budget",
+        "_thought", "_tokenizer", "_tool_ids", "_tool_marked", "_tool_prefix",
     )  # fmt: skip
 
     def __init__(
@@ -186,9 +185,9 @@ class FormattedOutput:
         self._forced: list[int] = []
         self._candidate: list[int] | None = None
         self._tool_ids: list[int] = []
-        self._tool_marked = True
         self._begin(start, lead=start != "text")
-        # The prefix belongs to the call the prompt opened, so only to a start inside one.
+        # The prefix belongs to the call the prompt opened, so only to a start inside one; a
+        # call opened with text has no start marker to show if it does not parse.
         self._tool_prefix = tool_prefix if start == "tool" else ""
         self._tool_marked = fmt.tools is not None and not (fmt.tools.by_text and start == "tool")
 
