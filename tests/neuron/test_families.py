@@ -14,6 +14,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from cortex.errors import InvalidRequest
+from cortex.neuron.generation import parsed_format
 from cortex.neuron.prompt import ChatTemplate
 from cortex.neuron.prompt.adapt import adapt
 from cortex.neuron.prompt.probe import PROBE_SHOWN, PROBE_TOOLS, conversation
@@ -77,8 +78,7 @@ def _parse(family: str, fixture: FamilyFixture) -> list[InferenceEvent]:
     if fmt.harmony is not None:
         output: Any = HarmonyOutput(tok, fmt.harmony, tools=tools)
     else:
-        if not tools and fmt.tools is not None and fmt.tools.by_text:
-            fmt = type(fmt)(think=fmt.think)  # as generation does: no tools, no JSON calls
+        fmt = parsed_format(fmt, _tools(fixture.tools), None)
         output = FormattedOutput(tok, fmt, start=start_state(prompt.ids, fmt.think), tools=tools)
     events: list[InferenceEvent] = []
     for token in tok.encode(fixture.reply, add_special_tokens=False):

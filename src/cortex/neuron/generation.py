@@ -23,7 +23,7 @@ from cortex.neuron.wire.events import Done, Error, InferenceEvent
 from cortex.neuron.wire.harmony import HarmonyOutput
 from cortex.neuron.wire.output import OutputProcessor, TextOutput
 from cortex.neuron.wire.stream import FormattedOutput, State, start_state
-from cortex.protocol.openai import ChatCompletionRequest, NamedToolChoice
+from cortex.protocol.openai import ChatCompletionRequest, NamedToolChoice, Tool
 
 
 @dataclass(slots=True)
@@ -50,11 +50,7 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
     template = weights.template
     choice = request.tool_choice
     tools = request.tools if choice != "none" else None
-    fmt = template.format
-    if choice == "none" or (not tools and fmt.tools is not None and fmt.tools.by_text):
-        # No calls wanted: markers stay text. Formats whose calls are plain JSON or Python
-        # are parsed only when tools were offered, so that a JSON answer stays an answer.
-        fmt = replace(fmt, tools=None)
+    fmt = parsed_format(template.format, tools, choice)
     prompt = template.render(request.messages, tools, template_kwargs(request))
     start: State = start_state(prompt.ids, fmt.think)
     steer = Steer(prompt)
@@ -225,6 +221,15 @@ def _open_call(
 def _extend(model: LoadedModel, prompt: Prompt, text: str) -> Prompt:
     extra = model.tokenizer.encode(text, add_special_tokens=False)
     return Prompt(text=prompt.text + text, ids=prompt.ids + list(extra))
+
+
+def parsed_format(fmt: Format, tools: list[Tool] | None, tool_choice: Any) -> Format:
+    """What the reply is parsed as. ``tool_choice: none`` parses no calls: markers stay text.
+    Calls written as plain JSON or Python are parsed only when tools were offered, so that a
+    JSON answer stays an answer."""
+    if fmt.tools is not None and (tool_choice == "none" or (not tools and fmt.tools.by_text)):
+        return replace(fmt, tools=None)
+    return fmt
 
 
 def template_kwargs(request: ChatCompletionRequest) -> dict[str, Any]:

@@ -35,12 +35,14 @@ __all__ = [
     "ThinkSyntax",
     "ToolSyntax",
     "call_object",
+    "call_objects",
     "calls_in_sequence",
     "dump_arguments",
     "json_call",
     "load_json",
     "named_call",
     "schema_types",
+    "skip_space",
     "typed_value",
     "value_text",
 ]
@@ -158,6 +160,22 @@ def call_object(data: Any, *, keys: tuple[str, ...] = ("arguments", "parameters"
     if not isinstance(arguments, dict):
         return None
     return name, dump_arguments(arguments)
+
+
+def call_objects(values: Sequence[Any]) -> list[Call] | None:
+    """A list of call objects (``call_object``) → calls; ``None`` if it is empty or any one
+    is not a call."""
+    calls = [call_object(value) for value in values]
+    if not calls or any(call is None for call in calls):
+        return None
+    return [call for call in calls if call is not None]
+
+
+def skip_space(text: str, at: int) -> int:
+    """The first position at or after ``at`` that is not whitespace."""
+    while at < len(text) and text[at].isspace():
+        at += 1
+    return at
 
 
 def named_call(name: str, arguments: str) -> Call | None:

@@ -71,6 +71,26 @@ def _parse_calls(body: str) -> list[Call] | None:
     return calls_in_sequence(body, _CALL, _parse_call)
 
 
+def _opening(name: str | None, fenced: bool) -> str:
+    """What follows the section's start to open a call of ``name`` (any tool: ``None``)."""
+    if name is None:
+        return CALL_BEGIN
+    if fenced:
+        return f"{CALL_BEGIN}function{SEP}{name}\n```json\n"
+    return f"{CALL_BEGIN}{name}{SEP}"
+
+
+def _write(calls: Sequence[tuple[str, Mapping[str, Any]]], fenced: bool) -> str:
+    parts = []
+    for name, arguments in calls:
+        text = json.dumps(arguments, ensure_ascii=False)
+        if fenced:
+            parts.append(f"{CALL_BEGIN}function{SEP}{name}\n```json\n{text}\n```{CALL_END}")
+        else:
+            parts.append(f"{CALL_BEGIN}{name}{SEP}{text}{CALL_END}")
+    return CALLS_BEGIN + "".join(parts) + CALLS_END
+
+
 @dataclass(frozen=True, slots=True)
 class DeepSeek(ToolSyntax):
     name = "deepseek"
@@ -82,21 +102,10 @@ class DeepSeek(ToolSyntax):
         return _parse_calls(body)
 
     def opening(self, name: str | None) -> str:
-        if name is None:
-            return CALL_BEGIN
-        if self.fenced:
-            return f"{CALL_BEGIN}function{SEP}{name}\n```json\n"
-        return f"{CALL_BEGIN}{name}{SEP}"
+        return _opening(name, self.fenced)
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-        parts = []
-        for name, arguments in calls:
-            text = json.dumps(arguments, ensure_ascii=False)
-            if self.fenced:
-                parts.append(f"{CALL_BEGIN}function{SEP}{name}\n```json\n{text}\n```{CALL_END}")
-            else:
-                parts.append(f"{CALL_BEGIN}{name}{SEP}{text}{CALL_END}")
-        return self.start.text + "".join(parts) + self.end.text
+        return _write(calls, self.fenced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,16 +126,10 @@ class DeepSeekText(ToolSyntax):
         body = body.strip()
         if not body.startswith(CALLS_BEGIN):
             return None
-        body = body.removeprefix(CALLS_BEGIN).removesuffix(CALLS_END)
-        return _parse_calls(body)
+        return _parse_calls(body.removeprefix(CALLS_BEGIN).removesuffix(CALLS_END))
 
     def opening(self, name: str | None) -> str:
-        return CALLS_BEGIN + _marked(self.fenced).opening(name)
+        return CALLS_BEGIN + _opening(name, self.fenced)
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-        return _marked(self.fenced).write(calls)
-
-
-def _marked(fenced: bool) -> DeepSeek:
-    """The token form, for writing: the text is the same."""
-    return DeepSeek(Marker(-1, CALLS_BEGIN), Marker(-1, CALLS_END), fenced)
+        return _write(calls, self.fenced)

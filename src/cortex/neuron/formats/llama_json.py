@@ -22,12 +22,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cortex.neuron.formats.base import Call, Marker, Opens, Schemas, ToolSyntax, call_object
+from cortex.neuron.formats.base import (
+    Call,
+    Marker,
+    Opens,
+    Schemas,
+    ToolSyntax,
+    call_objects,
+    skip_space,
+)
 
 __all__ = ["JsonList", "LlamaJson"]
 
 _DECODER = json.JSONDecoder()
-_SPACE = re.compile(r"\s*")
 
 
 def _opens(text: str, literal: str) -> Opens:
@@ -41,28 +48,19 @@ def _opens(text: str, literal: str) -> Opens:
 def _objects(body: str, separator: str) -> list[Any] | None:
     """The JSON values in ``body``, separated by ``separator`` (and whitespace)."""
     values = []
-    at = _SPACE.match(body, 0).end()  # type: ignore[union-attr]
+    at = skip_space(body, 0)
     while at < len(body):
         try:
             value, at = _DECODER.raw_decode(body, at)
         except (ValueError, RecursionError):
             return None
         values.append(value)
-        at = _SPACE.match(body, at).end()  # type: ignore[union-attr]
+        at = skip_space(body, at)
         if body.startswith(separator, at):
-            at = _SPACE.match(body, at + len(separator)).end()  # type: ignore[union-attr]
+            at = skip_space(body, at + len(separator))
         elif at < len(body):
             return None
     return values
-
-
-def _calls(values: list[Any] | None) -> list[Call] | None:
-    if not values:
-        return None
-    calls = [call_object(value) for value in values]
-    if any(call is None for call in calls):
-        return None
-    return [call for call in calls if call is not None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +73,8 @@ class LlamaJson(ToolSyntax):
         return _opens(text, '{"name"')
 
     def parse(self, body: str, schemas: Schemas) -> list[Call] | None:
-        return _calls(_objects(body, ";"))
+        values = _objects(body, ";")
+        return call_objects(values) if values is not None else None
 
     def opening(self, name: str | None) -> str:
         return '{"name": "' if name is None else '{"name": ' + json.dumps(name) + ', "parameters":'
@@ -103,7 +102,7 @@ class JsonList(ToolSyntax):
         values = _objects(body[len(self.prefix) :], "")
         if values is None or len(values) != 1 or not isinstance(values[0], list):
             return None
-        return _calls(values[0])
+        return call_objects(values[0])
 
     def opening(self, name: str | None) -> str:
         if name is None:

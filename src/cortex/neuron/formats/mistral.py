@@ -22,11 +22,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cortex.neuron.formats.base import Call, Marker, Schemas, ToolSyntax, call_object, load_json
+from cortex.neuron.formats.base import (
+    Call,
+    Marker,
+    Schemas,
+    ToolSyntax,
+    call_objects,
+    load_json,
+    named_call,
+)
 
 __all__ = ["Mistral"]
-
-_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +60,7 @@ class Mistral(ToolSyntax):
             name = name.partition(call_id)[0].strip()
             if not name or any(c.isspace() or c in "{[<" for c in name):
                 return None
-            try:
-                arguments, end = _DECODER.raw_decode(rest.lstrip())
-            except (ValueError, RecursionError):
-                return None
-            if rest.lstrip()[end:].strip():
-                return None
-            call = call_object({"name": name, "arguments": arguments})
+            call = named_call(name, rest)
             if call is None:
                 return None
             calls.append(call)
@@ -88,8 +88,4 @@ def _parse_json(body: str) -> list[Call] | None:
         data = load_json(body.strip())
     except ValueError:
         return None
-    items = data if isinstance(data, list) else [data]
-    calls = [call_object(item) for item in items]
-    if not calls or any(call is None for call in calls):
-        return None
-    return [call for call in calls if call is not None]
+    return call_objects(data if isinstance(data, list) else [data])

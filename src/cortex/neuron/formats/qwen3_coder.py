@@ -28,6 +28,7 @@ from cortex.neuron.formats.base import (
     ToolSyntax,
     dump_arguments,
     json_call,
+    skip_space,
     typed_value,
     value_text,
 )
@@ -49,16 +50,10 @@ def _value(raw: str) -> str:
     return raw
 
 
-def _skip_space(text: str, at: int) -> int:
-    while at < len(text) and text[at].isspace():
-        at += 1
-    return at
-
-
 def parse_xml(body: str, schemas: Schemas | None = None) -> list[Call] | None:
     """``<function=…>`` blocks → calls; ``None`` unless the body is exactly such blocks."""
     calls: list[Call] = []
-    at = _skip_space(body, 0)
+    at = skip_space(body, 0)
     while at < len(body):
         opened = _FUNCTION_OPEN.match(body, at)
         if opened is None:
@@ -72,7 +67,7 @@ def parse_xml(body: str, schemas: Schemas | None = None) -> list[Call] | None:
         # Scan parameter by parameter rather than regex to </function>, so a value may
         # itself contain "</function>" (code that writes XML, for instance).
         while True:
-            at = _skip_space(body, at)
+            at = skip_space(body, at)
             if body.startswith(_FUNCTION_CLOSE, at):
                 at += len(_FUNCTION_CLOSE)
                 break
@@ -86,7 +81,7 @@ def parse_xml(body: str, schemas: Schemas | None = None) -> list[Call] | None:
             arguments[key] = typed_value(_value(body[parameter.end() : end]), known.get(key, []))
             at = end + len(_PARAMETER_CLOSE)
         calls.append((name, dump_arguments(arguments)))
-        at = _skip_space(body, at)
+        at = skip_space(body, at)
     return calls or None
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from cortex.neuron.formats.base import call_object, load_json
+from cortex.neuron.formats.base import named_call
 from cortex.neuron.formats.harmony import Harmony, parse_header
 from cortex.neuron.wire.detok import Decodes
 from cortex.neuron.wire.events import InferenceEvent, Reasoning, ToolCall
@@ -192,12 +192,7 @@ class HarmonyOutput:
             return self._text.push(released, final=True)
         h = self._h
         body = self._tokenizer.decode(self._body_ids, skip_special_tokens=False)
-        call = None
-        if complete and self._function:
-            try:
-                call = call_object({"name": self._function, "arguments": load_json(body)})
-            except ValueError:
-                call = None
+        call = named_call(self._function, body) if complete and self._function else None
         if call is None:
             verbatim = self._header.strip() + h.message.text + body
             if complete and h.call is not None:
