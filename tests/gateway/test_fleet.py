@@ -6,13 +6,17 @@ import asyncio
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
 from cortex.errors import CortexError, NoCapacity
 from cortex.gateway.fleet import Fleet
+from cortex.gateway.inflight import InFlight
 from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.state import ModelState
+from cortex.protocol.fleet import FleetProgress
 from tests.gateway.fakes import FakeNeurons
 
 SIZES = {"m0": 300, "m1": 300, "m2": 400, "m3": 200, "big": 5000}
@@ -124,6 +128,74 @@ async def test_underestimated_size_is_learnt_from_the_neurons_507() -> None:
     assert set(fakes.nodes["a"].models) == {"m2"}
 
 
+async def test_model_states_follow_a_load_and_the_eviction_it_needs() -> None:
+    fakes = FakeNeurons({"a": 500}, SIZES)  # room for one of m0, m1
+    fleet = _fleet(fakes, [ModelProfile(id=m, memory=SIZES[m]) for m in ("m0", "m1")])
+
+    async def work() -> None:
+        await fleet.ensure("m0", lease=False)
+        assert fleet.snapshot.nodes["a"].states == {"m0": ModelState.READY}
+        fakes.load_delay = 0.3
+        load = asyncio.ensure_future(fleet.ensure("m1", lease=False))
+        await _until(lambda: "m1" in fleet.snapshot.pending)
+        states = {"m0": ModelState.UNLOADING, "m1": ModelState.LOADING}
+        assert fleet.snapshot.nodes["a"].states == states
+        assert fleet.snapshot.ready_on("m0") == []
+        await asyncio.sleep(0.15)  # polls now say m0 is gone: the eviction still holds it
+        assert fakes.unloads == [("a", "m0")]
+        assert fleet.snapshot.nodes["a"].states == states
+        assert await load == "a"
+        assert fleet.snapshot.nodes["a"].states == {"m1": ModelState.READY}
+
+    await _with_fleet(fleet, work)
+
+
+async def test_load_progress_reaches_the_listeners_through_the_owner() -> None:
+    fakes = FakeNeurons({"a": 300}, SIZES)  # one model at a time: m1 evicts m0
+    fleet = _fleet(fakes, [ModelProfile(id=m, memory=SIZES[m]) for m in ("m0", "m1")])
+    events: list[FleetProgress] = []
+
+    async def work() -> None:
+        await fleet.ensure("m0", lease=False)
+        await fleet.ensure("m1", listener=events.append, lease=False)
+
+    await _with_fleet(fleet, work)
+    assert [(e.stage, e.message) for e in events] == [
+        ("placing", "placing on a, evicting m0"),
+        ("evicting", "unloading m0 from a"),
+    ]
+
+
+async def test_pin_answers_once_the_owner_has_applied_it() -> None:
+    fakes = FakeNeurons({"a": 1000}, SIZES)
+    fleet = _fleet(fakes, [ModelProfile(id="m0")])
+
+    async def work() -> None:
+        fakes.load_delay = 0.2
+        await fleet.pin("m0", True)
+        assert fleet.snapshot.is_pinned("m0")
+        assert "m0" in fleet.snapshot.pending  # and the load it calls for is under way
+        assert fleet.snapshot.nodes["a"].state("m0") is ModelState.LOADING
+        await fleet.pin("m0", False)
+        assert not fleet.snapshot.is_pinned("m0")
+
+    await _with_fleet(fleet, work)
+
+
+def test_in_flight_counts_each_request_and_stamps_its_end() -> None:
+    in_flight = InFlight()
+    in_flight.acquire("a", "m0")
+    in_flight.acquire("a", "m0")
+    assert in_flight.busy == {("a", "m0"): 2}
+    assert in_flight.last_used == {}
+    in_flight.release("a", "m0")
+    in_flight.release("a", "m0")
+    assert in_flight.busy == {}  # no zero counts left behind
+    assert set(in_flight.last_used) == {("a", "m0")}
+    with pytest.raises(TypeError):
+        in_flight.busy[("a", "m0")] = 1  # type: ignore[index]
+
+
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -155,7 +227,7 @@ def test_random_workloads_keep_every_invariant(
             await asyncio.sleep(rng.uniform(0, 0.01))
             assert model in fakes.nodes[node].models
         finally:
-            fleet.release(node, model)
+            fleet.in_flight.release(node, model)
 
     async def work() -> None:
         await asyncio.gather(*(one(m) for m in requests))

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from cortex.config import ModelProfile, ModelsConfig
 from cortex.errors import NoCapacity
 from cortex.gateway.evictor import eviction_order, is_evictable
-from cortex.gateway.router import Placement, free_bytes, pick_ready, plan
-from cortex.gateway.state import NodeState, PendingLoad, Snapshot
+from cortex.gateway.router import Placement, Unplaceable, free_bytes, pick_ready, plan
+from cortex.gateway.state import ModelState, NodeState, PendingLoad, Snapshot, settle
 from cortex.protocol.lifecycle import DeviceInfo, ModelRecord, NodeStatus
 
 MODELS = [f"m{i}" for i in range(6)]
@@ -61,8 +61,8 @@ def fleets(draw: Any) -> tuple[Snapshot, dict[tuple[str, str], int]]:
             memory_used_by_models=used, memory_budget=budget,
         )  # fmt: skip
         status = NodeStatus(name=name, version="0", engine="x", devices=[device], models=records)
-        nodes[name] = NodeState(
-            name, f"http://{name}", up=draw(st.booleans() | st.just(True)), status=status
+        nodes[name] = settle(
+            NodeState(name, f"http://{name}", up=draw(st.booleans() | st.just(True)), status=status)
         )
     snapshot = Snapshot(
         nodes=nodes,
@@ -147,7 +147,7 @@ def test_lru_and_priority_orders() -> None:
             ModelProfile(id="mid-low", priority=1),
         ]
     )
-    nodes = {"a": NodeState("a", "http://a", up=True, status=status)}
+    nodes = {"a": settle(NodeState("a", "http://a", up=True, status=status))}
     lru = Snapshot(nodes=nodes, models=profiles, strategy="lru")
     priority = Snapshot(nodes=nodes, models=profiles, strategy="priority")
     assert [r.id for r in eviction_order(lru, "a", {})] == ["old-high", "mid-low", "new-low"]
@@ -162,7 +162,7 @@ def test_pick_ready_prefers_the_least_busy_node() -> None:
     def node(name: str, queued: int) -> NodeState:
         record = ModelRecord(id="m", state="ready", source="m", queued=queued)
         status = NodeStatus(name=name, version="0", engine="x", devices=[], models=[record])
-        return NodeState(name, f"http://{name}", up=True, status=status)
+        return settle(NodeState(name, f"http://{name}", up=True, status=status))
 
     snapshot = Snapshot(nodes={"a": node("a", 0), "b": node("b", 0)}, models=ModelsConfig())
     assert pick_ready(snapshot, "m", {}) == "a"
@@ -172,3 +172,30 @@ def test_pick_ready_prefers_the_least_busy_node() -> None:
         nodes={"a": node("a", 0), "b": NodeState("b", "http://b", up=False)}, models=ModelsConfig()
     )
     assert pick_ready(down, "m", {}, exclude="a") is None
+
+
+def test_settle_puts_the_owners_loads_and_unloads_before_the_neurons_word() -> None:
+    def record(model: str, state: Any) -> ModelRecord:
+        return ModelRecord(id=model, state=state, source=model, memory_bytes=100)
+
+    reported = [record("r", "ready"), record("f", "failed"), record("l", "loading"),
+                record("u", "unloading"), record("e", "ready"), record("x", "ready")]  # fmt: skip
+    status = NodeStatus(name="a", version="0", engine="x", devices=[], models=reported)
+    node = NodeState("a", "http://a", up=True, status=status)
+    settled = settle(node, loading=["r", "f", "new"], unloading=["e", "gone"])
+    assert settled.states == {
+        "r": ModelState.READY,  # the neuron says ready before the load reports back
+        "f": ModelState.LOADING,  # a retry over the failed record
+        "new": ModelState.LOADING,  # not reported yet
+        "l": ModelState.LOADING,  # someone else's load (a preload)
+        "u": ModelState.LEAVING,  # someone else's unload
+        "e": ModelState.UNLOADING,  # this gateway's eviction wins over "ready"
+        "gone": ModelState.UNLOADING,  # held until the unload reports back
+        "x": ModelState.READY,
+    }
+    profiles = ModelsConfig(models=[ModelProfile(id=m) for m in ("e", "l")])
+    snapshot = Snapshot(nodes={"a": settled}, models=profiles)
+    assert snapshot.ready_on("e") == []
+    assert [r.id for r in eviction_order(snapshot, "a", {})] == ["r", "x"]
+    assert isinstance(plan(snapshot, "e", {}), Unplaceable)  # not where this gateway unloads it
+    assert plan(snapshot, "l", {}) == Placement("a", 0)  # join the load under way

@@ -181,7 +181,7 @@ async def test_a_client_that_leaves_closes_the_upstream_request(rig: Rig) -> Non
                 timeout=0.3,
             )
     await asyncio.wait_for(rig.chats["a"].disconnected.wait(), 2.0)
-    assert rig.app.fleet.busy == {}
+    assert rig.app.fleet.in_flight.busy == {}
 
 
 @pytest.mark.parametrize("rig", [{"request_timeout": 0.2}], indirect=True)

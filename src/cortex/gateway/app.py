@@ -169,8 +169,7 @@ class GatewayApp:
         model = self.fleet.snapshot.resolve(body.model)
         if not self.fleet.snapshot.is_known(model):
             raise NotFound(f"The model {model!r} does not exist", param="model")
-        self.fleet.pin(model, body.pinned)
-        await asyncio.sleep(0)  # let the owner apply it before answering
+        await self.fleet.pin(model, body.pinned)  # answers once the owner has applied it
         entry = next(p for p in placements(self.fleet.snapshot) if p.id == model)
         word = "pinned" if body.pinned else "unpinned"
         return json_response(

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from cortex.gateway.state import Snapshot
+from cortex.gateway.state import ModelState, Snapshot
 from cortex.protocol.fleet import (
     CatalogueState,
     FleetView,
@@ -21,6 +21,13 @@ from cortex.protocol.fleet import (
 )
 
 _STATE_RANK: dict[str, int] = {"ready": 0, "loading": 1, "unloading": 2, "failed": 3}
+_WORD: dict[ModelState, CatalogueState] = {
+    ModelState.LOADING: "loading",
+    ModelState.READY: "ready",
+    ModelState.UNLOADING: "unloading",
+    ModelState.LEAVING: "unloading",
+    ModelState.FAILED: "failed",
+}
 
 
 def placements(snapshot: Snapshot) -> list[ModelPlacement]:
@@ -42,15 +49,15 @@ def _placement(snapshot: Snapshot, model: str, aliases: list[str]) -> ModelPlace
     nodes = []
     best: CatalogueState = "available"
     for name, node in snapshot.nodes.items():
-        record = node.record(model)
-        if record is None or not node.up:
-            continue
+        state = node.state(model)
+        if state is None or not node.up or node.record(model) is None:
+            continue  # listed where an up neuron reports it, not where it is only planned
         nodes.append(name)
-        state: CatalogueState = "unloading" if (name, model) in snapshot.unloading else record.state
-        if _STATE_RANK.get(state, 9) < _STATE_RANK.get(best, 9):
-            best = state
+        word = _WORD[state]
+        if _STATE_RANK.get(word, 9) < _STATE_RANK.get(best, 9):
+            best = word
     if model in snapshot.pending and best != "ready":
-        best = "loading"
+        best = "loading"  # a load is in flight (its node may not report it yet, or be down)
     profile = snapshot.profile(model)
     return ModelPlacement(
         id=model,

@@ -1,24 +1,24 @@
 """Which models to evict from a node to make room: a pure function of a snapshot.
 
 Never a pinned model, never one with requests in flight (the gateway's own count or
-the neuron's), never one that is not ready or already being evicted. ``lru`` takes
-the least recently used first; ``priority`` the lowest priority first, then lru.
+the neuron's), never one that is not READY (so never one already being evicted).
+``lru`` takes the least recently used first; ``priority`` the lowest priority first,
+then lru.
 """
 
 from __future__ import annotations
 
-from cortex.gateway.state import Busy, LastUsed, Snapshot
+from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot
 from cortex.protocol.lifecycle import ModelRecord
 
 
 def is_evictable(snapshot: Snapshot, node: str, record: ModelRecord, busy: Busy) -> bool:
     return (
-        record.state == "ready"
+        snapshot.state(node, record.id) is ModelState.READY
         and not snapshot.is_pinned(record.id)
         and busy.get((node, record.id), 0) == 0
         and record.in_flight == 0
         and record.queued == 0
-        and (node, record.id) not in snapshot.unloading
     )
 
 

@@ -1,16 +1,17 @@
-"""``Fleet``: the one owner of fleet state, fed by a queue.
+"""``Fleet``: the one owner of fleet state, fed by a queue (the story: ``docs/fleet.md``).
 
 Contracts:
 
-* Only the owner task (``_run``) changes the snapshot; it handles one message at a
-  time and never awaits while deciding, so decisions (placement, victims) see a
-  consistent snapshot including loads already in flight. I/O (polls, loads,
-  unloads) runs in tasks that report back with messages.
+* Only the owner task (``_run``) changes fleet state: the snapshot, with each model's
+  ``ModelState`` on each node, and its own bookkeeping of loads and unloads in flight.
+  It handles one message at a time and never awaits while deciding, so decisions
+  (placement, victims) see a consistent snapshot including loads already in flight.
+  I/O (polls, loads, unloads) runs in tasks that report back with messages.
 * ``snapshot`` may be read by anyone at any time; it is replaced, never mutated.
-* ``busy`` counts the gateway's own requests per (node, model) and ``last_used``
-  stamps when each last ended; the proxy changes them synchronously around each
-  request. The evictor never picks a busy model, and ranks by the fresher of these
-  stamps and the neuron's polled figures.
+* ``in_flight`` (see ``inflight``) counts the gateway's own requests per (node, model)
+  and stamps when each last ended; the proxy acquires and releases around each request,
+  synchronously. Only the owner reads it for decisions: the evictor never picks a busy
+  model, and ranks by the fresher of these stamps and the neuron's polled figures.
 * ``ensure(model)`` is single-flight across the fleet: every caller for a model that
   is being loaded waits on that one load.
 * Pinned models are loaded once their nodes are first seen and again whenever they
@@ -24,7 +25,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
+from typing import Any
 
 from cortex.config import CortexConfig, ModelsConfig
 from cortex.errors import InsufficientMemory, ModelNotFound, NoCapacity
@@ -38,17 +41,19 @@ from cortex.gateway.inbox import (
     Message,
     Pin,
     Polled,
+    Progress,
     Reading,
     Unload,
     UnloadDone,
     Waiter,
     apply_reading,
 )
+from cortex.gateway.inflight import InFlight
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
 from cortex.gateway.poller import Poller
 from cortex.gateway.router import Placement, Unplaceable, plan
-from cortex.gateway.state import NodeState, PendingLoad, Snapshot
+from cortex.gateway.state import NodeState, PendingLoad, Snapshot, settle
 from cortex.protocol.fleet import FleetProgress
 
 log = logging.getLogger(__name__)
@@ -73,16 +78,15 @@ class Fleet:
         )
         nodes = {n.name: NodeState(n.name, n.endpoint, n.token) for n in config.neurons}
         self.snapshot = Snapshot(nodes=nodes, models=models, strategy=config.eviction.strategy)
-        self.busy: dict[tuple[str, str], int] = {}
-        self.last_used: dict[tuple[str, str], float] = {}
+        self.in_flight = InFlight()
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
-        self._loads: dict[str, LoadState] = {}
+        # The owner's own bookkeeping: only the owner task reads or writes these.
+        self._loads: dict[str, LoadState] = {}  # the waiters of each load in snapshot.pending
+        self._unloading: set[tuple[str, str]] = set()  # (node, model) this gateway unloads
         self._deferred: dict[str, list[Ensure]] = {}
         self._pin_failed: dict[str, float] = {}
         self.poller = Poller(self.client, lambda: self.snapshot, self._inbox.put_nowait, poll)
-        self.tasks = FleetTasks(
-            self.client, metrics, lambda: self.snapshot, self._inbox.put_nowait, self._notify
-        )
+        self.tasks = FleetTasks(self.client, metrics, lambda: self.snapshot, self._inbox.put_nowait)
         self._tasks: set[asyncio.Task[None]] = set()
         self._owner: asyncio.Task[None] | None = None
 
@@ -108,19 +112,6 @@ class Fleet:
 
     # --- API for requests and operators ------------------------------------------------
 
-    def acquire(self, node: str, model: str) -> None:
-        key = (node, model)
-        self.busy[key] = self.busy.get(key, 0) + 1
-
-    def release(self, node: str, model: str) -> None:
-        key = (node, model)
-        self.last_used[key] = time.time()
-        left = self.busy.get(key, 1) - 1
-        if left:
-            self.busy[key] = left
-        else:
-            self.busy.pop(key, None)
-
     async def ensure(
         self,
         model: str,
@@ -132,8 +123,8 @@ class Fleet:
         """The node where ``model`` is ready, loading it (and evicting) if needed.
 
         With ``lease`` the answer comes with one request counted in flight on that node
-        (as ``acquire`` does), taken at the moment the owner answers, so no eviction can
-        slip in before the caller uses the model; the caller must ``release`` it.
+        (``in_flight.acquire``), taken at the moment the owner answers, so no eviction can
+        slip in before the caller uses the model; the caller must ``in_flight.release`` it.
         """
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inbox.put_nowait(Ensure(model, Waiter(future, node, listener, lease)))
@@ -141,7 +132,7 @@ class Fleet:
             return await future
         except asyncio.CancelledError:
             if lease and future.done() and not future.cancelled() and future.exception() is None:
-                self.release(future.result(), model)  # answered, but nobody will use it
+                self.in_flight.release(future.result(), model)  # nobody will use it
             raise
 
     async def unload(self, model: str, node: str | None = None, force: bool = False) -> list[str]:
@@ -149,8 +140,10 @@ class Fleet:
         self._inbox.put_nowait(Unload(model, node, force, future))
         return await future
 
-    def pin(self, model: str, pinned: bool) -> None:
+    async def pin(self, model: str, pinned: bool) -> None:
+        """Returns once the owner has applied it (and started any load it calls for)."""
         self._inbox.put_nowait(Pin(model, pinned))
+        await self._drain_inbox()
 
     def node_failed(self, node: str, error: str) -> None:
         """The proxy could not reach ``node``: mark it down now, not at the next poll."""
@@ -183,6 +176,8 @@ class Fleet:
             self._on_polled(message)
         elif isinstance(message, LoadDone):
             self._on_load_done(message)
+        elif isinstance(message, Progress):
+            self._notify(message.event)
         elif isinstance(message, Unload):
             self._on_unload(message)
         elif isinstance(message, UnloadDone):
@@ -190,18 +185,16 @@ class Fleet:
         elif isinstance(message, Barrier):
             message.future.set_result(None)
         else:
-            self._publish(pins={**self.snapshot.pins, message.model: message.pinned})
-            self._pin_failed.pop(message.model, None)
-            self._ensure_pinned()
+            self._on_pin(message)
 
     def _on_ensure(self, message: Ensure) -> None:
         snap, model, waiter = self.snapshot, message.model, message.waiter
         ready = snap.ready_on(model)
         if waiter.node is None and ready:
-            waiter.resolve(self.acquire, ready[0], model)
+            waiter.resolve(self.in_flight.acquire, ready[0], model)
             return
         if waiter.node is not None and waiter.node in ready:
-            waiter.resolve(self.acquire, waiter.node, model)
+            waiter.resolve(self.in_flight.acquire, waiter.node, model)
             return
         pending = snap.pending.get(model)
         if pending is not None:
@@ -210,7 +203,7 @@ class Fleet:
             else:  # wanted on another node: decide once this load is over
                 self._deferred.setdefault(model, []).append(message)
             return
-        decision = plan(snap, model, self.busy, only=waiter.node, recent=self.last_used)
+        decision = self._plan(model, only=waiter.node)
         if isinstance(decision, Unplaceable):
             if not waiter.future.done():
                 waiter.future.set_exception(decision.error)
@@ -218,41 +211,47 @@ class Fleet:
         self._loads[model] = LoadState(waiters=[waiter])
         self._start_load(model, decision)
 
+    def _plan(self, model: str, only: str | None = None) -> Placement | Unplaceable:
+        busy, recent = self.in_flight.busy, self.in_flight.last_used
+        return plan(self.snapshot, model, busy, only=only, recent=recent)
+
     def _start_load(self, model: str, placement: Placement) -> None:
+        """(node, model) → LOADING, each victim → UNLOADING, until the load reports back."""
         snap = self.snapshot
         load = PendingLoad(model, placement.node, placement.needed, placement.victims, time.time())
-        self._publish(
-            pending={**snap.pending, model: load},
-            unloading=snap.unloading | {(placement.node, v) for v in placement.victims},
-        )
+        self._unloading |= {(placement.node, v) for v in placement.victims}
+        self._publish(replace(snap, pending={**snap.pending, model: load}), placement.node)
         victims = f", evicting {', '.join(placement.victims)}" if placement.victims else ""
         log.info("placing %s on %s%s", model, placement.node, victims)
-        self._notify(model, placement.node, "placing", f"placing on {placement.node}{victims}")
+        message = f"placing on {placement.node}{victims}"
+        self._notify(
+            FleetProgress(model=model, node=placement.node, stage="placing", message=message)
+        )
         self._spawn(self.tasks.load(load))
 
     def _on_load_done(self, message: LoadDone) -> None:
+        """The load's (node, model) and victims go back to what the fresh reading says."""
         load, snap = message.load, self.snapshot
         pending = {k: v for k, v in snap.pending.items() if k != load.model}
-        unloading = snap.unloading - {(load.node, v) for v in load.victims}
-        nodes = dict(snap.nodes)
-        node = apply_reading(nodes[load.node], message.reading)
+        self._unloading -= {(load.node, v) for v in load.victims}
+        node = apply_reading(snap.nodes[load.node], message.reading)
         if load.victims:
             node = replace(node, eviction_cycles=node.eviction_cycles + 1)
             limit = self.config.eviction.defrag_after_cycles
             if limit and node.eviction_cycles >= limit:
                 node = replace(node, eviction_cycles=0)
                 self._spawn(self.tasks.defrag(node))
-        nodes[load.node] = node
-        self._publish(nodes=nodes, pending=pending, unloading=unloading)
+        nodes = {**snap.nodes, load.node: node}
+        self._publish(replace(snap, nodes=nodes, pending=pending), load.node)
         self.metrics.record_node(node)
         state = self._loads.pop(load.model, LoadState())
         error = message.error
         needed = error.extra.get("needed_bytes") if isinstance(error, InsufficientMemory) else None
         if isinstance(needed, int):
             learnt = {**snap.learnt_sizes, (load.node, load.model): needed}
-            self._publish(learnt_sizes=learnt)
+            self._publish(replace(self.snapshot, learnt_sizes=learnt))
             if state.size_retries < MAX_SIZE_RETRIES:
-                decision = plan(self.snapshot, load.model, self.busy, recent=self.last_used)
+                decision = self._plan(load.model)
                 if isinstance(decision, Placement):
                     state.size_retries += 1
                     self._loads[load.model] = state
@@ -273,7 +272,7 @@ class Fleet:
             if waiter.future.done():
                 continue
             if error is None:
-                waiter.resolve(self.acquire, load.node, load.model)
+                waiter.resolve(self.in_flight.acquire, load.node, load.model)
             else:
                 waiter.future.set_exception(error)
         for deferred in self._deferred.pop(load.model, []):
@@ -289,11 +288,12 @@ class Fleet:
             log.warning("node %s is down: %s", node.name, node.error)
         elif node.up and not before.up:
             log.info("node %s is up", node.name)
-        self._publish(nodes={**snap.nodes, node.name: node})
+        self._publish(replace(snap, nodes={**snap.nodes, node.name: node}), node.name)
         self.metrics.record_node(node)
         self._ensure_pinned()
 
     def _on_unload(self, message: Unload) -> None:
+        """Each target (node, model) → UNLOADING until the unload reports back."""
         snap = self.snapshot
         names = [message.node] if message.node else list(snap.nodes)
         targets = [
@@ -305,7 +305,8 @@ class Fleet:
                 ModelNotFound(f"The model {message.model!r} is not loaded {where}", param="model")
             )
             return
-        self._publish(unloading=snap.unloading | {(n, message.model) for n in targets})
+        self._unloading |= {(n, message.model) for n in targets}
+        self._publish(snap, *targets)
         self._spawn(self.tasks.unload(message, targets))
 
     def _on_unload_done(self, message: UnloadDone) -> None:
@@ -314,8 +315,14 @@ class Fleet:
         for name, reading in message.readings.items():
             if reading.status is not None:
                 nodes[name] = apply_reading(nodes[name], reading)
-        unloading = snap.unloading - {(n, message.model) for n in message.readings}
-        self._publish(nodes=nodes, unloading=unloading)
+        self._unloading -= {(n, message.model) for n in message.readings}
+        self._publish(replace(snap, nodes=nodes), *message.readings)
+
+    def _on_pin(self, message: Pin) -> None:
+        pins = {**self.snapshot.pins, message.model: message.pinned}
+        self._publish(replace(self.snapshot, pins=pins))
+        self._pin_failed.pop(message.model, None)
+        self._ensure_pinned()
 
     def _ensure_pinned(self) -> None:
         snap = self.snapshot
@@ -337,25 +344,33 @@ class Fleet:
                 self._pin_failed[model] = time.monotonic()
             snap = self.snapshot
 
-    def _publish(self, **changes: object) -> None:
-        self.snapshot = replace(self.snapshot, version=self.snapshot.version + 1, **changes)  # type: ignore[arg-type]
+    def _publish(self, snapshot: Snapshot, *touched: str) -> None:
+        """Make ``snapshot`` the current one, the model states on ``touched`` settled anew.
+
+        Every transition names the nodes whose records or loads/unloads in flight it
+        changed; ``settle`` then decides their models' states from those alone.
+        """
+        if touched:
+            nodes = dict(snapshot.nodes)
+            for name in touched:
+                loading = [p.model for p in snapshot.pending.values() if p.node == name]
+                unloading = [m for n, m in self._unloading if n == name]
+                nodes[name] = settle(nodes[name], loading, unloading)
+            snapshot = replace(snapshot, nodes=nodes)
+        self.snapshot = replace(snapshot, version=self.snapshot.version + 1)
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _spawn(self, coroutine: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coroutine)  # type: ignore[arg-type]
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _notify(
-        self, model: str, node: str, stage: str, message: str, needed: int | None = None
-    ) -> None:
-        state = self._loads.get(model)
+    def _notify(self, event: FleetProgress) -> None:
+        """Tell the listening waiters of ``event.model``'s load (none once it is over)."""
+        state = self._loads.get(event.model)
         if state is None:
             return
-        event = FleetProgress(
-            model=model, node=node, stage=stage, message=message, needed_bytes=needed
-        )
         for waiter in state.waiters:
             if waiter.listener is not None:
                 waiter.listener(event)

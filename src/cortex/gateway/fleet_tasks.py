@@ -1,7 +1,9 @@
 """The I/O the fleet's owner starts: loads (with their evictions), operator unloads, defrags.
 
-Each runs as a task of its own and reports back by posting a message to the owner's inbox
-(with a fresh reading of the node), so the owner never awaits while it decides.
+Each runs as a task of its own and reports back by posting messages to the owner's inbox:
+``Progress`` as a load goes, then ``LoadDone``/``UnloadDone`` with a fresh reading of the
+node, so the owner never awaits while it decides. What a task needs comes in its message
+or from the public snapshot; it never reads the owner's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -11,17 +13,15 @@ import time
 from collections.abc import Callable
 
 from cortex.errors import CortexError
-from cortex.gateway.inbox import LoadDone, Message, Reading, Unload, UnloadDone
+from cortex.gateway.inbox import LoadDone, Message, Progress, Reading, Unload, UnloadDone
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
 from cortex.gateway.poller import read
 from cortex.gateway.state import NodeState, PendingLoad, Snapshot
+from cortex.protocol.fleet import FleetProgress
 from cortex.protocol.lifecycle import LoadProgress
 
 log = logging.getLogger(__name__)
-
-# (model, node, stage, message, needed bytes): progress for the load's waiters
-Notify = Callable[[str, str, str, str, int | None], None]
 
 
 class FleetTasks:
@@ -31,13 +31,11 @@ class FleetTasks:
         metrics: GatewayMetrics,
         snapshot: Callable[[], Snapshot],
         post: Callable[[Message], None],
-        notify: Notify,
     ) -> None:
         self.client = client
         self.metrics = metrics
         self._snapshot = snapshot
         self._post = post
-        self._notify = notify
 
     async def load(self, load: PendingLoad) -> None:
         started = time.monotonic()
@@ -46,7 +44,7 @@ class FleetTasks:
         try:
             for victim in load.victims:
                 message = f"unloading {victim} from {node.name}"
-                self._notify(load.model, node.name, "evicting", message, None)
+                self._progress(load.model, node.name, "evicting", message)
                 await self.client.unload(node, victim)
                 reason = self._snapshot().strategy
                 self.metrics.evictions.value(victim, node.name, reason).inc()
@@ -82,8 +80,16 @@ class FleetTasks:
         except CortexError as exc:
             log.warning("defrag of %s failed: %s", node.name, exc.message)
 
+    def _progress(
+        self, model: str, node: str, stage: str, message: str, needed: int | None = None
+    ) -> None:
+        event = FleetProgress(
+            model=model, node=node, stage=stage, message=message, needed_bytes=needed
+        )
+        self._post(Progress(event))
+
     def _relay(self, model: str, node: str) -> Callable[[LoadProgress], None]:
         def relay(progress: LoadProgress) -> None:
-            self._notify(model, node, progress.stage, progress.message, progress.needed_bytes)
+            self._progress(model, node, progress.stage, progress.message, progress.needed_bytes)
 
         return relay

@@ -1,7 +1,8 @@
 """Messages to the fleet's owner task, and how a node reading updates a node.
 
 Everything the owner learns or is asked arrives as one of these; I/O tasks and API
-calls only ever send them (see ``fleet``).
+calls only ever send them (see ``fleet`` and ``docs/fleet.md``). Futures in a message
+are how the owner answers: it resolves them once the message has been applied.
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ class LoadDone:
 
 
 @dataclass(slots=True)
+class Progress:
+    """A step of a load in flight, for the waiters that listen (``/fleet/load`` streams)."""
+
+    event: FleetProgress
+
+
+@dataclass(slots=True)
 class Unload:
     model: str
     node: str | None
@@ -86,10 +94,12 @@ class Pin:
 
 @dataclass(slots=True)
 class Barrier:
+    """Answered when reached: everything sent before it has been applied."""
+
     future: asyncio.Future[None]
 
 
-Message = Ensure | Polled | LoadDone | Unload | UnloadDone | Pin | Barrier
+Message = Ensure | Polled | LoadDone | Progress | Unload | UnloadDone | Pin | Barrier
 
 
 @dataclass(slots=True)

@@ -122,9 +122,9 @@ class Proxy:
     ) -> Outcome:
         started = False
         try:
-            node = pick_ready(self.fleet.snapshot, request.model, self.fleet.busy)
+            node = pick_ready(self.fleet.snapshot, request.model, self.fleet.in_flight.busy)
             if node is not None:
-                self.fleet.acquire(node, request.model)  # no await since the pick: no race
+                self.fleet.in_flight.acquire(node, request.model)  # no await since pick: no race
             else:
                 if not self.fleet.snapshot.is_known(request.model):
                     raise ModelNotFound(
@@ -205,14 +205,14 @@ class Proxy:
                             )
                     await response.aclose()
                     self.fleet.poke(node)
-                self.fleet.release(node, request.model)
+                self.fleet.in_flight.release(node, request.model)
                 held = None
                 node = held = await self._another_node(
                     responder, request, recorder, dialect, node, started
                 )
         finally:
             if held is not None:
-                self.fleet.release(held, request.model)
+                self.fleet.in_flight.release(held, request.model)
         raise NeuronUnavailable(f"No node could serve {request.model!r}")
 
     async def _another_node(
@@ -225,9 +225,11 @@ class Proxy:
         started: bool,
     ) -> str:
         """Another node for a request that failed on ``failed``, counted in flight there."""
-        other = pick_ready(self.fleet.snapshot, request.model, self.fleet.busy, exclude=failed)
+        other = pick_ready(
+            self.fleet.snapshot, request.model, self.fleet.in_flight.busy, exclude=failed
+        )
         if other is not None:
-            self.fleet.acquire(other, request.model)
+            self.fleet.in_flight.acquire(other, request.model)
         else:
             other = await self._wait_for_model(responder, request, recorder, dialect, started)
         recorder.node = other

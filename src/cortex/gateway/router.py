@@ -4,6 +4,8 @@
 ``plan`` decides a placement for a model that is ready nowhere: the first allowed
 node (profile order) where it fits, counting loads already in flight; else the first
 where evicting idle, unpinned models makes room; else a reason it cannot be placed.
+The owner asks ``plan`` only about a model it is not loading already, so a model
+LOADING on a node is a load someone else started there (a preload), which it joins.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 from cortex.errors import CortexError, ModelNotFound, NeuronUnavailable, NoCapacity
 from cortex.gateway.evictor import choose_victims, evictable_bytes
-from cortex.gateway.state import Busy, LastUsed, Snapshot
+from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,8 @@ def plan(
                 NeuronUnavailable(f"The model {model!r} may not be placed on node {only!r}")
             )
         allowed = [only]
-    up = [n for n in allowed if snapshot.nodes[n].up and (n, model) not in snapshot.unloading]
+    unloading = ModelState.UNLOADING  # not where this gateway is taking it away right now
+    up = [n for n in allowed if snapshot.nodes[n].up and snapshot.state(n, model) is not unloading]
     if not allowed:
         return Unplaceable(NeuronUnavailable(f"No node may hold the model {model!r}"))
     if not up:
@@ -86,8 +89,7 @@ def plan(
             NeuronUnavailable(f"Every node that may hold {model!r} is down ({names})")
         )
     for node in up:
-        record = snapshot.nodes[node].record(model)
-        if record is not None and record.state == "loading":
+        if snapshot.state(node, model) is ModelState.LOADING:
             return Placement(node, 0)  # already loading there (a preload): join it
     for node in up:
         if needed_bytes(snapshot, model, node) <= free_bytes(snapshot, node):

@@ -3,21 +3,59 @@
 The fleet's owner task is the only writer; it publishes a new snapshot after every
 change. Everyone else (the router, the evictor, the catalogue, ``/fleet``) reads the
 current one and never mutates it, so the policies are pure functions of a snapshot.
+
+Each model on each node has one ``ModelState``, decided by the owner (``settle``) from
+the neuron's last word and the owner's own loads and unloads in flight; readers ask
+``Snapshot.state``/``ready_on`` and never work it out from the parts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from fnmatch import fnmatchcase
 
 from cortex.config import ModelProfile, ModelsConfig
 from cortex.protocol.lifecycle import AvailableModel, ModelRecord, NodeStatus
 
-# Requests the gateway itself has in flight, by (node, model); owned by the proxy.
+# Requests the gateway itself has in flight, by (node, model) (see ``inflight``).
 Busy = Mapping[tuple[str, str], int]
 # When the gateway last finished a request, by (node, model) (time.time()).
 LastUsed = Mapping[tuple[str, str], float]
+
+
+class ModelState(StrEnum):
+    """One model on one node, as the gateway sees it; no entry means it is not there.
+
+    ::
+
+        (none) --load--> LOADING --ready--> READY --evict / unload--> UNLOADING --over--> (none)
+                          |   ^               |
+                   failed |   | load again    | unloaded by someone else
+                          v   |               v
+                         FAILED             LEAVING --gone--> (none)
+
+    The owner's own operations hold their state against polls until they report back:
+    UNLOADING until the unload (or the load it made room for) is done, LOADING until the
+    neuron says ready or the load is done. Otherwise a model is what the neuron says,
+    including loads and unloads the gateway did not start (a preload, another client):
+    the whole machine, with those, is drawn in ``docs/fleet.md``.
+    """
+
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"  # this gateway is unloading it (an eviction, an operator)
+    LEAVING = "leaving"  # the neuron is unloading it, but not at this gateway's request
+    FAILED = "failed"  # the neuron kept the failed load's record
+
+
+_REPORTED: dict[str, ModelState] = {
+    "loading": ModelState.LOADING,
+    "ready": ModelState.READY,
+    "unloading": ModelState.LEAVING,
+    "failed": ModelState.FAILED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +73,7 @@ class NodeState:
     # When the reading behind ``status``/``up`` was taken (monotonic): an older reading
     # that arrives later (a slow poll overtaken by a load's fresh status) is ignored.
     status_at: float = 0.0
+    states: Mapping[str, ModelState] = field(default_factory=dict)  # by model id; see ``settle``
 
     @property
     def records(self) -> list[ModelRecord]:
@@ -45,6 +84,9 @@ class NodeState:
             if record.id == model:
                 return record
         return None
+
+    def state(self, model: str) -> ModelState | None:
+        return self.states.get(model)
 
     def free_bytes(self) -> int:
         """Room for one more model: the device with the most room (one model, one device)."""
@@ -69,6 +111,24 @@ class NodeState:
         return None
 
 
+def settle(
+    node: NodeState, loading: Collection[str] = (), unloading: Collection[str] = ()
+) -> NodeState:
+    """``node`` with the state of each of its models decided (only the owner calls this).
+
+    ``loading`` and ``unloading`` name the models the owner is loading onto / unloading
+    from this node right now. Its unloads win over anything the neuron says; its loads
+    show as LOADING until the neuron reports the model ready; the rest is the neuron's word.
+    """
+    states = {record.id: _REPORTED[record.state] for record in node.records}
+    for model in loading:
+        if states.get(model) is not ModelState.READY:
+            states[model] = ModelState.LOADING
+    for model in unloading:
+        states[model] = ModelState.UNLOADING
+    return replace(node, states=states)
+
+
 @dataclass(frozen=True, slots=True)
 class PendingLoad:
     model: str
@@ -83,8 +143,7 @@ class Snapshot:
     nodes: Mapping[str, NodeState]  # in cortex.toml order
     models: ModelsConfig
     strategy: str = "lru"
-    pending: Mapping[str, PendingLoad] = field(default_factory=dict)  # by model id
-    unloading: frozenset[tuple[str, str]] = frozenset()  # (node, model) being evicted
+    pending: Mapping[str, PendingLoad] = field(default_factory=dict)  # loads in flight, by model
     pins: Mapping[str, bool] = field(default_factory=dict)  # runtime overrides (/fleet/pin)
     # Bytes a model needs on a node, learnt from a neuron's 507 answer.
     learnt_sizes: Mapping[tuple[str, str], int] = field(default_factory=dict)
@@ -132,13 +191,13 @@ class Snapshot:
             node.record(model) is not None or node.has_local(model) for node in self.nodes.values()
         )
 
+    def state(self, node: str, model: str) -> ModelState | None:
+        return self.nodes[node].states.get(model)
+
     def ready_on(self, model: str) -> list[str]:
-        """Up nodes where ``model`` is ready and not being evicted."""
+        """Up nodes where ``model`` is READY (so not being evicted)."""
         return [
             name
             for name, node in self.nodes.items()
-            if node.up
-            and (name, model) not in self.unloading
-            and (record := node.record(model)) is not None
-            and record.state == "ready"
+            if node.up and node.states.get(model) is ModelState.READY
         ]
