@@ -17,6 +17,8 @@ from typing import Any
 
 import httptools
 
+from cortex import sse
+
 MODEL: dict[str, Any] = {
     "id": "bench-model",
     "state": "ready",
@@ -59,7 +61,7 @@ def _chunk(delta: dict[str, str], finish: str | None) -> bytes:
         "model": "bench-model",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
-    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+    return sse.encode(event)
 
 
 def _response(body: bytes, ctype: bytes = b"application/json") -> bytes:
@@ -78,7 +80,7 @@ _SSE = (
     + _chunk({"content": "Hello"}, None)
     + _chunk({"content": "!"}, None)
     + _chunk({}, "stop")
-    + b"data: [DONE]\n\n"
+    + sse.DONE
 )
 ROUTES = {
     (b"GET", b"/health"): _json({"status": "ok"}),

@@ -290,26 +290,6 @@ def test_models_rendering_lists_the_catalogue() -> None:
     assert "available" in row(text, "llama-70b")
 
 
-def test_iter_sse_parses_events_comments_and_multiline_data() -> None:
-    lines = [
-        ": keep-alive",
-        "",
-        "event: progress",
-        'data: {"a":',
-        "data:1}",
-        "",
-        "data: plain",
-        "",
-        "event: result",
-        "data: {}",
-    ]
-    assert list(ops.iter_sse(lines)) == [
-        ("progress", '{"a":\n1}'),
-        ("message", "plain"),
-        ("result", "{}"),
-    ]
-
-
 # ── commands against the fake gateway ────────────────────────────────────────────
 
 

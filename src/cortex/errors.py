@@ -21,6 +21,7 @@ it to its own envelope in exactly one place (``protocol.openai.error_body``,
     ├── NoCapacity                   503 (gateway: no node can ever fit the model)
     ├── ModelLoadFailed              503 (the load raised; the reason is kept)
     ├── NeuronUnavailable            503
+    ├── BadUpstream                  502 (a neuron's answer that does not parse)
     ├── UpstreamTimeout              504 timeout_error
     └── EngineFailure                500 (a device or generation error, said plainly)
 """
@@ -144,6 +145,13 @@ class NeuronUnavailable(CortexError):
     openai_type = "server_error"
     anthropic_type = "overloaded_error"
     default_code = "unavailable"
+
+
+class BadUpstream(CortexError):
+    status = 502
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    default_code = "bad_upstream"
 
 
 class UpstreamTimeout(CortexError):

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -24,6 +24,7 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from cortex import sse
 from cortex.ops_render import (
     progress_line,
     render_models,
@@ -48,25 +49,6 @@ class GatewayError(Exception):
     def __init__(self, message: str) -> None:
         self.message = " ".join(message.split())
         super().__init__(self.message)
-
-
-def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """Server-sent events from text lines: ``(event, data)``; ``event`` defaults to message."""
-    event, data = "message", list[str]()
-    for line in lines:
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
-            continue
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
-    if data:
-        yield event, "\n".join(data)
 
 
 # ── HTTP (thin) ──────────────────────────────────────────────────────────────────
@@ -146,15 +128,18 @@ def stream_load(
                 raise _http_error(base, response)
             if "text/event-stream" not in response.headers.get("content-type", ""):
                 return _parse(FleetActionResult, response.read(), what)
-            for event, data in iter_sse(response.iter_lines()):
-                if event == "progress":
+            for event in sse.events(response.iter_bytes()):
+                data = event.data.decode("utf-8", "replace")
+                if event.name == "progress":
                     on_progress(_parse(FleetProgress, data, what))
-                elif event == "result":
+                elif event.name == "result":
                     return _parse(FleetActionResult, data, what)
-                elif event == "error":
+                elif event.name == "error":
                     raise GatewayError(_envelope_message(data) or f"the load failed: {data}")
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _transport_error(base, exc) from None
+    except sse.EventTooLarge as exc:
+        raise GatewayError(f"the gateway's answer to {what}: {exc.message}") from None
     raise GatewayError("the gateway ended the load without a result; see `cortex status`")
 
 

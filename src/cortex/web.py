@@ -1,4 +1,5 @@
-"""HTTP plumbing both programs share: bounded bodies, JSON replies, disconnects.
+"""HTTP plumbing both programs' Starlette routes share: bounded bodies, JSON replies, the
+error handlers, SSE answers of long operations, disconnects.
 
 Neither the neuron nor the gateway imports the other; what they share about HTTP
 lives here (and data shapes in ``protocol``).
@@ -10,14 +11,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from cortex.errors import CortexError, InvalidRequest, RequestTooLarge
+from cortex import sse
+from cortex.errors import CortexError, EngineFailure, InvalidRequest, NotFound, RequestTooLarge
+from cortex.protocol import openai
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,11 +87,6 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
     return task.result()
 
 
-def sse_event(name: str, data: dict[str, Any]) -> bytes:
-    """One named server-sent event with a compact JSON body."""
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
 async def progress_of(task: asyncio.Future[Any], progress: asyncio.Queue[P]) -> AsyncIterator[P]:
     """What ``task`` puts on ``progress`` as it runs, in order; ends once ``task`` is done."""
     while not task.done():
@@ -100,3 +98,56 @@ async def progress_of(task: asyncio.Future[Any], progress: asyncio.Queue[P]) -> 
             getter.cancel()
     while not progress.empty():
         yield progress.get_nowait()
+
+
+def sse_response(events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> Response:
+    """A streamed ``text/event-stream`` answer of ``events`` (encoded by ``cortex.sse``)."""
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={**sse.HEADERS, **(headers or {})}
+    )
+
+
+async def progress_events(
+    work: Coroutine[Any, Any, T],
+    progress: asyncio.Queue[P],
+    result: Callable[[T], tuple[str, BaseModel]],
+) -> AsyncIterator[bytes]:
+    """SSE of a long operation: a ``progress`` event for each thing ``work`` puts on
+    ``progress``, then its result as ``result`` names it, or an ``error`` event (the OpenAI
+    envelope plus the HTTP ``status`` it would have had). The work goes on if the client
+    leaves; its outcome is then read by nobody."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    async for event in progress_of(task, progress):
+        yield sse.encode(_dump(event), "progress")
+    error = task.exception()
+    if error is None:
+        name, payload = result(task.result())
+        yield sse.encode(payload.model_dump(), name)
+    else:
+        err = error if isinstance(error, CortexError) else EngineFailure(str(error))
+        yield sse.encode(openai.error_body(err) | {"status": err.status}, "error")
+
+
+def _dump(event: Any) -> Any:
+    return event.model_dump() if isinstance(event, BaseModel) else event
+
+
+def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    """Starlette's handlers for both programs' control routes: every error in the OpenAI
+    envelope; an unexpected exception logged with its traceback, answered with a plain 500."""
+    return {CortexError: _on_error, Exception: _on_error, 404: _not_found, 405: _not_found}
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, CortexError):
+        return error_response(exc, openai.error_body)
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(EngineFailure(f"Internal error: {type(exc).__name__}"), openai.error_body)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    if getattr(exc, "status_code", 404) == 405:
+        err = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}")
+        return json_response(openai.error_body(err), status=405)
+    return error_response(NotFound(f"No route {request.url.path}"), openai.error_body)

@@ -18,17 +18,18 @@ from anthropic.types import Message, RawMessageStreamEvent
 from anthropic.types.beta import BetaMessage, BetaRawMessageStreamEvent
 from pydantic import TypeAdapter
 
+from cortex import sse
 from cortex.errors import InvalidRequest, NeuronUnavailable
-from cortex.gateway.anthropic import (
-    IMAGE_PLACEHOLDER,
-    StreamTranslator,
-    from_openai,
-    prompt_too_long,
-    to_openai,
-    to_tokenize,
-)
+from cortex.gateway.dialects.anthropic_reply import from_openai, prompt_too_long
+from cortex.gateway.dialects.anthropic_request import IMAGE_PLACEHOLDER, to_openai, to_tokenize
+from cortex.gateway.dialects.anthropic_stream import StreamTranslator
 from cortex.protocol.anthropic import parse_count_tokens_request, parse_messages_request
-from cortex.protocol.openai import ChatCompletionRequest, parse_request
+from cortex.protocol.openai import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    parse_request,
+)
 from tests.protocol.test_anthropic import claude_code_request
 
 RAW_EVENT: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
@@ -373,8 +374,12 @@ def _chunk(
     return chunk
 
 
-def chunks(script: Script, *, continuous: bool = True) -> list[dict[str, Any]]:
-    """The chunks our neurons send (``wire/chat.py``), with continuous usage when asked."""
+def chunks(script: Script, *, continuous: bool = True) -> list[ChatCompletionChunk]:
+    """The chunks our neurons send (``wire/chat_projection.py``), continuous usage if asked."""
+    return [ChatCompletionChunk.model_validate(c) for c in raw_chunks(script, continuous)]
+
+
+def raw_chunks(script: Script, continuous: bool) -> list[dict[str, Any]]:
     p = script.prompt
     out = [_chunk({"role": "assistant", "content": ""}, 0 if continuous else None, p)]
     for n, (kind, *rest) in enumerate(script.steps, 1):
@@ -396,8 +401,12 @@ def chunks(script: Script, *, continuous: bool = True) -> list[dict[str, Any]]:
     return [*out, _chunk({}, used if continuous else None, p, **finish), _chunk(None, used, p)]
 
 
-def completion(script: Script) -> dict[str, Any]:
+def completion(script: Script) -> ChatCompletion:
     """The non-streaming ``chat.completion`` for the same generation."""
+    return ChatCompletion.model_validate(raw_completion(script))
+
+
+def raw_completion(script: Script) -> dict[str, Any]:
     text = "".join(s[1] for s in script.steps if s[0] == "text")
     reasoning = "".join(s[1] for s in script.steps if s[0] == "reasoning")
     calls = [
@@ -478,7 +487,7 @@ def sdk_message(body: bytes, *, beta: bool = False, **create: Any) -> Any:
 
 
 def sse_bytes(events: list[tuple[str, dict[str, Any]]]) -> bytes:
-    return b"".join(StreamTranslator.sse(name, data) for name, data in events)
+    return b"".join(sse.encode(data, name) for name, data in events)
 
 
 REASONING = ("reasoning", "The user wants files. "), ("reasoning", "Use ls.")
@@ -656,7 +665,8 @@ def test_upstream_error_mid_stream() -> None:
     translator = StreamTranslator("claude-x", message_id="msg_fixed")
     sent = chunks(SCRIPTS["text"])
     events = [event for chunk in sent[:2] for event in translator.feed(chunk)]
-    events += translator.feed({"error": {"message": "CUDA error", "type": "server_error"}})
+    failed = {"error": {"message": "CUDA error", "type": "server_error"}}
+    events += translator.feed(ChatCompletionChunk.model_validate(failed))
     assert shape(events) == [
         *HEAD,
         "content_block_start:text",
@@ -722,9 +732,3 @@ def test_arguments_go_to_their_own_tool_block() -> None:
             "delta": {"type": "input_json_delta", "partial_json": "{}"},
         }
     ]
-
-
-def test_sse_framing() -> None:
-    assert (
-        StreamTranslator.sse("ping", {"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
-    )

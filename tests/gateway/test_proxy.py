@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cortex import sse
 from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
 from cortex.gateway import proxy
 from cortex.gateway.app import GatewayApp
@@ -35,6 +36,8 @@ class FakeChat:
     status: int = 200
     stall: float = 0.0
     die_mid_stream: bool = False
+    crlf: bool = False  # end lines with "\r\n", as some servers do
+    garbage: bytes | None = None  # raw bytes written after the first chunk
     error: dict[str, Any] | None = None  # the error envelope's body when status != 200
     bodies: list[dict[str, Any]] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -56,9 +59,11 @@ class FakeChat:
                 responder.respond(200, json.dumps(reply).encode())
                 return
             responder.start(200, [(b"content-type", b"text/event-stream")])
-            await responder.write(_chunk({"role": "assistant", "content": ""}))
+            await responder.write(self._framed(_chunk({"role": "assistant", "content": ""})))
+            if self.garbage is not None:
+                await responder.write(self.garbage)
             for word in ("one", " two"):
-                await responder.write(_chunk({"content": word}))
+                await responder.write(self._framed(_chunk({"content": word})))
                 await asyncio.sleep(0.01)
                 if self.die_mid_stream:
                     raise RuntimeError("the neuron's process died")
@@ -72,6 +77,9 @@ class FakeChat:
         except asyncio.CancelledError:
             self.disconnected.set()
             raise
+
+    def _framed(self, event: bytes) -> bytes:
+        return event.replace(b"\n", b"\r\n") if self.crlf else event
 
 
 @dataclass
@@ -256,3 +264,48 @@ async def test_anthropic_prompt_too_long_in_anthropics_words(rig: Rig) -> None:
         "message": "prompt is too long: 70001 tokens > 65536 maximum",
     }
     assert response.json()["request_id"].startswith("req_")
+
+
+def _stream_text(body: bytes) -> str:
+    """The text of an OpenAI chat stream, read the way the SDKs read it."""
+    out = []
+    for event in sse.events([body]):
+        if not event.is_done():
+            for choice in json.loads(event.data).get("choices", []):
+                out.append(choice["delta"].get("content") or "")
+    return "".join(out)
+
+
+async def test_crlf_framed_streams_are_relayed_whole(rig: Rig) -> None:
+    rig.chats["a"].crlf = True
+    plain = await _post(rig, {"model": "m0", "messages": HELLO, "stream": True})
+    assert _stream_text(plain.content) == "one two"
+    body = {"model": "m0", "max_tokens": 16, "stream": True, "messages": HELLO}
+    async with httpx.AsyncClient(timeout=10) as client:
+        translated = await client.post(f"{rig.url}/v1/messages", json=body)
+    deltas = [json.loads(e.data) for e in sse.events([translated.content])]
+    text = [d["delta"]["text"] for d in deltas if d["type"] == "content_block_delta"]
+    assert "".join(text) == "one two"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"data: {not json\n\n", b'data: {"choices": 5}\n\n', b"data: " + b"x" * (17 << 20)],
+    ids=["not-json", "wrong-shape", "past-the-cap"],
+)
+async def test_an_upstream_event_that_does_not_parse_ends_the_stream_in_the_dialect(
+    rig: Rig, garbage: bytes
+) -> None:
+    rig.chats["a"].garbage = garbage
+    chat = await _post(rig, {"model": "m0", "messages": HELLO, "stream": True})
+    events = list(sse.events([chat.content]))
+    assert events[-1].is_done()
+    error = json.loads(events[-2].data)["error"]
+    assert error["code"] in ("bad_upstream", "upstream_event_too_large")
+    assert error["type"] == "server_error"
+    body = {"model": "m0", "max_tokens": 16, "stream": True, "messages": HELLO}
+    async with httpx.AsyncClient(timeout=10) as client:
+        translated = await client.post(f"{rig.url}/v1/messages", json=body)
+    last = list(sse.events([translated.content]))[-1]
+    assert last.name == "error"
+    assert json.loads(last.data)["error"]["type"] == "api_error"

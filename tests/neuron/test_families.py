@@ -14,7 +14,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.generation import parsed_format
+from cortex.neuron.prepare import parsed_format
 from cortex.neuron.prompt import ChatTemplate
 from cortex.neuron.prompt.adapt import adapt
 from cortex.neuron.prompt.probe import PROBE_SHOWN, PROBE_TOOLS, conversation

@@ -11,9 +11,9 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from cortex.neuron.responses_input import ResponseStore, output_messages, to_chat
+from cortex.neuron.responses_to_chat import ResponseStore, output_messages, to_chat
 from cortex.neuron.wire.events import Done, Error, InferenceEvent, Reasoning, Text, ToolCall
-from cortex.neuron.wire.responses import (
+from cortex.neuron.wire.responses_projection import (
     ResponseCollector,
     ResponseStreamProjector,
     new_id,

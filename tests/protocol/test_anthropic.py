@@ -336,6 +336,8 @@ EXPECTED_TYPES = {
     "NoCapacity": "overloaded_error",
     "ModelLoadFailed": "api_error",
     "NeuronUnavailable": "overloaded_error",
+    "BadUpstream": "api_error",
+    "EventTooLarge": "api_error",
     "UpstreamTimeout": "timeout_error",
     "EngineFailure": "api_error",
 }

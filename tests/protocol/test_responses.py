@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.responses_input import flat_tool_name, to_chat
+from cortex.neuron.responses_to_chat import flat_tool_name, to_chat
 from cortex.protocol.openai import ChatMessage, NamedToolChoice
 from cortex.protocol.responses import ResponsesRequest, parse_responses_request
 

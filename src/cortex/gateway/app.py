@@ -11,23 +11,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from cortex.config import CortexConfig, ModelsConfig
-from cortex.errors import CortexError, EngineFailure, InvalidRequest, NotFound
-from cortex.gateway.anthropic_proxy import AnthropicDialect, count_tokens
+from cortex.errors import CortexError, InvalidRequest, NotFound
 from cortex.gateway.bridge import call_asgi
 from cortex.gateway.catalogue import Catalogue, anthropic_models, fleet_view, placements
+from cortex.gateway.dialects.anthropic import AnthropicDialect, count_tokens
+from cortex.gateway.dialects.openai import OpenAIDialect
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.http import HttpRequest, HttpServer, Responder
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
-from cortex.gateway.openai_dialect import OpenAIDialect
 from cortex.gateway.proxy import Dialect, Proxy
 from cortex.gateway.upstream import UpstreamPool
 from cortex.protocol import openai
@@ -39,7 +39,13 @@ from cortex.protocol.fleet import (
     FleetProgress,
     FleetUnloadRequest,
 )
-from cortex.web import error_response, json_response, progress_of, read_body, sse_event
+from cortex.web import (
+    exception_handlers,
+    json_response,
+    progress_events,
+    read_body,
+    sse_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,6 @@ HOT_ROUTES: dict[str, Dialect] = {
     "/v1/responses": OpenAIDialect("responses"),
     "/v1/messages": AnthropicDialect(),
 }
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class GatewayApp:
@@ -98,12 +103,7 @@ class GatewayApp:
         ]
         return Starlette(
             routes=routes,
-            exception_handlers={
-                CortexError: self._on_error,
-                Exception: self._on_error,
-                404: self._not_found,
-                405: self._not_found,
-            },
+            exception_handlers=exception_handlers(),
         )
 
     # --- routes ----------------------------------------------------------------------
@@ -134,29 +134,11 @@ class GatewayApp:
         body = openai.parse_request(FleetLoadRequest, await self._body(request))
         model = self.fleet.snapshot.resolve(body.model)
         if "text/event-stream" in request.headers.get("accept", ""):
-            return StreamingResponse(
-                self._load_events(model, body.node),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
-            )
+            progress: asyncio.Queue[FleetProgress] = asyncio.Queue()
+            work = self.fleet.ensure(model, body.node, progress.put_nowait, lease=False)
+            return sse_response(progress_events(work, progress, partial(_loaded, model)))
         node = await self.fleet.ensure(model, body.node, lease=False)
         return json_response(FleetActionResult(model=model, nodes=[node], state="ready"))
-
-    async def _load_events(self, model: str, node: str | None) -> AsyncIterator[bytes]:
-        progress: asyncio.Queue[FleetProgress] = asyncio.Queue()
-        task = asyncio.ensure_future(
-            self.fleet.ensure(model, node, progress.put_nowait, lease=False)
-        )
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        async for event in progress_of(task, progress):
-            yield sse_event("progress", event.model_dump())
-        error = task.exception()
-        if error is None:
-            result = FleetActionResult(model=model, nodes=[task.result()], state="ready")
-            yield sse_event("result", result.model_dump())
-        else:
-            err = error if isinstance(error, CortexError) else EngineFailure(str(error))
-            yield sse_event("error", openai.error_body(err) | {"status": err.status})
 
     async def fleet_unload(self, request: Request) -> Response:
         body = openai.parse_request(FleetUnloadRequest, await self._body(request))
@@ -181,19 +163,9 @@ class GatewayApp:
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.config.gateway.max_request_bytes)
 
-    async def _on_error(self, request: Request, exc: Exception) -> Response:
-        if isinstance(exc, CortexError):
-            return error_response(exc, openai.error_body)
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            EngineFailure(f"Internal error: {type(exc).__name__}"), openai.error_body
-        )
 
-    async def _not_found(self, request: Request, exc: Exception) -> Response:
-        if getattr(exc, "status_code", 404) == 405:
-            err = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}")
-            return json_response(openai.error_body(err), status=405)
-        return error_response(NotFound(f"No route {request.url.path}"), openai.error_body)
+def _loaded(model: str, node: str) -> tuple[str, FleetActionResult]:
+    return "result", FleetActionResult(model=model, nodes=[node], state="ready")
 
 
 def error_payload(path: str, err: CortexError) -> tuple[bytes, bytes]:

@@ -11,8 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
+from cortex import sse
 from cortex.errors import (
+    BadUpstream,
     CortexError,
     InsufficientMemory,
     ModelLoadFailed,
@@ -22,6 +25,7 @@ from cortex.errors import (
 )
 from cortex.gateway.state import NodeState
 from cortex.protocol.lifecycle import AvailableModel, LoadProgress, ModelRecord, NodeStatus
+from cortex.protocol.openai import error_from_body
 
 ProgressCallback = Callable[[LoadProgress], None]
 
@@ -71,19 +75,19 @@ class NeuronClient:
             ) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    raise _load_error(node, response.status_code, _json(response.content))
-                event = None
-                async for line in response.aiter_lines():
-                    if line.startswith("event: "):
-                        event = line.removeprefix("event: ")
-                    elif line.startswith("data: "):
-                        data = json.loads(line.removeprefix("data: "))
-                        if event == "progress" and progress is not None:
-                            progress(LoadProgress.model_validate(data))
-                        elif event == "record":
-                            return ModelRecord.model_validate(data)
-                        elif event == "error":
-                            raise _load_error(node, int(data.get("status", 503)), data)
+                    raise _load_error(node, response.status_code, response.content)
+                decoder = sse.Decoder()
+                async for piece in response.aiter_bytes():
+                    for event in decoder.feed(piece):
+                        if event.name == "progress" and progress is not None:
+                            progress(LoadProgress.model_validate_json(event.data))
+                        elif event.name == "record":
+                            return ModelRecord.model_validate_json(event.data)
+                        elif event.name == "error":
+                            status = _json(event.data).get("status")
+                            raise _load_error(
+                                node, status if isinstance(status, int) else 503, event.data
+                            )
         except httpx.TimeoutException:
             raise UpstreamTimeout(
                 f"Node {node.name} did not finish loading {model!r} within {self._load_timeout:g}s"
@@ -91,6 +95,10 @@ class NeuronClient:
         except httpx.HTTPError as exc:
             raise NeuronUnavailable(
                 f"Node {node.name} failed while loading {model!r}: {exc}"
+            ) from None
+        except ValidationError as exc:
+            raise BadUpstream(
+                f"Node {node.name} sent a load event that is not valid: {exc.errors()[0]['msg']}"
             ) from None
         raise ModelLoadFailed(f"Node {node.name} ended the load of {model!r} without a result")
 
@@ -117,10 +125,9 @@ class NeuronClient:
             ) from None
         except httpx.HTTPError as exc:
             raise NeuronUnavailable(f"Node {node.name} is unreachable: {exc}") from None
-        data = _json(response.content)
         if response.status_code >= 400:
-            raise _error_from(node, response.status_code, data)
-        return data
+            raise _error_from(node, response.status_code, response.content)
+        return _json(response.content)
 
     @staticmethod
     def _auth(node: NodeState) -> dict[str, str]:
@@ -135,14 +142,15 @@ def _json(content: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _error_from(node: NodeState, status: int, data: dict[str, Any]) -> CortexError:
-    error = data.get("error")
-    if not isinstance(error, dict):
-        error = {}
-    message = str(error.get("message") or f"HTTP {status}")
-    reason = f"Node {node.name}: {message}"
-    if status == 507:
-        extra = {k: error[k] for k in ("needed_bytes", "free_bytes") if k in error}
+def _error_from(node: NodeState, status: int, body: bytes) -> CortexError:
+    """A neuron's control-plane error, said as the fleet acts on it: it does not fit (507),
+    the source is missing (404), the node is unwell (502-504), else the operation failed."""
+    error = error_from_body(status, body)
+    reason = f"Node {node.name}: {error.message}"
+    if isinstance(error, InsufficientMemory):
+        extra: dict[str, object] = {
+            k: error.extra[k] for k in ("needed_bytes", "free_bytes") if k in error.extra
+        }
         return InsufficientMemory(reason, extra=extra)
     if status == 404:
         return SourceNotFound(reason)
@@ -151,10 +159,10 @@ def _error_from(node: NodeState, status: int, data: dict[str, Any]) -> CortexErr
     return ModelLoadFailed(reason)
 
 
-def _load_error(node: NodeState, status: int, data: dict[str, Any]) -> CortexError:
+def _load_error(node: NodeState, status: int, body: bytes) -> CortexError:
     """A failed load is a 503 with the neuron's reason, except "does not fit" (507),
     which the fleet answers by evicting more or placing elsewhere."""
-    error = _error_from(node, status, data)
+    error = _error_from(node, status, body)
     if isinstance(error, InsufficientMemory | NeuronUnavailable):
         return error
     return ModelLoadFailed(error.message)

@@ -6,7 +6,7 @@ envelope, keep-alives, and how the neuron's answer reaches the client. The OpenA
 dialects (``chat``, ``responses``) read only ``model`` and ``stream`` from the body and
 relay bytes; the body is re-serialised only when it must change (an alias, or asking
 the neuron for the usage chunk a streaming client did not ask for, which is then
-removed). The Anthropic dialect translates (``gateway.anthropic_proxy``).
+removed). The Anthropic dialect translates (``gateway.dialects.anthropic``).
 
 Contracts:
 
@@ -26,6 +26,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
+from cortex import sse
 from cortex.config import GatewaySection
 from cortex.errors import (
     CortexError,
@@ -40,11 +43,6 @@ from cortex.gateway.router import pick_ready
 from cortex.gateway.state import Snapshot
 from cortex.gateway.upstream import UpstreamConnectError, UpstreamPool, UpstreamResponse
 
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 KEEPALIVE_EVERY = 5.0
 RETRY_STATUSES = (502, 503)
 
@@ -131,7 +129,7 @@ class Proxy:
                         f"The model {request.model!r} does not exist", param="model"
                     )
                 if request.stream:
-                    responder.start(200, SSE_HEADERS)
+                    responder.start(200, sse.RAW_HEADERS)
                     started = True
                 node = await self._wait_for_model(responder, request, recorder, dialect, started)
             recorder.dispatched(node)
@@ -234,3 +232,15 @@ class Proxy:
             other = await self._wait_for_model(responder, request, recorder, dialect, started)
         recorder.node = other
         return other
+
+
+def send_error(
+    responder: Responder,
+    err: CortexError,
+    envelope: dict[str, Any],
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer with ``err``'s status, its headers (``Retry-After`` …) and ``envelope``, the
+    dialect's error body for it."""
+    raw = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    responder.respond(err.status, orjson.dumps(envelope), headers=[*raw, *(headers or [])])

@@ -1,7 +1,7 @@
 """The neuron's HTTP routes. Thin: parse → call the registry or service → project.
 
-Every error leaves through ``_on_error`` in the OpenAI envelope; an unexpected
-exception is logged with its traceback and answered with a plain 500 message.
+Every error leaves through ``web.exception_handlers`` in the OpenAI envelope; an
+unexpected exception is logged with its traceback and answered with a plain 500 message.
 """
 
 from __future__ import annotations
@@ -16,24 +16,25 @@ import torch
 import transformers
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from cortex import __version__
 from cortex.config import NeuronConfig
-from cortex.errors import CortexError, EngineFailure, InvalidRequest, NotFound, Unauthorized
+from cortex.errors import CortexError, Unauthorized
 from cortex.neuron import defrag, sources
+from cortex.neuron.chat_service import ChatService
 from cortex.neuron.devices import Device, discover
 from cortex.neuron.metrics import CONTENT_TYPE, NeuronMetrics
 from cortex.neuron.models import ModelRegistry
 from cortex.neuron.prompt import render
-from cortex.neuron.responses import ResponsesService
-from cortex.neuron.serving import ChatService
+from cortex.neuron.responses_service import ResponsesService
 from cortex.protocol import openai
 from cortex.protocol.lifecycle import (
     DefragResult,
     LoadProgress,
     LoadRequest,
+    ModelRecord,
     ModelsView,
     NodeStatus,
     TokenizeRequest,
@@ -42,17 +43,15 @@ from cortex.protocol.lifecycle import (
 )
 from cortex.protocol.responses import parse_responses_request
 from cortex.web import (
-    error_response,
+    exception_handlers,
     json_response,
-    progress_of,
+    progress_events,
     read_body,
-    sse_event,
+    sse_response,
     unless_disconnected,
 )
 
 log = logging.getLogger(__name__)
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def engine_name() -> str:
@@ -88,12 +87,7 @@ class NeuronApp:
         return Starlette(
             routes=routes,
             lifespan=self._lifespan,
-            exception_handlers={
-                CortexError: self._on_error,
-                Exception: self._on_error,
-                404: self._not_found,
-                405: self._not_found,
-            },
+            exception_handlers=exception_handlers(),
         )
 
     @contextlib.asynccontextmanager
@@ -153,23 +147,9 @@ class NeuronApp:
         load = openai.parse_request(LoadRequest, await self._body(request))
         if "text/event-stream" not in request.headers.get("accept", ""):
             return json_response(await self.registry.load(load))
-        return StreamingResponse(
-            self._load_events(load), media_type="text/event-stream", headers=SSE_HEADERS
-        )
-
-    async def _load_events(self, load: LoadRequest) -> AsyncIterator[bytes]:
         progress: asyncio.Queue[LoadProgress] = asyncio.Queue()
-        task = asyncio.create_task(self.registry.load(load, progress.put_nowait))
-        # The load goes on if this client leaves; its outcome is then read by nobody.
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        async for event in progress_of(task, progress):
-            yield sse_event("progress", event.model_dump())
-        error = task.exception()
-        if error is None:
-            yield sse_event("record", task.result().model_dump())
-        else:
-            err = error if isinstance(error, CortexError) else EngineFailure(str(error))
-            yield sse_event("error", openai.error_body(err) | {"status": err.status})
+        work = self.registry.load(load, progress.put_nowait)
+        return sse_response(progress_events(work, progress, _loaded))
 
     async def unload(self, request: Request) -> Response:
         self._authorize(request)
@@ -195,9 +175,7 @@ class NeuronApp:
         body = openai.parse_request(openai.ChatCompletionRequest, await self._body(request))
         chat = await self.chat.prepare(body)
         if body.stream:
-            return StreamingResponse(
-                self.chat.stream(chat), media_type="text/event-stream", headers=SSE_HEADERS
-            )
+            return sse_response(self.chat.stream(chat))
         completion = await unless_disconnected(request, self.chat.complete(chat))
         if completion is None:  # the client left; nobody reads this
             return Response(status_code=499)
@@ -207,11 +185,7 @@ class NeuronApp:
         body = parse_responses_request(await self._body(request))
         prepared = await self.responses.prepare(body)
         if body.stream:
-            return StreamingResponse(
-                self.responses.stream(prepared),
-                media_type="text/event-stream",
-                headers={**SSE_HEADERS, **prepared.headers},
-            )
+            return sse_response(self.responses.stream(prepared), prepared.headers)
         result = await unless_disconnected(request, self.responses.complete(prepared))
         if result is None:
             return Response(status_code=499)
@@ -233,20 +207,9 @@ class NeuronApp:
                 "This route needs the neuron's admin token as 'Authorization: Bearer <token>'"
             )
 
-    async def _on_error(self, request: Request, exc: Exception) -> Response:
-        if isinstance(exc, CortexError):
-            return error_response(exc, openai.error_body)
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            EngineFailure(f"Internal error: {type(exc).__name__}"), openai.error_body
-        )
 
-    async def _not_found(self, request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 404)
-        if status == 405:
-            err: CortexError = InvalidRequest(f"Method {request.method} is not allowed here")
-            return json_response(openai.error_body(err), status=405)
-        return error_response(NotFound(f"No route {request.url.path}"), openai.error_body)
+def _loaded(record: ModelRecord) -> tuple[str, ModelRecord]:
+    return "record", record
 
 
 def create_app(config: NeuronConfig, devices: list[Device] | None = None) -> Starlette:

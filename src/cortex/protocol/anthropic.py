@@ -1,7 +1,7 @@
 """Anthropic Messages API wire shapes: requests, error envelopes (``POST /v1/messages``).
 
 Data shapes only, no I/O; the translation to and from the OpenAI chat dialect the neurons
-speak lives in ``gateway.anthropic``. Validated strictly like ``protocol.openai`` (a string
+speak lives in ``gateway.dialects``. Validated strictly like ``protocol.openai`` (a string
 where a number belongs is a 400 naming the field); unknown fields are accepted and ignored,
 because Claude Code sends many (``context_management``, ``output_config``, ``metadata``,
 ``cache_control`` on blocks, ``defer_loading`` on tools, ``$schema`` inside schemas).
@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError
 
-from cortex.errors import CortexError, InvalidRequest
-from cortex.protocol.openai import invalid_from_validation, type_tag
+from cortex.errors import CortexError
+from cortex.protocol.validation import invalid_request, type_tag
 
 _REQUEST = ConfigDict(extra="allow", strict=True)
 
@@ -268,43 +268,7 @@ def _parse(model: type[M], body: bytes | str | dict[str, Any]) -> M:
             return model.model_validate(body)
         return model.model_validate_json(body)
     except ValidationError as exc:
-        raise _invalid(exc) from None
-
-
-def _invalid(exc: ValidationError) -> InvalidRequest:
-    """The most specific error (deepest in the body), its location free of union branches."""
-    errors = exc.errors(include_url=False)
-    if errors[0]["type"] == "json_invalid" or not errors[0]["loc"]:
-        return invalid_from_validation(exc)
-    cleaned = [(_clean(e["loc"]), e) for e in errors]
-    loc, error = max(cleaned, key=lambda pair: len(pair[0]))
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "missing":
-        message = "Field required"
-    elif error["type"] == "union_tag_not_found":
-        message = "Field required: every entry needs a string 'type'"
-        loc = [*loc, "type"]
-    elif error["type"] == "union_tag_invalid":
-        message = f"Unknown type {error.get('ctx', {}).get('tag')!r}"
-        loc = [*loc, "type"]
-    elif sum(1 for other, _ in cleaned if other == loc) > 1:
-        message = "Input should be a string or an array"  # every branch of ``str | list`` failed
-    param = ".".join(loc) or None
-    return InvalidRequest(f"{param}: {message}" if param else message, param=param)
-
-
-def _clean(loc: tuple[int | str, ...]) -> list[str]:
-    out: list[str] = []
-    previous: int | str = ""
-    for part in loc:
-        text = str(part)
-        branch = text.startswith(("function-", "list[", "literal[")) or text == "str"
-        tag = text in _TAGS and (isinstance(previous, int) or previous in _UNION_FIELDS)
-        if not branch:
-            previous = "" if tag else part  # a field follows a tag, never another tag
-        if not (branch or tag):
-            out.append(text)
-    return out
+        raise invalid_request(exc, tags=_TAGS, tagged_fields=_UNION_FIELDS, deepest=True) from None
 
 
 # --- errors -------------------------------------------------------------------------------

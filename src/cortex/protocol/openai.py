@@ -7,12 +7,34 @@ clients send many (``user``, ``logit_bias``, ``store`` …) that change nothing 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
-from cortex.errors import CortexError, InvalidRequest
+from cortex.errors import (
+    Conflict,
+    ContextLengthExceeded,
+    CortexError,
+    EngineFailure,
+    InsufficientMemory,
+    InvalidRequest,
+    ModelNotFound,
+    NeuronUnavailable,
+    NotFound,
+    Overloaded,
+    RequestTooLarge,
+    SourceNotFound,
+    Unauthorized,
+    UpstreamTimeout,
+)
+from cortex.protocol.validation import invalid_request
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -147,45 +169,7 @@ def parse_request(model: type[M], body: bytes) -> M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
-
-
-def type_tag(
-    known: frozenset[str], *, untyped: Callable[[dict[str, Any]], str | None] | None = None
-) -> Any:
-    """A discriminator: a known ``type`` picks its model, any other string type is ``other``.
-
-    ``untyped`` names the branch for an object with no ``type`` at all (an Anthropic custom
-    tool, a Responses message), or None for no branch.
-    """
-
-    def pick(value: Any) -> str | None:
-        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-        if kind is None and untyped is not None and isinstance(value, dict):
-            return untyped(value)
-        if not isinstance(kind, str):
-            return None
-        return kind if kind in known else "other"
-
-    return Discriminator(pick)
-
-
-def invalid_from_validation(exc: ValidationError) -> InvalidRequest:
-    error = exc.errors(include_url=False)[0]
-    if error["type"] == "json_invalid":
-        return InvalidRequest(f"Request body is not valid JSON: {error['msg']}")
-    loc = [str(part) for part in error["loc"] if not str(part).startswith(("function-", "list["))]
-    # Drop the union-branch names pydantic adds ("str", "list[...]") from the path.
-    loc = [part for part in loc if part not in {"str", "int", "float", "bool", "NamedToolChoice"}]
-    param = ".".join(loc) if loc else None
-    if error["type"] == "model_type" and not loc:
-        return InvalidRequest("Request body must be a JSON object")
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "missing":
-        message = "Field required"
-    elif error["type"] == "literal_error" and loc and loc[-1] == "role":
-        message = f"Unknown role {error.get('input')!r}: {message}"
-    return InvalidRequest(f"{param}: {message}" if param else message, param=param)
+        raise invalid_request(exc) from None
 
 
 # --- responses -------------------------------------------------------------------------
@@ -226,17 +210,22 @@ class OutputToolCall(BaseModel):
 class AssistantMessage(BaseModel):
     model_config = _SHAPE
     role: Literal["assistant"] = "assistant"
-    content: str | None
+    content: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
     tool_calls: list[OutputToolCall] | None = None
+
+    @property
+    def reasoning_text(self) -> str | None:
+        """The reasoning, from whichever field carries it (neurons may send both)."""
+        return self.reasoning_content if self.reasoning_content is not None else self.reasoning
 
 
 class Choice(BaseModel):
     model_config = _SHAPE
     index: int = 0
     message: AssistantMessage
-    finish_reason: str | None
+    finish_reason: str | None = None
     logprobs: dict[str, Any] | None = None
     stop_reason: str | int | None = None  # vLLM's: the stop string or token that ended it
 
@@ -252,6 +241,108 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+# --- what the gateway reads of a neuron's answer ------------------------------------------
+
+
+_READ = ConfigDict(extra="ignore")  # what the gateway reads of a neuron's answer, no more
+
+
+class TokenCounts(BaseModel):
+    """Usage as either OpenAI dialect reports it: chat (``prompt_tokens``/
+    ``completion_tokens``) or Responses (``input_tokens``/``output_tokens``)."""
+
+    model_config = _READ
+    prompt: int = Field(0, validation_alias=AliasChoices("prompt_tokens", "input_tokens"))
+    completion: int = Field(0, validation_alias=AliasChoices("completion_tokens", "output_tokens"))
+
+
+class ChunkFunction(BaseModel):
+    model_config = _READ
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkToolCall(BaseModel):
+    model_config = _READ
+    index: int | None = None
+    id: str | None = None
+    type: str | None = None
+    function: ChunkFunction = Field(default_factory=ChunkFunction)
+
+
+class Delta(BaseModel):
+    model_config = _READ
+    role: str | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
+
+    @property
+    def reasoning_text(self) -> str | None:
+        """The reasoning, from whichever field carries it (neurons may send both)."""
+        return self.reasoning_content if self.reasoning_content is not None else self.reasoning
+
+    @property
+    def has_output(self) -> bool:
+        """Generated output: text, reasoning or a tool call (not the opening role delta)."""
+        return bool(self.content or self.reasoning_text or self.tool_calls)
+
+
+class ChunkChoice(BaseModel):
+    model_config = _READ
+    index: int = 0
+    delta: Delta = Field(default_factory=Delta)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None  # vLLM's: the stop string or token that ended it
+    logprobs: dict[str, Any] | None = None
+
+
+class ErrorDetail(BaseModel):
+    """An OpenAI error envelope's ``error``; extra figures (``prompt_tokens``,
+    ``context_length``, ``needed_bytes`` …) stay in ``model_extra``."""
+
+    model_config = _SHAPE
+    message: str | None = None
+    type: str | None = None
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One ``chat.completion.chunk`` of a stream, or the error event that ends one."""
+
+    model_config = _READ
+    id: str | None = None
+    object: str | None = None
+    created: int | None = None
+    model: str | None = None
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: TokenCounts | None = None
+    error: ErrorDetail | None = None
+
+    @property
+    def has_output(self) -> bool:
+        return any(choice.delta.has_output for choice in self.choices)
+
+    @property
+    def is_usage_only(self) -> bool:
+        """The chunk after the last finish that carries only the stream's usage."""
+        return not self.choices and self.usage is not None
+
+
+class ErrorEnvelope(BaseModel):
+    model_config = _READ
+    error: ErrorDetail | None = None
+
+
+class Counted(BaseModel):
+    """The usage of a whole reply: a ``chat.completion`` or a Responses ``response``."""
+
+    model_config = _READ
+    usage: TokenCounts | None = None
+
+
 class ModelCard(BaseModel):
     model_config = _SHAPE
     id: str
@@ -264,6 +355,42 @@ class ModelList(BaseModel):
     model_config = _SHAPE
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+_BY_CODE: dict[str, type[CortexError]] = {
+    "context_length_exceeded": ContextLengthExceeded,
+    "model_not_found": ModelNotFound,
+    "source_not_found": SourceNotFound,
+    "insufficient_memory": InsufficientMemory,
+}
+_BY_STATUS: dict[int, type[CortexError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    413: RequestTooLarge,
+    429: Overloaded,
+    503: NeuronUnavailable,
+    504: UpstreamTimeout,
+    507: InsufficientMemory,
+}
+
+
+def error_from_body(status: int, body: bytes) -> CortexError:
+    """The CortexError behind an answer of HTTP ``status`` (the inverse of ``error_body``).
+
+    Picked by the envelope's ``code``, else by the status, else ``EngineFailure``; the
+    envelope's extra figures (``prompt_tokens``, ``needed_bytes`` …) are kept in ``extra``.
+    A body that is no envelope still gives an error, saying the status.
+    """
+    try:
+        detail = ErrorEnvelope.model_validate_json(body).error or ErrorDetail()
+    except ValidationError:
+        detail = ErrorDetail()
+    message = detail.message or f"The neuron answered HTTP {status}"
+    kind = _BY_CODE.get(detail.code) if isinstance(detail.code, str) else None
+    kind = kind or _BY_STATUS.get(status, EngineFailure)
+    return kind(message, extra=dict(detail.model_extra or {}))
 
 
 def error_body(err: CortexError) -> dict[str, Any]:

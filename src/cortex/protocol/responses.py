@@ -1,7 +1,7 @@
 """OpenAI Responses API request shapes (``POST /v1/responses``).
 
 Data shapes only, no I/O; the conversion to chat messages lives in
-``neuron.responses_input`` and the output side in ``neuron.wire.responses``.
+``neuron.responses_to_chat`` and the output side in ``neuron.wire.responses_projection``.
 Validated strictly like ``protocol.openai`` (a string where a number belongs is a 400
 naming the field); unknown fields are accepted and ignored. Input items and tools are
 discriminated by ``type``: the kinds we act on are typed, every other kind (hosted tool
@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from cortex.errors import InvalidRequest
-from cortex.protocol.openai import Penalty, Probability, invalid_from_validation, type_tag
+from cortex.protocol.openai import Counted, Penalty, Probability
+from cortex.protocol.validation import invalid_request, type_tag
 
 _REQUEST = ConfigDict(extra="allow", strict=True)
 
@@ -253,6 +253,7 @@ _TAGS = _ITEMS | {
     "input_image",
     "input_file",
 }
+_TAGGED_FIELDS = frozenset({"tool_choice"})
 
 
 def parse_responses_request(body: bytes) -> ResponsesRequest:
@@ -265,43 +266,21 @@ def parse_responses_request(body: bytes) -> ResponsesRequest:
     try:
         return ResponsesRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise invalid_request(exc, tags=_TAGS, tagged_fields=_TAGGED_FIELDS, deepest=True) from None
 
 
-def _invalid(exc: ValidationError) -> InvalidRequest:
-    errors = exc.errors(include_url=False)
-    if errors[0]["type"] == "json_invalid" or not errors[0]["loc"]:
-        return invalid_from_validation(exc)
-    cleaned = [(_clean(e["loc"]), e) for e in errors]
-    loc, error = max(cleaned, key=lambda pair: len(pair[0]))
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "missing":
-        message = "Field required"
-    elif error["type"] == "literal_error" and loc and loc[-1] == "role":
-        message = f"Unknown role {error.get('input')!r}: {message}"
-    elif error["type"] == "union_tag_not_found":
-        message = "Field required: every entry needs a string 'type'"
-        if loc[:1] == ["input"]:
-            message += " (a message may give just its 'role')"
-        loc = [*loc, "type"]
-    elif error["type"] == "union_tag_invalid":
-        message = f"Unknown type {error.get('ctx', {}).get('tag')!r}"
-        loc = [*loc, "type"]
-    elif sum(1 for other, _ in cleaned if other == loc) > 1:
-        message = "Input should be a string or an array"  # every branch of ``str | list`` failed
-    param = ".".join(loc) or None
-    return InvalidRequest(f"{param}: {message}" if param else message, param=param)
+# --- what the gateway reads of a Responses stream ----------------------------------------
 
 
-def _clean(loc: tuple[int | str, ...]) -> list[str]:
-    out: list[str] = []
-    previous: int | str = ""
-    for part in loc:
-        text = str(part)
-        branch = text.startswith(("function-", "list[", "literal[")) or text == "str"
-        tag = text in _TAGS and (isinstance(previous, int) or previous == "tool_choice")
-        if not branch:
-            previous = part
-        if not (branch or tag):
-            out.append(text)
-    return out
+class StreamEvent(BaseModel):
+    """One event of a Responses stream, as far as the gateway reads it: its type, and the
+    final ``response`` (with its usage) on ``response.completed`` and its kin."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: str = ""
+    response: Counted | None = None
+
+    @property
+    def has_output(self) -> bool:
+        """Generated output: a text, reasoning or call-arguments delta."""
+        return self.type.endswith(".delta")

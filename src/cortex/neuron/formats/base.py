@@ -3,7 +3,7 @@
 A model family writes reasoning and tool calls in its own syntax. ``ToolSyntax`` is the contract
 each format module (``hermes``, ``qwen3_coder``, ``glm``, ``llama_json``, ``mistral``,
 ``deepseek``, ``kimi``, ``pythonic``) fulfils, so that the stream parser (``wire.stream``), the
-steering of ``tool_choice`` (``generation``) and the prompt side (``prompt``) need no per-family
+steering of ``tool_choice`` (``neuron.prepare``) and the prompt side (``prompt``) need no per-family
 code:
 
 * **Where a call section is.** It opens at the ``start`` token, or, for formats without one, when

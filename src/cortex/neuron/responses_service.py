@@ -1,8 +1,8 @@
 """The OpenAI Responses API on the neuron: request → chat form → generation → items.
 
-A Responses request is translated to the chat form (``responses_input``), runs through
-the same ``generation`` as chat completions, and the one event stream is projected into
-Responses objects and events (``wire.responses``). Finished responses are kept for
+A Responses request is translated to the chat form (``responses_to_chat``), runs through
+the same ``prepare`` as chat completions, and the one event stream is projected into
+Responses objects and events (``wire.responses_projection``). Finished responses are kept for
 ``previous_response_id`` in a bounded in-memory store (``store: false`` keeps nothing).
 """
 
@@ -16,11 +16,11 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from cortex.neuron import generation
-from cortex.neuron.generation import Generation
+from cortex.neuron import prepare
 from cortex.neuron.models import ModelRegistry
-from cortex.neuron.responses_input import Conversation, ResponseStore, to_chat
-from cortex.neuron.wire.responses import (
+from cortex.neuron.prepare import Generation
+from cortex.neuron.responses_to_chat import Conversation, ResponseStore, to_chat
+from cortex.neuron.wire.responses_projection import (
     ResponseCollector,
     ResponseStreamProjector,
     new_id,
@@ -60,13 +60,13 @@ class ResponsesService:
             )
         chat = conversation.chat_request(request.model, stream=bool(request.stream))
         response_id = new_id("resp")
-        prepared = await asyncio.to_thread(generation.prepare, chat, model, response_id)
+        prepared = await asyncio.to_thread(prepare.prepare, chat, model, response_id)
         head = response_head(request, response_id, int(time.time()))
         return PreparedResponse(prepared, request, conversation, head)
 
     async def complete(self, prepared: PreparedResponse) -> dict[str, Any]:
         collector = ResponseCollector(prepared.head, prepared.conversation.tool_names)
-        async with aclosing(generation.run(prepared.generation)) as events:
+        async with aclosing(prepare.run(prepared.generation)) as events:
             async for _, event in events:
                 collector.add(event)
         response = collector.response()
@@ -76,7 +76,7 @@ class ResponsesService:
     async def stream(self, prepared: PreparedResponse) -> AsyncIterator[bytes]:
         projector = ResponseStreamProjector(prepared.head, prepared.conversation.tool_names)
         yield projector.start()
-        async with aclosing(generation.run(prepared.generation)) as events:
+        async with aclosing(prepare.run(prepared.generation)) as events:
             async for _, event in events:
                 yield projector.project(event)
         if projector.response is not None:

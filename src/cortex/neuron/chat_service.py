@@ -1,6 +1,6 @@
 """Chat completions on the neuron: request → generation → projected reply.
 
-``ChatService`` talks to the engine only through ``generation`` (and so the
+``ChatService`` talks to the engine only through ``prepare`` (and so the
 ``Harness`` contract). It validates everything before a stream starts, so every
 error a client can cause is an HTTP error in the OpenAI envelope; what fails after
 the first byte is sent as an error event inside the stream.
@@ -15,17 +15,16 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from cortex import sse
 from cortex.errors import EngineFailure
-from cortex.neuron import generation
-from cortex.neuron.generation import Generation
+from cortex.neuron import prepare
 from cortex.neuron.models import ModelRegistry
-from cortex.neuron.wire.chat import (
-    DONE_LINE,
+from cortex.neuron.prepare import Generation
+from cortex.neuron.wire.chat_projection import (
     ChatCollector,
     ChunkProjector,
     ReasoningField,
     completion,
-    sse,
 )
 from cortex.neuron.wire.events import Done, Error
 from cortex.protocol.openai import ChatCompletion, ChatCompletionRequest, error_body
@@ -47,7 +46,7 @@ class ChatService:
     async def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         model = await self.registry.acquire(request.model)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        prepared = await asyncio.to_thread(generation.prepare, request, model, completion_id)
+        prepared = await asyncio.to_thread(prepare.prepare, request, model, completion_id)
         field = request.reasoning_field or self.registry.config.reasoning_field
         return PreparedChat(prepared, request, completion_id, int(time.time()), field)
 
@@ -56,7 +55,7 @@ class ChatService:
         n = len(chat.generation.inferences)
         collectors = [ChatCollector(reasoning_field=chat.reasoning_field) for _ in range(n)]
         dones: list[Done | None] = [None] * n
-        async with aclosing(generation.run(chat.generation)) as events:
+        async with aclosing(prepare.run(chat.generation)) as events:
             async for index, event in events:
                 if isinstance(event, Error):
                     raise EngineFailure(event.message)
@@ -83,9 +82,9 @@ class ChatService:
             n=len(chat.generation.inferences),
         )
         yield projector.start()
-        async with aclosing(generation.run(chat.generation)) as events:
+        async with aclosing(prepare.run(chat.generation)) as events:
             async for index, event in events:
                 if isinstance(event, Error):
-                    yield sse(error_body(EngineFailure(event.message))) + DONE_LINE
+                    yield sse.encode(error_body(EngineFailure(event.message))) + sse.DONE
                     return
                 yield projector.project(index, event, chat.generation.completion_tokens[index])

@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
+from cortex import sse
 from cortex.neuron.wire.events import (
     Done,
     InferenceEvent,
@@ -33,12 +32,7 @@ from cortex.protocol.openai import (
     usage,
 )
 
-DONE_LINE = b"data: [DONE]\n\n"
 ReasoningField = Literal["both", "reasoning_content", "reasoning"]
-
-
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def client_finish_reason(done: Done, made_calls: bool) -> str:
@@ -205,8 +199,8 @@ class ChunkProjector:
                 payload = dict(self._base, choices=[])
                 final = usage(event.prompt_tokens, self._generated, self._reasoning)
                 payload["usage"] = final.model_dump(exclude_none=True)
-                out += sse(payload)
-            return out + DONE_LINE
+                out += sse.encode(payload)
+            return out + sse.DONE
         return b""
 
     def _chunk(
@@ -239,4 +233,4 @@ class ChunkProjector:
                 "completion_tokens": tokens,
                 "total_tokens": self._prompt + tokens,
             }
-        return sse(payload)
+        return sse.encode(payload)

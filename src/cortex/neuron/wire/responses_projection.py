@@ -1,6 +1,6 @@
 """InferenceEvents → OpenAI Responses API objects and stream events.
 
-One projection of the event model (``wire.events``), like ``wire.chat``. Output items
+One projection of the event model (``wire.events``), like ``wire.chat_projection``. Output items
 open in the order their events arrive and a different kind of event closes the open
 one: reasoning → a ``reasoning`` item (its text as ``reasoning_text`` content), text →
 a ``message`` item with one ``output_text`` part, each tool call → its own
@@ -23,12 +23,12 @@ because this runs once per generated token.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from cortex import sse
 from cortex.neuron.wire.events import Done, Error, InferenceEvent, Reasoning, Text, ToolCall
 from cortex.protocol.responses import ResponsesRequest
 
@@ -260,9 +260,8 @@ class _Builder:
         return self.event("response.failed", response=final)
 
 
-def sse_event(payload: Mapping[str, Any]) -> bytes:
-    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {payload['type']}\ndata: {data}\n\n".encode()
+def _event(payload: Mapping[str, Any]) -> bytes:
+    return sse.encode(payload, payload["type"])
 
 
 class ResponseStreamProjector:
@@ -276,10 +275,10 @@ class ResponseStreamProjector:
         self._builder = _Builder(head, tool_names or {})
 
     def start(self) -> bytes:
-        return b"".join(sse_event(e) for e in self._builder.start())
+        return b"".join(_event(e) for e in self._builder.start())
 
     def project(self, event: InferenceEvent) -> bytes:
-        return b"".join(sse_event(e) for e in self._builder.feed(event))
+        return b"".join(_event(e) for e in self._builder.feed(event))
 
     @property
     def response(self) -> dict[str, Any] | None:

@@ -1,12 +1,9 @@
-"""Anthropic Messages ⇄ the OpenAI chat dialect the neurons speak.
+"""Anthropic Messages requests → the OpenAI chat dialect the neurons speak.
 
-Owns the translation, as pure functions over typed requests and plain dicts (no I/O):
-
-* ``to_openai``: a ``MessagesRequest`` → the chat completion body sent to a neuron;
-* ``to_tokenize``: a ``CountTokensRequest`` → the neuron's ``/tokenize`` body;
-* ``from_openai``: a non-streaming ``chat.completion`` → an Anthropic ``message``;
-* ``StreamTranslator`` (from ``gateway.anthropic_stream``): the streaming counterpart;
-* ``prompt_too_long``: Anthropic's wording for a prompt past the model's context.
+Pure functions over typed requests (no I/O): ``to_openai`` (a ``MessagesRequest`` → the
+chat completion body sent to a neuron) and ``to_tokenize`` (a ``CountTokensRequest`` →
+the neuron's ``/tokenize`` body). The reply side is ``gateway.dialects.anthropic_reply`` (whole
+replies) and ``gateway.dialects.anthropic_stream`` (streams).
 
 Chat templates accept a system prompt only first, so every ``system`` text (the top-level
 field and any ``role: "system"`` message inside ``messages``, wherever it sits) is folded,
@@ -17,21 +14,10 @@ become a short placeholder, so a screenshot tool does not wedge a whole conversa
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
-from cortex.errors import CortexError, InvalidRequest
-from cortex.gateway.anthropic_stream import (
-    StreamTranslator,
-    message_id,
-    reasoning_of,
-    sse,
-    stop_reason,
-    thinking_signature,
-    tool_use_id,
-    usage,
-)
+from cortex.errors import InvalidRequest
 from cortex.protocol.anthropic import (
     CountTokensRequest,
     CustomTool,
@@ -50,24 +36,10 @@ from cortex.protocol.anthropic import (
     ToolUseBlock,
 )
 
-__all__ = [
-    "StreamTranslator",
-    "from_openai",
-    "prompt_too_long",
-    "sse",
-    "to_openai",
-    "to_tokenize",
-]
-
 # Inside a tool result an image cannot be refused without wedging the conversation (the
 # client resends it on every later turn), so the model is told what it cannot see.
 IMAGE_PLACEHOLDER = "[image omitted: this model takes text only]"
 DOCUMENT_PLACEHOLDER = "[document omitted: this model takes text only]"
-
-
-def prompt_too_long(prompt_tokens: int, context: int) -> str:
-    """Anthropic's message for a prompt past the context (Claude Code parses it to compact)."""
-    return f"prompt is too long: {prompt_tokens} tokens > {context} maximum"
 
 
 # --- request ------------------------------------------------------------------------------
@@ -255,72 +227,3 @@ def _assistant(message: InputMessage) -> dict[str, Any]:
     if calls:
         out["tool_calls"] = calls
     return out
-
-
-# --- reply --------------------------------------------------------------------------------
-
-
-def from_openai(
-    response: dict[str, Any], client_model: str, *, omit_thinking: bool = False
-) -> dict[str, Any]:
-    """A non-streaming ``chat.completion`` → an Anthropic ``message``.
-
-    ``client_model`` is the name the client asked for (not the resolved id). Blocks come
-    as thinking, text (when not empty), then one ``tool_use`` per call.
-    """
-    choices = response.get("choices") or []
-    if not choices or not isinstance(choices[0], dict):
-        raise CortexError("The model's reply had no choices")
-    choice = choices[0]
-    message = choice.get("message") or {}
-    content: list[dict[str, Any]] = []
-    reasoning = reasoning_of(message)
-    if reasoning:
-        signature = thinking_signature(hashlib.sha256(reasoning.encode()).digest())
-        thinking = "" if omit_thinking else reasoning
-        content.append({"type": "thinking", "thinking": thinking, "signature": signature})
-    text = message.get("content")
-    if isinstance(text, str) and text:
-        content.append({"type": "text", "text": text})
-    calls = message.get("tool_calls") or []
-    for index, call in enumerate(calls):
-        function = call.get("function") or {}
-        content.append(
-            {
-                "type": "tool_use",
-                "id": tool_use_id(call.get("id"), index),
-                "name": function.get("name") or "",
-                "input": _arguments(function.get("arguments")),
-            }
-        )
-    reason, sequence = stop_reason(
-        choice.get("finish_reason"), choice.get("stop_reason"), bool(calls)
-    )
-    figures = response.get("usage") or {}
-    return {
-        "id": message_id(response.get("id")),
-        "type": "message",
-        "role": "assistant",
-        "content": content,
-        "model": client_model,
-        "stop_reason": reason,
-        "stop_sequence": sequence,
-        "usage": usage(
-            int(figures.get("prompt_tokens") or 0), int(figures.get("completion_tokens") or 0)
-        ),
-    }
-
-
-def _arguments(arguments: object) -> dict[str, Any]:
-    """A call's JSON arguments as the object Anthropic's ``input`` must be.
-
-    Neurons only send calls whose arguments parse; anything else is kept whole rather than
-    lost, under ``arguments``.
-    """
-    if not isinstance(arguments, str) or not arguments.strip():
-        return {}
-    try:
-        value = json.loads(arguments)
-    except ValueError:
-        return {"arguments": arguments}
-    return value if isinstance(value, dict) else {"arguments": value}

@@ -1,43 +1,36 @@
 """The Anthropic dialect at the gateway: Messages in, OpenAI chat to the neuron, back.
 
-Requests are validated and translated once (``gateway.anthropic``); the neuron's
-answer is parsed chunk by chunk into typed OpenAI chunks and translated into
-Anthropic's events (never by rewriting SSE text). Errors use Anthropic's envelope
-with a ``request_id``; a stream waiting on a cold model gets ``ping`` events; a
-neuron that dies mid-stream ends it with an ``error`` event.
+Requests are validated and translated once (``gateway.dialects.anthropic_request``); the
+neuron's answer is parsed into typed OpenAI chunks (``gateway.dialects.relay``) and translated
+into Anthropic's events (``gateway.dialects.anthropic_stream``), never by rewriting SSE text.
+Errors use Anthropic's envelope with a ``request_id``; a stream waiting on a cold model
+gets ``ping`` events; a neuron that dies mid-stream ends it with an ``error`` event.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
+from cortex import sse
 from cortex.errors import (
+    BadUpstream,
     ContextLengthExceeded,
     CortexError,
-    EngineFailure,
-    InvalidRequest,
+    InsufficientMemory,
     ModelNotFound,
     NeuronUnavailable,
     NoCapacity,
-    NotFound,
-    Overloaded,
-    RequestTooLarge,
-    Unauthorized,
-    UpstreamTimeout,
 )
-from cortex.gateway.anthropic import (
-    StreamTranslator,
-    from_openai,
-    prompt_too_long,
-    to_openai,
-    to_tokenize,
-)
+from cortex.gateway.dialects.anthropic_reply import from_openai, prompt_too_long
+from cortex.gateway.dialects.anthropic_request import to_openai, to_tokenize
+from cortex.gateway.dialects.anthropic_stream import Event, StreamTranslator
+from cortex.gateway.dialects.relay import count_usage, parse_event, upstream_events
 from cortex.gateway.http import HttpRequest, Responder
 from cortex.gateway.metrics import RequestRecorder
-from cortex.gateway.proxy import SSE_HEADERS, Outcome, Routed
+from cortex.gateway.proxy import Outcome, Routed, send_error
 from cortex.gateway.state import Snapshot
 from cortex.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from cortex.protocol.anthropic import (
@@ -45,18 +38,9 @@ from cortex.protocol.anthropic import (
     parse_count_tokens_request,
     parse_messages_request,
 )
+from cortex.protocol.openai import ChatCompletion, ChatCompletionChunk, error_from_body
 
-_BY_STATUS: dict[int, type[CortexError]] = {
-    400: InvalidRequest,
-    401: Unauthorized,
-    404: NotFound,
-    413: RequestTooLarge,
-    429: Overloaded,
-    503: NeuronUnavailable,
-    504: UpstreamTimeout,
-    507: NoCapacity,
-}
-PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+PING = sse.encode({"type": "ping"}, "ping")
 
 
 def request_id() -> str:
@@ -65,21 +49,14 @@ def request_id() -> str:
 
 def neuron_error(status: int, data: bytes) -> CortexError:
     """The neuron's OpenAI error envelope → the CortexError an Anthropic client should see."""
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        payload = {}
-    error = payload.get("error") if isinstance(payload, dict) else None
-    error = error if isinstance(error, dict) else {}
-    message = str(error.get("message") or f"The neuron answered HTTP {status}")
-    if error.get("code") == "context_length_exceeded":
-        prompt, context = error.get("prompt_tokens"), error.get("context_length")
+    err = error_from_body(status, data)
+    if isinstance(err, ContextLengthExceeded):
+        prompt, context = err.extra.get("prompt_tokens"), err.extra.get("context_length")
         if isinstance(prompt, int) and isinstance(context, int):
             return ContextLengthExceeded(prompt_too_long(prompt, context))
-        return ContextLengthExceeded(message)
-    if error.get("code") == "model_not_found":
-        return ModelNotFound(message)
-    return _BY_STATUS.get(status, EngineFailure)(message)
+    if isinstance(err, InsufficientMemory):  # Anthropic's API has no 507: "overloaded"
+        return NoCapacity(err.message)
+    return err
 
 
 class AnthropicDialect:
@@ -100,10 +77,10 @@ class AnthropicDialect:
         )
 
     def send_error(self, responder: Responder, err: CortexError) -> None:
-        send_error(responder, err, request_id())
+        _send_error(responder, err, request_id())
 
     def stream_error(self, err: CortexError) -> bytes:
-        return _sse("error", error_body(err))
+        return sse.encode(error_body(err), "error")
 
     def keepalive(self, routed: Routed) -> bytes:
         return PING
@@ -121,24 +98,24 @@ class AnthropicDialect:
         headers = [(b"x-cortex-node", node.encode()), (b"request-id", rid.encode())]
         if response.status != 200 or not (routed.stream and response.is_event_stream):
             data = await response.read()
-            if response.status != 200:
-                err = neuron_error(response.status, data)
-                retry = response.header(b"retry-after")
-                if retry is not None:
-                    err.headers["Retry-After"] = retry.decode()
+            try:
+                if response.status != 200:
+                    err = neuron_error(response.status, data)
+                    retry = response.header(b"retry-after")
+                    if retry is not None:
+                        err.headers["Retry-After"] = retry.decode()
+                    raise err
+                message, outcome = _whole_reply(data, routed)
+            except CortexError as err:
                 if started:
                     responder.end(self.stream_error(err))
                 else:
-                    send_error(responder, err, rid)
+                    _send_error(responder, err, rid)
                 return Outcome(err.status)
-            completion = orjson.loads(data)
-            omit = bool(routed.options.get("omit_thinking"))
-            message = from_openai(completion, routed.client_model, omit_thinking=omit)
             responder.respond(200, orjson.dumps(message), headers=headers)
-            usage = completion.get("usage") or {}
-            return Outcome(200, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+            return outcome
         if not started:
-            responder.start(200, [*SSE_HEADERS, *headers])
+            responder.start(200, [*sse.RAW_HEADERS, *headers])
         return await self._stream(responder, routed, recorder, response)
 
     async def _stream(
@@ -152,63 +129,65 @@ class AnthropicDialect:
         translator = StreamTranslator(
             routed.client_model, omit_thinking=bool(routed.options.get("omit_thinking"))
         )
-        pending = b""
         finished = False
         try:
-            async for piece in response:
-                pending += piece
-                if b"\n\n" not in pending:
-                    continue
-                complete, _, pending = pending.rpartition(b"\n\n")
-                out: list[bytes] = []
-                for event in complete.split(b"\n\n"):
-                    data = event[6:] if event.startswith(b"data: ") else b""
-                    if not data:
+            async for events in upstream_events(response):
+                out: list[Event] = []
+                for event in events:
+                    if finished:
                         continue
-                    if data == b"[DONE]":
-                        out += [_sse(n, d) for n, d in translator.finish()]
+                    if event.is_done():
+                        out += translator.finish()
                         finished = True
                         continue
-                    chunk = orjson.loads(data)
-                    if "error" in chunk and "choices" not in chunk:
-                        err = neuron_error(500, data)
-                        out.append(_sse("error", error_body(err)))
+                    chunk = parse_event(ChatCompletionChunk, event)
+                    if chunk.error is not None and not chunk.choices:
+                        err = neuron_error(500, event.data)
+                        out += translator.error(err)
                         outcome.status = err.status
                         finished = True
                         continue
-                    _count(chunk, outcome, recorder)
-                    out += [_sse(n, d) for n, d in translator.feed(chunk)]
+                    count_usage(outcome, chunk.usage)
+                    if chunk.has_output:
+                        recorder.chunk()
+                    out += translator.feed(chunk)
                 if out:
-                    await responder.write(b"".join(out))
+                    await responder.write(_frames(out))
         except UpstreamError as exc:
             outcome.status = 502
             error = NeuronUnavailable(f"The neuron failed mid-stream: {exc.message}")
-            responder.end(b"".join(_sse(n, d) for n, d in translator.error(error)))
+            responder.end(_frames(translator.error(error)))
             return outcome
-        tail = b"" if finished else b"".join(_sse(n, d) for n, d in translator.finish())
-        responder.end(tail)
+        except CortexError as err:  # an event that does not parse, or one past the size cap
+            outcome.status = err.status
+            responder.end(_frames(translator.error(err)))
+            return outcome
+        responder.end(b"" if finished else _frames(translator.finish()))
         return outcome
 
 
-def send_error(responder: Responder, err: CortexError, rid: str) -> None:
-    headers = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    headers.append((b"request-id", rid.encode()))
-    responder.respond(err.status, orjson.dumps(error_body(err, rid)), headers=headers)
+def _whole_reply(data: bytes, routed: Routed) -> tuple[dict[str, object], Outcome]:
+    """A neuron's ``chat.completion`` → the Anthropic message, and what it counts."""
+    try:
+        completion = ChatCompletion.model_validate_json(data)
+    except ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]["msg"]
+        raise BadUpstream(f"The neuron's reply is not a chat completion: {problem}") from None
+    omit = bool(routed.options.get("omit_thinking"))
+    message = from_openai(completion, routed.client_model, omit_thinking=omit)
+    outcome = Outcome(200)
+    if completion.usage is not None:
+        outcome.prompt_tokens = completion.usage.prompt_tokens
+        outcome.completion_tokens = completion.usage.completion_tokens
+    return message, outcome
 
 
-def _count(chunk: dict[str, Any], outcome: Outcome, recorder: RequestRecorder) -> None:
-    usage = chunk.get("usage")
-    if isinstance(usage, dict):
-        outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
-            recorder.chunk()
+def _frames(events: list[Event]) -> bytes:
+    return b"".join(sse.encode(data, name) for name, data in events)
 
 
-def _sse(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+def _send_error(responder: Responder, err: CortexError, rid: str) -> None:
+    send_error(responder, err, error_body(err, rid), [(b"request-id", rid.encode())])
 
 
 async def count_tokens(
@@ -239,7 +218,7 @@ async def count_tokens(
                 raise neuron_error(response.status, data)
         count = int(orjson.loads(data)["count"])
     except CortexError as err:
-        send_error(responder, err, rid)
+        _send_error(responder, err, rid)
         return
     responder.respond(
         200, orjson.dumps({"input_tokens": count}), headers=[(b"request-id", rid.encode())]

@@ -1,105 +1,35 @@
 """OpenAI ``chat.completion.chunk`` stream → Anthropic Messages stream events.
 
-Owns the reply side of the Anthropic translation that streaming and non-streaming share
-(message and tool-use ids, stop reasons, thinking signatures, usage) and the
-``StreamTranslator``, one per request: it is fed parsed OpenAI chunks and returns
+The ``StreamTranslator``, one per request, is fed typed OpenAI chunks
+(``protocol.openai.ChatCompletionChunk``, parsed once by ``gateway.dialects.relay``) and returns
 ``(event name, data)`` pairs in Anthropic's order::
 
     message_start, ping,
     (content_block_start, content_block_delta*, [signature_delta], content_block_stop)*,
     message_delta, message_stop
 
-Pure: no I/O, no clock. The gateway writes ``sse(name, data)`` for each pair.
-
-Thinking signatures are NOT Anthropic's cryptographic signatures: they are an opaque,
-non-empty token derived from the block's text (base64 of a truncated SHA-256), so that
-clients which insist on a signature have one to send back. Cortex never verifies them.
+Pure: no I/O, no clock. The dialect (``gateway.dialects.anthropic``) writes each pair with
+the SSE codec. The reply pieces it shares with whole replies (ids, stop reasons, thinking
+signatures, usage) live in ``gateway.dialects.anthropic_reply``.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import re
-import uuid
 from typing import Any
 
-import orjson
-
 from cortex.errors import CortexError, EngineFailure
+from cortex.gateway.dialects.anthropic_reply import (
+    message_id,
+    stop_reason,
+    thinking_signature,
+    tool_use_id,
+    usage,
+)
 from cortex.protocol.anthropic import error_body
+from cortex.protocol.openai import ChatCompletionChunk, ChunkToolCall, TokenCounts
 
 Event = tuple[str, dict[str, Any]]
-
-_NOT_ID = re.compile(r"[^A-Za-z0-9_-]")
-
-
-# --- reply pieces shared with the non-streaming translation -------------------------------
-
-
-def message_id(completion_id: str | None) -> str:
-    """``msg_…`` from the upstream completion id (``chatcmpl-…``), or a fresh one."""
-    if not completion_id:
-        return f"msg_{uuid.uuid4().hex}"
-    return "msg_" + _NOT_ID.sub("_", completion_id.removeprefix("chatcmpl-"))
-
-
-def tool_use_id(call_id: str | None, index: int = 0) -> str:
-    """``toolu_…`` from an OpenAI call id; Anthropic ids match ``[A-Za-z0-9_-]+``."""
-    if not call_id:
-        return f"toolu_{uuid.uuid4().hex[:24]}_{index}"
-    if call_id.startswith("toolu_"):
-        return _NOT_ID.sub("_", call_id)
-    return "toolu_" + _NOT_ID.sub("_", call_id.removeprefix("call_"))
-
-
-def thinking_signature(digest: bytes) -> str:
-    """An opaque signature from the SHA-256 digest of a thinking block's text (not Anthropic's)."""
-    return base64.b64encode(digest[:24]).decode("ascii")
-
-
-def stop_reason(
-    finish_reason: str | None, matched: object, made_calls: bool
-) -> tuple[str, str | None]:
-    """OpenAI ``finish_reason`` (+ vLLM's ``stop_reason``) → Anthropic (stop_reason, sequence).
-
-    ``matched`` is the choice's ``stop_reason``: the stop string that ended generation, or a
-    token id / null when it stopped on an end-of-turn token.
-    """
-    if finish_reason == "length":
-        return "max_tokens", None
-    if finish_reason == "tool_calls" or (made_calls and finish_reason in (None, "stop")):
-        return "tool_use", None
-    if finish_reason == "content_filter":
-        return "refusal", None
-    if isinstance(matched, str):
-        return "stop_sequence", matched
-    return "end_turn", None
-
-
-def usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
-    return {
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
-    }
-
-
-def reasoning_of(delta: dict[str, Any]) -> str | None:
-    """The reasoning text of a delta or message; neurons send it in two fields at once."""
-    value = delta.get("reasoning_content")
-    if value is None:
-        value = delta.get("reasoning")
-    return value if isinstance(value, str) else None
-
-
-def sse(name: str, data: dict[str, Any]) -> bytes:
-    """One Anthropic SSE frame: ``event: name`` then the JSON data line."""
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-# --- the stream ---------------------------------------------------------------------------
 
 
 class StreamTranslator:
@@ -132,41 +62,35 @@ class StreamTranslator:
         self._finished = False  # a finish_reason arrived
 
     @staticmethod
-    def sse(name: str, data: dict[str, Any]) -> bytes:
-        return sse(name, data)
-
-    @staticmethod
     def ping() -> Event:
         return "ping", {"type": "ping"}
 
-    def feed(self, chunk: dict[str, Any]) -> list[Event]:
-        """One parsed OpenAI chunk → the events it implies (often none or one)."""
+    def feed(self, chunk: ChatCompletionChunk) -> list[Event]:
+        """One OpenAI chunk → the events it implies (often none or one)."""
         if self._done:
             return []
-        if isinstance(chunk.get("error"), dict):
-            message = chunk["error"].get("message")
-            return self.error(EngineFailure(str(message or "the upstream stream failed")))
+        if chunk.error is not None:
+            message = chunk.error.message
+            return self.error(EngineFailure(message or "the upstream stream failed"))
         out: list[Event] = []
-        self._take_usage(chunk.get("usage"))
+        self._take_usage(chunk.usage)
         if not self._started:
-            out += self._start(chunk.get("id"))
-        choices = chunk.get("choices") or []
-        for choice in choices[:1]:
-            delta = choice.get("delta") or {}
-            reasoning = reasoning_of(delta)
+            out += self._start(chunk.id)
+        for choice in chunk.choices[:1]:
+            delta = choice.delta
+            reasoning = delta.reasoning_text
             if reasoning:
                 out += self._thinking_delta(reasoning)
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                out += self._text_delta(content)
-            for call in delta.get("tool_calls") or []:
+            if delta.content:
+                out += self._text_delta(delta.content)
+            for call in delta.tool_calls or []:
                 out += self._tool_delta(call)
-            if choice.get("finish_reason") is not None:
-                self._finish = choice["finish_reason"]
-                self._matched = choice.get("stop_reason")
+            if choice.finish_reason is not None:
+                self._finish = choice.finish_reason
+                self._matched = choice.stop_reason
                 self._finished = True
                 out += self._close()
-        if not choices and self._finished and chunk.get("usage"):
+        if chunk.is_usage_only and self._finished:
             out += self._end()  # the usage-only chunk after the finish chunk: final figures
         return out
 
@@ -184,19 +108,14 @@ class StreamTranslator:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _take_usage(self, figures: object) -> None:
-        if not isinstance(figures, dict):
-            return
-        prompt, completion = figures.get("prompt_tokens"), figures.get("completion_tokens")
-        if isinstance(prompt, int):
-            self._input_tokens = prompt
-        if isinstance(completion, int):
-            self._output_tokens = completion
+    def _take_usage(self, figures: TokenCounts | None) -> None:
+        if figures is not None:
+            self._input_tokens, self._output_tokens = figures.prompt, figures.completion
 
-    def _start(self, completion_id: object) -> list[Event]:
+    def _start(self, completion_id: str | None) -> list[Event]:
         self._started = True
         if self._id is None:
-            self._id = message_id(completion_id if isinstance(completion_id, str) else None)
+            self._id = message_id(completion_id)
         message: dict[str, Any] = {
             "id": self._id,
             "type": "message",
@@ -253,23 +172,21 @@ class StreamTranslator:
             out.append(self._delta(self._open, {"type": "text_delta", "text": text}))
         return out
 
-    def _tool_delta(self, call: dict[str, Any]) -> list[Event]:
-        position = call.get("index")
-        position = position if isinstance(position, int) else len(self._tools)
-        function = call.get("function") or {}
+    def _tool_delta(self, call: ChunkToolCall) -> list[Event]:
+        position = call.index if call.index is not None else len(self._tools)
         out: list[Event] = []
         if position not in self._tools:
             block: dict[str, Any] = {
                 "type": "tool_use",
-                "id": tool_use_id(call.get("id"), position),
-                "name": function.get("name") or "",
+                "id": tool_use_id(call.id, position),
+                "name": call.function.name or "",
                 "input": {},
             }
             out += self._open_block("tool_use", block)
             if self._open is not None:
                 self._tools[position] = self._open
-        fragment = function.get("arguments")
-        if isinstance(fragment, str) and fragment:
+        fragment = call.function.arguments
+        if fragment:
             delta = {"type": "input_json_delta", "partial_json": fragment}
             out.append(self._delta(self._tools[position], delta))
         return out
