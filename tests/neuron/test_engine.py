@@ -204,7 +204,7 @@ async def test_cancelled_sequences_free_their_slots_and_nothing_leaks(
     for _ in range(3):
         await asyncio.gather(*(leave_early(i) for i in range(100)))
     for _ in range(200):
-        if not harness.has_work:
+        if (harness.num_running, harness.num_waiting, harness.cached_tokens) == (0, 0, 0):
             break
         await asyncio.sleep(0.01)
     assert (harness.num_running, harness.num_waiting, harness.cached_tokens) == (0, 0, 0)
@@ -234,3 +234,20 @@ async def test_a_full_queue_refuses_with_retry_after(
     assert info.value.headers["Retry-After"] == "1"
     for stream in streams:
         await stream.aclose()
+
+
+async def test_status_counts_running_and_waiting_and_closing_cancels_both(
+    engine: Any, weights: loader.LoadedWeights
+) -> None:
+    harness = engine(max_num_seqs=1)
+    first = _request(weights, PROMPTS[0], max_tokens=60000)
+    streams = [harness.submit(first), harness.submit(_request(weights, PROMPTS[1]))]
+    await streams[0].__anext__()  # its first token: it runs, the other waits for its slot
+    assert (harness.num_running, harness.num_waiting) == (1, 1)
+    assert harness.cached_tokens >= len(first.prompt_ids)
+    assert harness.queue_wait() > 0
+
+    await harness.aclose()
+    ends = [[e async for e in stream][-1] for stream in streams]
+    assert [e.finish_reason for e in ends if isinstance(e, Done)] == ["cancelled", "cancelled"]
+    assert (harness.num_running, harness.num_waiting, harness.cached_tokens) == (0, 0, 0)

@@ -3,8 +3,9 @@
 Names are ``cortex_neuron_…``, labelled by ``model``: lifecycle (loads, unloads),
 what the engine did (tokens, requests by finish reason, latency histograms: TTFT,
 inter-token, queue time, end to end) and what it holds now (running and waiting
-sequences, the oldest wait, KV cache use — read live at scrape time). Kept per app
-instance so tests can run several.
+sequences, the oldest wait, KV cache use — read at scrape time from the plain figures
+each engine's worker publishes after every step, so a scrape never waits for a device).
+Kept per app instance so tests can run several.
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ A ``Harness`` owns one loaded model's generation. Contract:
 * ``InferenceStream.aclose()`` cancels: the sequence is dropped at the next engine
   step (waiting or running) and its resources freed. Closing a finished stream is a
   no-op. Dropping a stream without closing it is a leak the caller must not cause.
-* ``aclose()`` on the harness cancels every sequence and joins the worker.
+* ``aclose()`` on the harness cancels every sequence, returns once the worker has
+  let them all go, and leaves the worker.
+* The status figures (``num_running``, ``num_waiting``, ``queue_wait``,
+  ``cached_tokens``) are cheap to read on the event loop: plain numbers the worker
+  published at its last step (plus what was submitted since), never a device sync.
 """
 
 from __future__ import annotations

@@ -1,10 +1,24 @@
 """``TransformersHarness``: continuous batching for one model, stepped by its device's worker.
 
-``step()`` reads like the engine it is: schedule → run the model (one batched decode
-for every running sequence, one batched prefill for those joining) → sample →
-postprocess (detokenize, check stops, emit events). The device worker's thread owns
-the scheduler, the runner and every tensor; the event loop only submits sequences
-and receives events through ``_Stream`` (one ``call_soon_threadsafe`` per step).
+``step()`` reads like the engine it is: take the inbox and schedule → run the model (one
+batched decode for every running sequence, one batched prefill for those joining) →
+sample → postprocess (detokenize, check stops, emit events) → retire the finished →
+publish the status.
+
+Who owns what, on which thread:
+
+* The device worker's thread owns the ``Scheduler`` (the waiting and running
+  sequences), the ``ModelRunner`` (the KV cache, its rows kept in step with the
+  scheduler's ``running``) and every tensor. Nothing else reads them.
+* The event loop owns the ``_Stream``s. It hands new sequences over through
+  ``_inbox`` and asks for the end through ``_closing``; both are touched only under
+  ``_lock``, the one thing the two threads share besides ``Sequence.cancel()``.
+* The worker publishes ``_status``, an ``EngineStatus`` of plain numbers, under the lock
+  when it takes the inbox and schedules, and at the end of each step. ``num_running``,
+  ``num_waiting``, ``queue_wait()``, ``cached_tokens`` and ``check_room()`` read it
+  (plus the inbox, for sequences submitted since), so the event loop never touches a
+  tensor or a worker-owned queue; their figures are as of the worker's last step.
+* Events go to the event loop with one ``call_soon_threadsafe`` per step.
 """
 
 from __future__ import annotations
@@ -23,9 +37,9 @@ from cortex.errors import Overloaded
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream
 from cortex.neuron.engine.runner import ModelRunner, can_batch
 from cortex.neuron.engine.sampling import make_generator, sample_next, token_logprobs
-from cortex.neuron.engine.scheduler import Scheduler
+from cortex.neuron.engine.scheduler import Batch, Scheduler
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
-from cortex.neuron.engine.stats import EngineStats
+from cortex.neuron.engine.stats import EngineStats, EngineStatus
 from cortex.neuron.engine.worker import DeviceWorker
 from cortex.neuron.wire.events import Done, Error, FinishReason, InferenceEvent, TokenLogprob
 
@@ -101,42 +115,44 @@ class TransformersHarness:
         self._runner = ModelRunner(model, device)
         # Models whose caches cannot be padded and moved run one sequence at a time.
         self._scheduler = Scheduler(max_num_seqs if can_batch(model) else 1, max_prefill_tokens)
-        self._lock = threading.Lock()
-        self._incoming: deque[Sequence] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: str | None = None
-        self._closing = False
-        self._idle = threading.Event()
+        self._idle = threading.Event()  # set while the worker holds no sequence
         self._idle.set()
+        # Shared by the event loop and the worker: written only under the lock. The event
+        # loop alone sets ``_closing``; the worker alone sets ``_status``, replacing it
+        # whole, so a lone read of either needs no lock.
+        self._lock = threading.Lock()
+        self._inbox: deque[Sequence] = deque()  # submitted, not yet taken by the worker
+        self._closing = False
+        self._status = EngineStatus()
         worker.add(self)
 
-    # --- status (any thread) ------------------------------------------------------------
+    # --- status (any thread; as of the worker's last step) -------------------------------
 
     @property
     def num_running(self) -> int:
-        return self._runner.num_rows
+        return self._status.num_running
 
     @property
     def num_waiting(self) -> int:
-        return len(self._incoming) + self._scheduler.num_waiting
+        with self._lock:
+            return self._status.num_waiting + len(self._inbox)
 
     def queue_wait(self) -> float:
-        incoming = list(self._incoming)
-        oldest = min((s.arrival_time for s in incoming), default=None)
-        waited = time.monotonic() - oldest if oldest is not None else 0.0
-        return max(waited, self._scheduler.queue_wait())
+        with self._lock:
+            oldest = self._status.oldest_arrival
+            if oldest is None and self._inbox:
+                oldest = self._inbox[0].arrival_time
+        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
 
     @property
     def cached_tokens(self) -> int:
-        return self._runner.cached_tokens
+        return self._status.cached_tokens
 
     @property
     def failure(self) -> str | None:
         return self._failure
-
-    @property
-    def has_work(self) -> bool:
-        return bool(self._incoming or self._scheduler.waiting or self._runner.rows)
 
     # --- the event loop's side -----------------------------------------------------------
 
@@ -160,81 +176,106 @@ class TransformersHarness:
             return stream
         self.check_room()
         with self._lock:
-            self._incoming.append(seq)
+            self._inbox.append(seq)
             self._idle.clear()
         self._worker.wake()
         return stream
 
     async def aclose(self) -> None:
-        """Cancel every sequence, wait until the worker has let them go, leave the worker."""
-        self._closing = True
+        """Cancel every sequence, wait until the worker has let them go, leave the worker.
+
+        Touches nothing the worker owns: it sets ``_closing`` under the lock; the worker,
+        at its next step, takes the inbox and cancels every sequence it holds, ends their
+        streams with ``Done(cancelled)`` and, holding nothing, sets ``_idle``."""
         with self._lock:
-            seqs = [*self._incoming, *self._scheduler.waiting, *self._runner.rows]
-        for seq in seqs:
-            seq.cancel()
+            self._closing = True
         self._worker.wake()
         await asyncio.to_thread(self._idle.wait, 30)
         self._worker.remove(self)
-        self._runner.model = None
+        self._runner.model = None  # the worker has let go of this harness
 
     # --- the worker's side -----------------------------------------------------------------
 
-    def step(self) -> None:
+    @property
+    def has_work(self) -> bool:
         with self._lock:
-            while self._incoming:
-                self._scheduler.add(self._incoming.popleft())
-        batch = self._scheduler.schedule(self._runner.rows)
+            return bool(self._inbox) or self._scheduler.has_work
+
+    def step(self) -> None:
+        batch = self._schedule()
         posts: Posts = []
-        finished: list[Sequence] = []
         for seq in batch.cancelled:
             self._finish(seq, "cancelled", posts)
-        self._runner.remove(batch.cancelled)
+        self._runner.keep(batch.kept)
         try:
             with torch.inference_mode():  # sampling edits the model's logits in place
-                self._run(batch.prefill, posts, finished)
+                self._run(batch, posts)
         except torch.OutOfMemoryError as exc:
-            self._fail_rows(f"generation ran out of memory: {exc}", posts, finished)
+            self._fail_running(f"generation ran out of memory: {exc}", posts)
         except Exception as exc:
             if self._device.type == "cuda":
                 raise  # the worker fails the whole device
             log.exception("a step of %s failed", self.name)
-            self._fail_rows(f"generation failed: {type(exc).__name__}: {exc}", posts, finished)
-        self._runner.remove(finished)
+            self._fail_running(f"generation failed: {type(exc).__name__}: {exc}", posts)
+        self._runner.keep(self._scheduler.retire())
+        cached_tokens = self._runner.count_cached_tokens()
+        with self._lock:
+            self._publish(cached_tokens)
         self._post(posts)
-        if not self.has_work:
-            self._idle.set()
+        with self._lock:  # with the inbox, so a sequence submitted meanwhile keeps it clear
+            if not self._inbox and not self._scheduler.has_work:
+                self._idle.set()
 
-    def _run(self, joining: list[Sequence], posts: Posts, finished: list[Sequence]) -> None:
+    def _schedule(self) -> Batch:
+        """Take the inbox (when closing, cancel all), schedule and publish, under the lock:
+        the figures read meanwhile count each sequence once, submitted, waiting or running
+        (a joining one counts as running during its prefill)."""
+        with self._lock:
+            while self._inbox:
+                self._scheduler.add(self._inbox.popleft())
+            if self._closing:
+                self._scheduler.cancel_all()
+            batch = self._scheduler.schedule()
+            self._publish(self._status.cached_tokens)  # the cache is as the last step left it
+        return batch
+
+    def _publish(self, cached_tokens: int) -> None:
+        """Replace the status the event loop reads; call under the lock."""
+        s = self._scheduler
+        self._status = EngineStatus(s.num_running, s.num_waiting, cached_tokens, s.oldest_arrival)
+
+    def _run(self, batch: Batch, posts: Posts) -> None:
         """One decode for every running row, then one prefill for the joining ones."""
-        if self._runner.rows:
-            logits = self._runner.decode()
-            self._sample_and_post(logits, self._runner.rows, posts, finished)
-        if joining:
+        if batch.decode:
+            logits = self._runner.decode(batch.decode)
+            self._sample_and_post(logits, batch.decode, posts)
+        if batch.prefill:
             now = time.monotonic()
-            for seq in joining:
+            for seq in batch.prefill:
                 self.stats.queued(now - seq.arrival_time)
                 if not seq.request.params.is_greedy:
                     seq.generator = make_generator(seq.request.params.seed, self._device)
-            logits = self._runner.prefill(joining)
-            self._sample_and_post(logits, joining, posts, finished)
+            logits = self._runner.prefill(batch.prefill)
+            self._sample_and_post(logits, batch.prefill, posts)
 
     def fail(self, reason: str) -> None:
+        """The device is gone (on the worker thread): end every sequence, refuse more."""
         self._failure = reason
         posts: Posts = []
-        finished: list[Sequence] = []
         with self._lock:
-            seqs = [*self._incoming, *self._scheduler.drain()]
-            self._incoming.clear()
+            seqs = [*self._inbox]
+            self._inbox.clear()
+        seqs += self._scheduler.drain()
         for seq in seqs:
-            self._error(seq, reason, posts)
-        self._fail_rows(reason, posts, finished)
-        self._runner.remove(finished)
+            if not seq.is_finished:
+                self._error(seq, reason, posts)
+        self._runner.keep([])  # drops the cache without a tensor op on the broken device
+        with self._lock:
+            self._publish(0)
         self._post(posts)
         self._idle.set()
 
-    def _sample_and_post(
-        self, logits: torch.Tensor, seqs: list[Sequence], posts: Posts, finished: list[Sequence]
-    ) -> None:
+    def _sample_and_post(self, logits: torch.Tensor, seqs: list[Sequence], posts: Posts) -> None:
         # logits: [B, V] for ``seqs`` in order (one cancelled since the schedule is decoded
         # once more and dropped at the next step)
         tokens = sample_next(logits, seqs)
@@ -253,8 +294,6 @@ class TransformersHarness:
                 events.insert(0, self._logprob_event(seq, token, found[i]))
             if events:
                 posts.append((seq, events, seq.num_completion_tokens))
-            if seq.is_finished:
-                finished.append(seq)
 
     def _postprocess(self, seq: Sequence, token: int, now: float) -> list[InferenceEvent]:
         request, params = seq.request, seq.request.params
@@ -304,11 +343,11 @@ class TransformersHarness:
         seq.status = SequenceStatus.FINISHED
         posts.append((seq, [Error(message)], seq.num_completion_tokens))
 
-    def _fail_rows(self, message: str, posts: Posts, finished: list[Sequence]) -> None:
-        for seq in self._runner.rows:
+    def _fail_running(self, message: str, posts: Posts) -> None:
+        """End every running sequence (joining ones too) that this step left unfinished."""
+        for seq in self._scheduler.running:
             if not seq.is_finished:
                 self._error(seq, message, posts)
-                finished.append(seq)
 
     def _post(self, posts: Posts) -> None:
         if not posts or self._loop is None:

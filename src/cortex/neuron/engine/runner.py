@@ -7,6 +7,11 @@ and concatenated) and leave (rows are selected away, and columns that are paddin
 in every row are trimmed) between steps. Keys are cached with their rotary position
 already applied, so moving a row inside the buffer changes nothing it attends to.
 
+The runner holds tensors only — the cache and its mask — not the sequences. Which
+sequence each row belongs to is the scheduler's ``running`` list, the one source of
+truth: ``prefill`` appends rows in the order given, ``decode`` takes the running
+sequences in row order, and ``keep`` is told which rows stay when some leave.
+
 Only the worker thread calls a runner. Logits are computed for the last position
 only, so a long prompt costs no ``[S, V]`` tensor.
 """
@@ -47,17 +52,15 @@ class ModelRunner:
         self.model = model
         self.device = device
         self._cache_keyword = cache_keyword(model)
-        self.rows: list[Sequence] = []  # the cache's rows, in order
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [B, T] 1 = real token, 0 = padding
 
     @property
     def num_rows(self) -> int:
-        return len(self.rows)
+        return 0 if self._mask is None else self._mask.shape[0]
 
-    @property
-    def cached_tokens(self) -> int:
-        """Real tokens held in the KV cache (padding not counted)."""
+    def count_cached_tokens(self) -> int:
+        """Real tokens held in the KV cache (padding not counted); waits for the device."""
         return 0 if self._mask is None else int(self._mask.sum())
 
     @property
@@ -72,7 +75,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, seqs: Seq[Sequence]) -> torch.Tensor:
-        """Run new prompts and add them as rows; next-token logits ``[N, V]``."""
+        """Run new prompts and add them as rows after those held; next-token logits ``[N, V]``."""
         longest = max(seq.num_prompt_tokens for seq in seqs)
         # input_ids, mask: [N, L], left-padded
         ids = torch.zeros(len(seqs), longest, dtype=torch.long)
@@ -92,17 +95,17 @@ class ModelRunner:
             logits_to_keep=1,
             **{self._cache_keyword: cache},
         )
-        self._join(_returned_cache(out), mask, seqs)
+        self._join(_returned_cache(out), mask)
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
 
     @torch.inference_mode()
-    def decode(self) -> torch.Tensor:
-        """One token for every row; logits ``[B, V]`` in ``rows`` order."""
-        if self._mask is None:
-            raise RuntimeError("decode with no rows")
+    def decode(self, rows: Seq[Sequence]) -> torch.Tensor:
+        """One token for every row; ``rows`` are the sequences in row order; logits ``[B, V]``."""
+        if self._mask is None or len(rows) != self._mask.shape[0]:
+            raise RuntimeError(f"decode of {len(rows)} sequences over {self.num_rows} rows")
         # input_ids: [B, 1] the token each row sampled last; positions: real tokens so far
-        ids = torch.tensor([[seq.last_token_id] for seq in self.rows], device=self.device)
+        ids = torch.tensor([[seq.last_token_id] for seq in rows], device=self.device)
         positions = self._mask.sum(dim=-1, keepdim=True)
         self._mask = torch.cat([self._mask, torch.ones_like(positions)], dim=-1)
         out = self.model(
@@ -117,19 +120,17 @@ class ModelRunner:
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
 
-    def remove(self, seqs: Seq[Sequence]) -> None:
-        """Drop rows (finished or cancelled sequences) and the padding they leave."""
-        gone = {id(seq) for seq in seqs}
-        keep = [i for i, seq in enumerate(self.rows) if id(seq) not in gone]
-        if len(keep) == len(self.rows):
+    def keep(self, rows: Seq[int]) -> None:
+        """Keep the rows at these positions (ascending), drop the others and the padding
+        they leave (rows of finished or cancelled sequences)."""
+        if len(rows) == self.num_rows:
             return
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
+        if not rows:
             self._cache = self._mask = None
             return
         if self._mask is None or self._cache is None:
-            return
-        index = torch.tensor(keep, device=self.device)
+            raise RuntimeError(f"keep {len(rows)} rows of none")
+        index = torch.tensor(rows, device=self.device)
         self._mask = self._mask.index_select(0, index)
         # Columns that are padding in every remaining row can go.
         start = int(self._mask.any(dim=0).nonzero()[0])
@@ -138,10 +139,10 @@ class ModelRunner:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
             layer.values = layer.values.index_select(0, index)[:, :, start:, :]
 
-    def _join(self, cache: Any, mask: torch.Tensor, seqs: Seq[Sequence]) -> None:
+    def _join(self, cache: Any, mask: torch.Tensor) -> None:
+        """Append the rows of a prefill's cache (``mask``: [N, L]) after the ones held."""
         if self._cache is None or self._mask is None:
             self._cache, self._mask = cache, mask
-            self.rows = list(seqs)
             return
         width = max(self._mask.shape[1], mask.shape[1])
         old_pad, new_pad = width - self._mask.shape[1], width - mask.shape[1]
@@ -154,7 +155,6 @@ class ModelRunner:
             old.values = torch.cat(
                 [_pad_left(old.values, old_pad, -2), _pad_left(new.values, new_pad, -2)]
             )
-        self.rows.extend(seqs)
 
 
 def _pad_left(tensor: torch.Tensor, size: int, dim: int = -1) -> torch.Tensor:

@@ -1,16 +1,24 @@
-"""Which sequences run this step: a waiting queue and admission into the batch.
+"""Which sequences run this step: the engine's waiting queue and its running batch.
 
-Owned by the worker thread, except ``num_waiting``/``queue_wait`` which others read
-for status. Each step every running sequence decodes; waiting sequences are admitted
-(prefilled together) while fewer than ``max_num_seqs`` run and their prompts fit the
-step's ``max_prefill_tokens`` (one is always admitted if there is room, however
-long, so a long prompt is never starved). Cancelled sequences leave at the step
-after ``cancel()``, waiting or running.
+The scheduler owns both collections, as in nano-vllm: ``waiting`` (arrived, not yet
+prefilled, first in first out) and ``running`` (the batch, in the order of the KV
+cache's rows). Only the device worker's thread touches a scheduler; the event loop
+reads the figures the harness publishes after each step (``EngineStatus``).
+
+Each step every running sequence decodes; waiting sequences are admitted (prefilled
+together, appended to ``running``) in arrival order while fewer than
+``max_num_seqs`` run and their prompts fit the step's ``max_prefill_tokens`` (one is
+always admitted if there is room, however long, so a long prompt is never starved).
+Cancelled sequences leave at the step after ``cancel()``, waiting or running;
+finished ones leave ``running`` through ``retire()`` at the end of the step.
+
+``running`` is the source of truth for which sequence each cache row holds: when
+running sequences leave, ``Batch.kept`` and ``retire()`` give the positions of those
+that stay, and the harness hands them to ``ModelRunner.keep`` so the rows follow.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -19,8 +27,16 @@ from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 
 @dataclass(slots=True)
 class Batch:
+    """One step's plan."""
+
+    # Running sequences already in the cache: its rows, in order.
+    decode: list[Sequence] = field(default_factory=list)
+    # Admitted this step, in arrival order; their rows go after ``decode``'s.
     prefill: list[Sequence] = field(default_factory=list)
+    # Dropped this step (cancelled while waiting, then while running).
     cancelled: list[Sequence] = field(default_factory=list)
+    # Positions of ``decode`` in ``running`` as it stood: the cache rows that stay.
+    kept: list[int] = field(default_factory=list)
 
 
 class Scheduler:
@@ -28,30 +44,46 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_prefill_tokens = max_prefill_tokens
         self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in the KV cache's row order
 
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
 
-    def queue_wait(self) -> float:
-        """Seconds the oldest waiting sequence has waited (0 when none wait)."""
-        try:
-            oldest = self.waiting[0]
-        except IndexError:
-            return 0.0
-        return max(0.0, time.monotonic() - oldest.arrival_time)
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def oldest_arrival(self) -> float | None:
+        """When the first waiting sequence arrived (None when none wait)."""
+        return self.waiting[0].arrival_time if self.waiting else None
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def schedule(self, running: list[Sequence]) -> Batch:
+    def cancel_all(self) -> None:
+        """Mark every sequence held cancelled; the next ``schedule`` drops them."""
+        for seq in (*self.waiting, *self.running):
+            seq.cancel()
+
+    def schedule(self) -> Batch:
+        """Drop the cancelled, admit what fits; ``running`` becomes decode + prefill."""
         batch = Batch()
         if any(seq.is_cancelled for seq in self.waiting):
-            for seq in [s for s in self.waiting if s.is_cancelled]:
-                self.waiting.remove(seq)
+            batch.cancelled = [seq for seq in self.waiting if seq.is_cancelled]
+            self.waiting = deque(seq for seq in self.waiting if not seq.is_cancelled)
+        for i, seq in enumerate(self.running):
+            if seq.is_cancelled:
                 batch.cancelled.append(seq)
-        batch.cancelled.extend(seq for seq in running if seq.is_cancelled)
-        room = self.max_num_seqs - (len(running) - len(batch.cancelled))
+            else:
+                batch.kept.append(i)
+                batch.decode.append(seq)
+        room = self.max_num_seqs - len(batch.decode)
         budget = self.max_prefill_tokens
         while self.waiting and room > 0:
             seq = self.waiting[0]
@@ -62,9 +94,19 @@ class Scheduler:
             batch.prefill.append(seq)
             budget -= seq.num_prompt_tokens
             room -= 1
+        self.running = [*batch.decode, *batch.prefill]
         return batch
 
+    def retire(self) -> list[int]:
+        """Drop finished sequences from ``running``; the positions of those that stay."""
+        kept = [i for i, seq in enumerate(self.running) if not seq.is_finished]
+        if len(kept) < len(self.running):
+            self.running = [self.running[i] for i in kept]
+        return kept
+
     def drain(self) -> list[Sequence]:
-        seqs = list(self.waiting)
+        """Every sequence held, waiting then running; the scheduler is left empty."""
+        seqs = [*self.waiting, *self.running]
         self.waiting.clear()
+        self.running = []
         return seqs

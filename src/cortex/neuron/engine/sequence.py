@@ -1,7 +1,9 @@
 """One request's state inside the engine: ids, sampling params, status, timings.
 
-Owned by the worker thread, with one exception: ``cancel()`` may be called from the
-event loop; it only sets a flag the worker reads at the next step.
+Made on the event loop by ``submit`` and handed to the worker through the harness's
+locked inbox; from then on owned by the worker thread, with one exception:
+``cancel()`` may be called from the event loop; it only sets a flag the worker reads
+at the next step.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ threads. An engine's step that raises a device error (CUDA, not out-of-memory)
 fails every engine on the device — its models answer with that error — and the
 worker keeps running for the CPU-side bookkeeping; the process never dies of it.
 
-Contract: ``wake()`` may be called from any thread; everything else in an engine's
-``step`` runs here only.
+Contract: ``add``, ``remove`` and ``wake()`` may be called from any thread; an
+engine's ``has_work``, ``step`` and ``fail`` are called on this thread only.
 """
 
 from __future__ import annotations

@@ -1,0 +1,177 @@
+"""Admission into the batch: its invariants hold for random arrivals, cancels and finishes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cortex.neuron.engine.base import InferenceRequest, SamplingParams
+from cortex.neuron.engine.scheduler import Batch, Scheduler
+from cortex.neuron.engine.sequence import Sequence, SequenceStatus
+from cortex.neuron.wire.events import InferenceEvent
+from cortex.neuron.wire.output import TextOutput
+
+
+class _Letters:
+    """The part of a tokenizer ``TextOutput`` needs."""
+
+    def decode(self, token_ids: Seq[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(ord("a") + t % 26) for t in token_ids)
+
+
+class _Sink:
+    def put(self, events: list[InferenceEvent], completion_tokens: int) -> None:
+        pass
+
+
+def _seq(index: int, prompt_tokens: int) -> Sequence:
+    request = InferenceRequest(
+        request_id=str(index),
+        prompt_ids=[1] * prompt_tokens,
+        params=SamplingParams(max_tokens=16),
+        output=TextOutput(_Letters()),
+    )
+    return Sequence(request=request, sink=_Sink(), arrival_time=float(index))
+
+
+@dataclass
+class Round:
+    """What happens around one step: arrivals, then cancels, schedule, then finishes."""
+
+    arrivals: list[int]  # prompt lengths
+    cancels: list[int]  # picks among the sequences held (modulo their number)
+    finishes: list[int]  # picks among the running ones, finished during the step
+
+
+@dataclass
+class Step:
+    """One schedule: the queues before and after, and which were cancelled at the time."""
+
+    waiting: list[Sequence]
+    running: list[Sequence]
+    cancelled: list[Sequence]  # of those held, waiting first, then running
+    batch: Batch
+    waiting_after: list[Sequence]
+    running_after: list[Sequence]
+
+
+rounds = st.lists(
+    st.builds(
+        Round,
+        arrivals=st.lists(st.integers(1, 40), max_size=6),
+        cancels=st.lists(st.integers(0, 1000), max_size=3),
+        finishes=st.lists(st.integers(0, 1000), max_size=3),
+    ),
+    min_size=1,
+    max_size=12,
+)
+limits = st.tuples(st.integers(1, 6), st.integers(1, 64))
+
+
+def _drive(limit: tuple[int, int], plan: list[Round]) -> list[Step]:
+    scheduler = Scheduler(*limit)
+    steps: list[Step] = []
+    arrived = 0
+    for round_ in plan:
+        for length in round_.arrivals:
+            scheduler.add(_seq(arrived, length))
+            arrived += 1
+        held = [*scheduler.waiting, *scheduler.running]
+        for pick in round_.cancels:
+            if held:
+                held[pick % len(held)].cancel()
+        waiting, running = list(scheduler.waiting), list(scheduler.running)
+        cancelled = [seq for seq in [*waiting, *running] if seq.is_cancelled]
+        batch = scheduler.schedule()
+        waiting_after, running_after = list(scheduler.waiting), list(scheduler.running)
+        steps.append(Step(waiting, running, cancelled, batch, waiting_after, running_after))
+        before_retire = list(scheduler.running)
+        for pick in round_.finishes:
+            if before_retire:
+                before_retire[pick % len(before_retire)].status = SequenceStatus.FINISHED
+        kept = scheduler.retire()
+        assert scheduler.running == [s for s in before_retire if not s.is_finished]
+        assert [before_retire[i] for i in kept] == scheduler.running
+    return steps
+
+
+def _prompt_tokens(seqs: list[Sequence]) -> int:
+    return sum(seq.num_prompt_tokens for seq in seqs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(limits, rounds)
+def test_never_more_than_max_num_seqs_run(limit: tuple[int, int], plan: list[Round]) -> None:
+    for step in _drive(limit, plan):
+        assert len(step.running_after) <= limit[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(limits, rounds)
+def test_a_step_prefills_within_its_budget_unless_one_prompt_alone(
+    limit: tuple[int, int], plan: list[Round]
+) -> None:
+    for step in _drive(limit, plan):
+        admitted = step.batch.prefill
+        assert _prompt_tokens(admitted) <= limit[1] or len(admitted) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(limits, rounds)
+def test_admits_first_in_first_out_and_as_many_as_fit(
+    limit: tuple[int, int], plan: list[Round]
+) -> None:
+    max_num_seqs, budget = limit
+    admitted: list[Sequence] = []
+    for step in _drive(limit, plan):
+        live = [seq for seq in step.waiting if seq not in step.cancelled]
+        joined = step.batch.prefill
+        # The head of the queue joins, in order; the rest waits, still in order.
+        assert joined == live[: len(joined)]
+        assert step.waiting_after == live[len(joined) :]
+        if step.waiting_after:  # it stopped for want of a slot or of budget, not otherwise
+            full = len(step.running_after) == max_num_seqs
+            next_prompt = step.waiting_after[0].num_prompt_tokens
+            assert full or (joined and _prompt_tokens(joined) + next_prompt > budget)
+        admitted.extend(joined)
+    arrivals = [seq.arrival_time for seq in admitted]
+    assert arrivals == sorted(arrivals)
+
+
+@settings(max_examples=300, deadline=None)
+@given(limits, rounds)
+def test_cancelled_sequences_are_dropped_and_reported(
+    limit: tuple[int, int], plan: list[Round]
+) -> None:
+    for step in _drive(limit, plan):
+        assert step.batch.cancelled == step.cancelled
+        assert not set(step.cancelled) & {*step.waiting_after, *step.running_after}
+        # The rows that stay keep their order; joining ones follow them.
+        survivors = [seq for seq in step.running if seq not in step.cancelled]
+        assert step.batch.decode == survivors
+        assert [step.running[i] for i in step.batch.kept] == survivors
+        assert step.running_after == [*survivors, *step.batch.prefill]
+
+
+def test_a_prompt_longer_than_the_budget_runs_alone_and_is_not_starved() -> None:
+    scheduler = Scheduler(max_num_seqs=4, max_prefill_tokens=10)
+    long, short, shorter = _seq(0, 50), _seq(1, 6), _seq(2, 4)
+    for seq in (long, short, shorter):
+        scheduler.add(seq)
+    assert scheduler.schedule().prefill == [long]
+    assert (long.status, short.status) == (SequenceStatus.RUNNING, SequenceStatus.WAITING)
+    assert scheduler.schedule().prefill == [short, shorter]
+    assert scheduler.running == [long, short, shorter]
+
+
+def test_drain_hands_back_every_sequence_held() -> None:
+    scheduler = Scheduler(max_num_seqs=1, max_prefill_tokens=100)
+    seqs = [_seq(i, 3) for i in range(3)]
+    for seq in seqs:
+        scheduler.add(seq)
+    scheduler.schedule()
+    assert scheduler.drain() == [seqs[1], seqs[2], seqs[0]]  # waiting, then running
+    assert not scheduler.has_work
