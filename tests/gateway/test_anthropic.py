@@ -24,12 +24,8 @@ from cortex.gateway.dialects.anthropic_reply import from_openai, prompt_too_long
 from cortex.gateway.dialects.anthropic_request import IMAGE_PLACEHOLDER, to_openai, to_tokenize
 from cortex.gateway.dialects.anthropic_stream import StreamTranslator
 from cortex.protocol.anthropic import parse_count_tokens_request, parse_messages_request
-from cortex.protocol.openai import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    parse_request,
-)
+from cortex.protocol.openai import ChatCompletion, ChatCompletionRequest, parse_request
+from cortex.protocol.openai_reply import ChatCompletionChunk
 from tests.protocol.test_anthropic import claude_code_request
 
 RAW_EVENT: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from cortex.protocol.openai import Counted, Penalty, Probability
+from cortex.protocol.openai import Penalty, Probability
+from cortex.protocol.openai_reply import Counted
 from cortex.protocol.validation import invalid_request, type_tag
 
 _REQUEST = ConfigDict(extra="allow", strict=True)

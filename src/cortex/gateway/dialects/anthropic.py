@@ -38,7 +38,8 @@ from cortex.protocol.anthropic import (
     parse_count_tokens_request,
     parse_messages_request,
 )
-from cortex.protocol.openai import ChatCompletion, ChatCompletionChunk, error_from_body
+from cortex.protocol.openai import ChatCompletion, error_from_body
+from cortex.protocol.openai_reply import ChatCompletionChunk
 
 PING = sse.encode({"type": "ping"}, "ping")
 

@@ -27,7 +27,7 @@ from cortex.gateway.dialects.anthropic_reply import (
     usage,
 )
 from cortex.protocol.anthropic import error_body
-from cortex.protocol.openai import ChatCompletionChunk, ChunkToolCall, TokenCounts
+from cortex.protocol.openai_reply import ChatCompletionChunk, ChunkToolCall, TokenCounts
 
 Event = tuple[str, dict[str, Any]]
 

@@ -20,7 +20,8 @@ from cortex.gateway.metrics import RequestRecorder
 from cortex.gateway.proxy import Outcome, Routed, send_error
 from cortex.gateway.state import Snapshot
 from cortex.gateway.upstream import UpstreamError, UpstreamResponse
-from cortex.protocol.openai import ChatCompletionChunk, error_body
+from cortex.protocol.openai import error_body
+from cortex.protocol.openai_reply import ChatCompletionChunk
 from cortex.protocol.responses import StreamEvent
 
 

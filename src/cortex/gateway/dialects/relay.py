@@ -19,7 +19,7 @@ from cortex import sse
 from cortex.errors import BadUpstream
 from cortex.gateway.proxy import Outcome
 from cortex.gateway.upstream import UpstreamResponse
-from cortex.protocol.openai import Counted, TokenCounts
+from cortex.protocol.openai_reply import Counted, TokenCounts
 
 M = TypeVar("M", bound=BaseModel)
 
