@@ -113,8 +113,7 @@ class Decoder:
                 events.append(event)
         self._buffer = rest
         if self._size + len(rest) > self.max_event_bytes:
-            self._reset()
-            raise EventTooLarge(f"An upstream event passed the {self.max_event_bytes}-byte limit")
+            raise self._too_large()
         return events
 
     def close(self) -> list[Event]:
@@ -145,13 +144,14 @@ class Decoder:
             self._data.append(value)
             self._size += len(value) + 1
             if self._size > self.max_event_bytes:
-                self._reset()
-                raise EventTooLarge(
-                    f"An upstream event passed the {self.max_event_bytes}-byte limit"
-                )
+                raise self._too_large()
         elif field == b"event":
             self._name = value.decode("utf-8", "replace")
         return None
+
+    def _too_large(self) -> EventTooLarge:
+        self._reset()
+        return EventTooLarge(f"An upstream event passed the {self.max_event_bytes}-byte limit")
 
     def _reset(self) -> None:
         self._data = []
