@@ -112,15 +112,29 @@ def test_a_full_queue_is_a_429_with_retry_after(start_neuron: Any, tiny_model: P
     body = {"model": "tiny", "messages": PROMPT, "max_tokens": 60000, "ignore_eos": True,
             "stream": True}  # fmt: skip
 
+    async def until(client: httpx.AsyncClient, name: str, value: float) -> None:
+        """Wait for the neuron's own gauge, not for a guessed time (slow CI machines)."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = (await client.get("/metrics")).text
+            families = text_string_to_metric_families(text)
+            samples = {s.name: s.value for f in families for s in f.samples if s.labels}
+            if samples.get(name) == value:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{name} never reached {value}")
+
     async def crowd() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=neuron.url, timeout=30) as client:
             holders = [client.stream("POST", "/v1/chat/completions", json=body) for _ in range(2)]
-            opened = [await holder.__aenter__() for holder in holders]
-            await asyncio.sleep(0.3)
+            running = await holders[0].__aenter__()
+            await until(client, "cortex_neuron_requests_running", 1)
+            waiting = await holders[1].__aenter__()
+            await until(client, "cortex_neuron_requests_waiting", 1)
             refused = await client.post("/v1/chat/completions", json=body)
             for holder in holders:
                 await holder.__aexit__(None, None, None)
-            return [*opened, refused]
+            return [running, waiting, refused]
 
     *opened, refused = asyncio.run(crowd())
     assert [r.status_code for r in opened] == [200, 200]
