@@ -199,3 +199,15 @@ def test_settle_puts_the_owners_loads_and_unloads_before_the_neurons_word() -> N
     assert [r.id for r in eviction_order(snapshot, "a", {})] == ["r", "x"]
     assert isinstance(plan(snapshot, "e", {}), Unplaceable)  # not where this gateway unloads it
     assert plan(snapshot, "l", {}) == Placement("a", 0)  # join the load under way
+
+
+def test_a_neurons_busy_figure_taken_before_the_gateways_release_is_not_trusted() -> None:
+    record = ModelRecord(id="m", state="ready", source="m", memory_bytes=100, in_flight=1)
+    status = NodeStatus(name="a", version="0", engine="x", devices=[], models=[record])
+    node = settle(NodeState("a", "http://a", up=True, status=status, last_seen=100.0))
+    snapshot = Snapshot(nodes={"a": node}, models=ModelsConfig())
+    # The reading (at t=100) counted a request the gateway ended at t=101: stale.
+    assert is_evictable(snapshot, "a", record, {}, {("a", "m"): 101.0})
+    # Ended before the reading: the request the neuron counts is someone else's.
+    assert not is_evictable(snapshot, "a", record, {}, {("a", "m"): 99.0})
+    assert not is_evictable(snapshot, "a", record, {})

@@ -1,7 +1,10 @@
 """Which models to evict from a node to make room: a pure function of a snapshot.
 
 Never a pinned model, never one with requests in flight (the gateway's own count or
-the neuron's), never one that is not READY (so never one already being evicted).
+the neuron's), never one that is not READY (so never one already being evicted). The
+neuron's figures are as old as its last reading: when the gateway released a request
+on that model after the reading was taken, they still count that request, so they are
+not trusted until the next reading.
 ``lru`` takes the least recently used first; ``priority`` the lowest priority first,
 then lru.
 """
@@ -12,13 +15,18 @@ from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot
 from cortex.protocol.lifecycle import ModelRecord
 
 
-def is_evictable(snapshot: Snapshot, node: str, record: ModelRecord, busy: Busy) -> bool:
+def is_evictable(
+    snapshot: Snapshot, node: str, record: ModelRecord, busy: Busy, recent: LastUsed | None = None
+) -> bool:
+    key = (node, record.id)
+    seen = snapshot.nodes[node].last_seen or 0.0
+    neuron_busy = record.in_flight > 0 or record.queued > 0
+    stale = recent is not None and recent.get(key, 0.0) >= seen
     return (
         snapshot.state(node, record.id) is ModelState.READY
         and not snapshot.is_pinned(record.id)
-        and busy.get((node, record.id), 0) == 0
-        and record.in_flight == 0
-        and record.queued == 0
+        and busy.get(key, 0) == 0
+        and not (neuron_busy and not stale)
     )
 
 
@@ -30,7 +38,8 @@ def eviction_order(
     ``recent`` holds the gateway's own last-use stamps, fresher than the neuron's figures
     in the snapshot (which are as old as the last poll).
     """
-    candidates = [r for r in snapshot.nodes[node].records if is_evictable(snapshot, node, r, busy)]
+    records = snapshot.nodes[node].records
+    candidates = [r for r in records if is_evictable(snapshot, node, r, busy, recent)]
     stamps = recent or {}
 
     def last_used(record: ModelRecord) -> float:
@@ -44,8 +53,10 @@ def eviction_order(
     return candidates
 
 
-def evictable_bytes(snapshot: Snapshot, node: str, busy: Busy) -> int:
-    return sum(r.memory_bytes for r in eviction_order(snapshot, node, busy))
+def evictable_bytes(
+    snapshot: Snapshot, node: str, busy: Busy, recent: LastUsed | None = None
+) -> int:
+    return sum(r.memory_bytes for r in eviction_order(snapshot, node, busy, recent))
 
 
 def choose_victims(

@@ -124,7 +124,9 @@ def apply_reading(node: NodeState, reading: Reading) -> NodeState:
         node,
         up=True,
         status=reading.status,
-        last_seen=time.time(),
+        # When the reading was taken, in wall-clock time: what the neuron said counts
+        # every request the gateway released before this moment, none released after.
+        last_seen=time.time() - (time.monotonic() - reading.taken_at),
         error=None,
         failures=0,
         status_at=reading.taken_at,

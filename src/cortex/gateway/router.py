@@ -100,7 +100,7 @@ def plan(
         victims = choose_victims(snapshot, node, shortfall, busy, recent)
         if victims is not None:
             return Placement(node, needed, victims)
-    largest = max(free_bytes(snapshot, n) + evictable_bytes(snapshot, n, busy) for n in up)
+    largest = max(free_bytes(snapshot, n) + evictable_bytes(snapshot, n, busy, recent) for n in up)
     needed = min(needed_bytes(snapshot, model, n) for n in up)
     return Unplaceable(
         NoCapacity(
