@@ -96,10 +96,26 @@ def test_bad_sampling_values_are_400s_naming_the_field(neuron: Neuron) -> None:
         ("top_k", -5), ("min_p", 1.5), ("presence_penalty", 3), ("frequency_penalty", -3),
         ("repetition_penalty", 0), ("n", 0), ("top_logprobs", 50), ("min_tokens", -1),
         ("seed", "x"), ("stop_token_ids", "eos"), ("logprobs", "yes"),
+        # Past what a tensor holds, or what the model has: refused here, never in a batch.
+        ("top_k", 2**63), ("top_k", 2**31), ("seed", 2**64), ("seed", 2**63),
+        ("seed", -(2**63) - 1), ("stop_token_ids", [10**6]), ("stop_token_ids", [-1]),
+        ("temperature", 2.5), ("temperature", -1e-320), ("top_p", 0),
+        ("repetition_penalty", 11), ("max_tokens", 0),
     ]:  # fmt: skip
         response = neuron.post("/v1/chat/completions", json={**base, field: value})
-        assert response.status_code == 400, field
-        assert field in response.json()["error"]["message"], field
+        assert response.status_code == 400, (field, value)
+        assert field in response.json()["error"]["message"], (field, value)
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    for field, value in [("top_k", 2**63), ("seed", 2**64), ("temperature", 3)]:
+        body = {"model": "tiny", "input": "Tell me about the river.", field: value}
+        response = neuron.post("/v1/responses", json=body)
+        assert response.status_code == 400, (field, value)
+        assert field in response.json()["error"]["message"], (field, value)
+    # stop_token_ids are checked against the model's vocabulary, with min_tokens too.
+    outside = {**base, "stop_token_ids": [10**6], "min_tokens": 2}
+    response = neuron.post("/v1/chat/completions", json=outside)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "stop_token_ids"
     orphan = neuron.post("/v1/chat/completions", json={**base, "top_logprobs": 2})
     assert orphan.status_code == 400
     assert "logprobs" in orphan.json()["error"]["message"]

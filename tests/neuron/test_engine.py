@@ -251,3 +251,166 @@ async def test_status_counts_running_and_waiting_and_closing_cancels_both(
     ends = [[e async for e in stream][-1] for stream in streams]
     assert [e.finish_reason for e in ends if isinstance(e, Done)] == ["cancelled", "cancelled"]
     assert (harness.num_running, harness.num_waiting, harness.cached_tokens) == (0, 0, 0)
+
+
+class _FailingOutput(TextOutput):
+    """An output whose own part of the step raises after ``after`` tokens, at ``where``
+    (``redirect``: while the token is chosen; ``feed``: in stop handling and detokenizing)."""
+
+    def __init__(self, tokenizer: Any, where: str, after: int) -> None:
+        super().__init__(tokenizer)
+        self.where, self.left = where, after
+
+    def _tick(self, where: str) -> None:
+        if where == self.where:
+            self.left -= 1
+            if self.left < 0:
+                raise RuntimeError(f"broken {where}")
+
+    def redirect(self, token_id: int) -> int:
+        self._tick("redirect")
+        return super().redirect(token_id)
+
+    def feed(self, token_id: int) -> tuple[list[InferenceEvent], str | None]:
+        self._tick("feed")
+        return super().feed(token_id)
+
+
+async def _end(stream: Any) -> InferenceEvent:
+    events: list[InferenceEvent] = [event async for event in stream]
+    return events[-1]
+
+
+async def test_one_sequence_that_fails_fails_alone_and_the_batch_goes_on(
+    engine: Any, weights: loader.LoadedWeights
+) -> None:
+    alone = engine()
+    expected = [await _collect(alone.submit(_request(weights, p, max_tokens=24))) for p in PROMPTS]
+
+    batched = engine(max_num_seqs=8)
+    broken = []
+    for where, after in [("redirect", 0), ("redirect", 5), ("feed", 0), ("feed", 7)]:
+        request = _request(weights, PROMPTS[0], max_tokens=24)
+        request.output = _FailingOutput(weights.tokenizer, where, after)
+        broken.append(request)
+    requests = [_request(weights, p, max_tokens=24) for p in PROMPTS]
+    # The broken ones join with the good ones, in the same prefill and mid-flight.
+    streams = [batched.submit(r) for r in [*requests[:2], broken[0], broken[2]]]
+    await asyncio.sleep(0.02)
+    streams += [batched.submit(r) for r in [broken[1], *requests[2:], broken[3]]]
+    good = [streams[0], streams[1], streams[5], streams[6]]
+    bad = [streams[2], streams[3], streams[4], streams[7]]
+    results = await asyncio.gather(*(_collect(s) for s in good))
+    assert [(text, done.completion_tokens) for text, done, _ in results] == [
+        (text, done.completion_tokens) for text, done, _ in expected
+    ]
+    ends = await asyncio.gather(*(_end(s) for s in bad))
+    assert all(isinstance(e, Error) for e in ends), ends
+    messages = [e.message for e in ends if isinstance(e, Error)]
+    assert "broken redirect" in messages[0]
+    assert "broken feed" in messages[1]
+    assert all("this request" in m for m in messages)
+    # Nothing is left behind: the failed sequences gave their rows back.
+    for _ in range(200):
+        if (batched.num_running, batched.cached_tokens) == (0, 0):
+            break
+        await asyncio.sleep(0.01)
+    assert (batched.num_running, batched.num_waiting, batched.cached_tokens) == (0, 0, 0)
+
+
+async def test_values_past_the_edge_never_fail_a_batch(
+    engine: Any, weights: loader.LoadedWeights
+) -> None:
+    """What the HTTP edge refuses, the engine takes without failing anyone if it gets it:
+    a top_k or seed past 64 bits, stop ids outside the vocabulary with min_tokens, a denormal
+    temperature (greedy)."""
+    harness = engine(max_num_seqs=8)
+    greedy = await _collect(harness.submit(_request(weights, PROMPTS[0])))
+    odd: list[dict[str, Any]] = [
+        {"temperature": 1.0, "top_k": 2**63, "seed": 1},
+        {"temperature": 1.0, "seed": 2**64 + 5},
+        {"temperature": 1.0, "seed": -(2**63)},
+        {"ignore_eos": False, "min_tokens": 4, "stop_token_ids": (10**6, 2**70)},
+        {"temperature": 1e-320},
+        {"logprobs": 10**6, "max_tokens": 2},
+    ]
+    streams = [harness.submit(_request(weights, PROMPTS[0], **params)) for params in odd]
+    streams.append(harness.submit(_request(weights, PROMPTS[0])))
+    results = await asyncio.gather(*(_collect(s) for s in streams))
+    assert results[4][0] == greedy[0]  # a denormal temperature is greedy
+    assert results[-1][0] == greedy[0]
+    # A seed is taken modulo 2**64: the same draw as its residue.
+    residue = await _collect(harness.submit(_request(weights, PROMPTS[0], temperature=1.0, seed=5)))
+    assert residue[0] == results[1][0]
+
+
+async def test_a_request_the_engine_must_not_run_ends_alone_at_submit(
+    engine: Any, weights: loader.LoadedWeights
+) -> None:
+    harness = engine(max_num_seqs=8)
+    running = harness.submit(_request(weights, PROMPTS[0], max_tokens=24))
+    vocab = len(weights.tokenizer)
+    empty = _request(weights, PROMPTS[1])
+    empty.prompt_ids = []
+    outside = _request(weights, PROMPTS[1])
+    outside.prompt_ids = [*outside.prompt_ids, vocab]
+    refused = [
+        (empty, "prompt is empty"),
+        (outside, "vocabulary"),
+        (_request(weights, PROMPTS[1], temperature=float("nan")), "temperature"),
+        (_request(weights, PROMPTS[1], temperature=float("inf")), "temperature"),
+        (_request(weights, PROMPTS[1], top_p=0.0), "top_p"),
+        (_request(weights, PROMPTS[1], repetition_penalty=0.0), "repetition_penalty"),
+        (_request(weights, PROMPTS[1], presence_penalty=float("nan")), "presence_penalty"),
+        (_request(weights, PROMPTS[1], stop_token_ids=(-1,)), "stop_token_ids"),
+        (_request(weights, PROMPTS[1], max_tokens=0), "max_tokens"),
+    ]
+    for request, field in refused:
+        end = await asyncio.wait_for(_end(harness.submit(request)), 5)
+        assert isinstance(end, Error), (field, end)
+        assert field in end.message
+    _text, done, _ = await _collect(running)
+    assert done.completion_tokens == 24
+
+
+async def test_a_prompt_that_fails_its_prefill_fails_alone(weights: loader.LoadedWeights) -> None:
+    """The batched prefill fails (a token id past the embedding); the joining sequences are
+    prefilled one by one, the culprit gets no row and the others decode as they would alone."""
+    from cortex.neuron.engine.isolation import prefill_rows
+    from cortex.neuron.engine.runner import ModelRunner
+    from cortex.neuron.engine.sequence import Sequence
+
+    class _Sink:
+        def put(self, events: list[InferenceEvent], completion_tokens: int) -> None:
+            pass
+
+    def greedy(runner: ModelRunner, seqs: list[Sequence], logits: torch.Tensor) -> list[list[int]]:
+        out = []
+        for _ in range(6):
+            tokens = logits.argmax(dim=-1).tolist()
+            for seq, token in zip(seqs, tokens, strict=True):
+                seq.output_ids.append(int(token))
+            out.append(tokens)
+            logits = runner.decode(seqs)
+        return [[step[i] for step in out] for i in range(len(seqs))]
+
+    def seq(prompt: str) -> Sequence:
+        return Sequence(request=_request(weights, prompt), sink=_Sink())
+
+    bad = seq(PROMPTS[1])
+    bad.request.prompt_ids = [*bad.request.prompt_ids, 10**6]
+    runner = ModelRunner(weights.model, torch.device("cpu"))
+    batch = [seq(PROMPTS[0]), bad, seq(PROMPTS[2])]
+    with torch.inference_mode():
+        joined, logits, failed = prefill_rows(runner, batch)
+        assert joined == [batch[0], batch[2]]
+        assert [s for s, _ in failed] == [bad]
+        assert isinstance(failed[0][1], IndexError)
+        assert logits is not None
+        assert runner.num_rows == 2
+        together = greedy(runner, joined, logits)
+        alone = []
+        for s in (seq(PROMPTS[0]), seq(PROMPTS[2])):
+            single = ModelRunner(weights.model, torch.device("cpu"))
+            alone += greedy(single, [s], single.prefill([s]))
+    assert together == alone

@@ -175,3 +175,22 @@ def test_drain_hands_back_every_sequence_held() -> None:
     scheduler.schedule()
     assert scheduler.drain() == [seqs[1], seqs[2], seqs[0]]  # waiting, then running
     assert not scheduler.has_work
+
+
+def test_a_joining_sequence_whose_prefill_failed_leaves_running_and_the_rows_follow() -> None:
+    scheduler = Scheduler(max_num_seqs=5, max_prefill_tokens=100)
+    first, second = _seq(0, 3), _seq(1, 3)
+    for seq in (first, second):
+        scheduler.add(seq)
+    scheduler.schedule()
+    joining = [_seq(2, 3), _seq(3, 3), _seq(4, 3)]
+    for seq in joining:
+        scheduler.add(seq)
+    batch = scheduler.schedule()
+    assert batch.prefill == joining
+    # The middle one failed its prefill (no cache row); the first running one finished.
+    joining[1].status = first.status = SequenceStatus.FINISHED
+    scheduler.unadmit([joining[1]])
+    assert scheduler.running == [first, second, joining[0], joining[2]]
+    assert scheduler.retire() == [1, 2, 3]  # the cache rows that stay, of the four it holds
+    assert scheduler.running == [second, joining[0], joining[2]]

@@ -43,6 +43,18 @@ def test_good_request_with_unknown_fields_is_accepted() -> None:
         ({**GOOD, "max_tokens": -1}, "max_tokens"),
         ({**GOOD, "max_tokens": "5"}, "max_tokens"),
         ({**GOOD, "temperature": 3}, "temperature"),
+        ({**GOOD, "temperature": -1e-320}, "temperature"),
+        ({**GOOD, "top_p": 0}, "top_p"),
+        ({**GOOD, "top_k": 2**63}, "top_k"),
+        ({**GOOD, "top_k": 2**31}, "top_k"),
+        ({**GOOD, "top_k": -2}, "top_k"),
+        ({**GOOD, "seed": 2**64}, "seed"),
+        ({**GOOD, "seed": 2**63}, "seed"),
+        ({**GOOD, "seed": -(2**63) - 1}, "seed"),
+        ({**GOOD, "stop_token_ids": [5, -1]}, "stop_token_ids.1"),
+        ({**GOOD, "stop_token_ids": [2**64]}, "stop_token_ids.0"),
+        ({**GOOD, "repetition_penalty": 0}, "repetition_penalty"),
+        ({**GOOD, "presence_penalty": 2.5}, "presence_penalty"),
         ({**GOOD, "stream": "yes"}, "stream"),
         ({**GOOD, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"messages": GOOD["messages"]}, "model"),
@@ -55,6 +67,15 @@ def test_bad_requests_are_invalid_request_naming_the_field(body: object, param: 
     assert info.value.param == param
     if param:
         assert param in info.value.message
+
+
+def test_the_edges_of_each_sampling_range_are_accepted() -> None:
+    edges = {"temperature": 1e-320, "top_p": 1.0, "top_k": 2**31 - 1, "seed": 2**63 - 1,
+             "stop_token_ids": [0, 2**31 - 1], "repetition_penalty": 10.0, "min_p": 1.0,
+             "presence_penalty": -2.0, "frequency_penalty": 2.0}  # fmt: skip
+    request = _parse({**GOOD, **edges})
+    assert (request.top_k, request.seed) == (2**31 - 1, 2**63 - 1)
+    assert _parse({**GOOD, "seed": -(2**63), "top_k": -1}).seed == -(2**63)
 
 
 def test_an_error_envelope_reads_back_as_the_error_it_came_from() -> None:

@@ -52,6 +52,12 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
     tools = request.tools if choice != "none" else None
     fmt = parsed_format(template.format, tools, choice)
     prompt = template.render(request.messages, tools, template_kwargs(request))
+    if not prompt.ids:
+        raise InvalidRequest(
+            "The chat template rendered these messages as no tokens at all; there is nothing "
+            "to generate from",
+            param="messages",
+        )
     start: State = start_state(prompt.ids, fmt.think)
     steer = Steer(prompt)
     if choice == "required" or isinstance(choice, NamedToolChoice):
@@ -268,6 +274,14 @@ def sampling_params(
     def pick(value: Any, key: str, fallback: Any) -> Any:
         return value if value is not None else defaults.get(key, fallback)
 
+    vocab = len(model.tokenizer)
+    for token in request.stop_token_ids or ():
+        if token >= vocab:
+            raise InvalidRequest(
+                f"stop_token_ids: {token} is not a token id of this model (its vocabulary "
+                f"has {vocab})",
+                param="stop_token_ids",
+            )
     min_tokens = request.min_tokens or 0
     if min_tokens > max_tokens:
         raise InvalidRequest(

@@ -105,8 +105,23 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False
 
 
+# The sampling fields' ranges, shared with the Responses API so that a value one dialect
+# accepts never fails the other. Integers that reach the engine's tensors are bounded: JSON
+# integers have no limit, torch's are 64-bit.
+INT32_MAX = 2**31 - 1
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# 0 is greedy, and so is anything below the engine's MIN_TEMPERATURE (1e-5): the limit of
+# sampling as the temperature falls to 0, without dividing logits by a denormal.
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+# -1 and 0 mean off; a k past the vocabulary keeps every token.
+TopK = Annotated[int, Field(ge=-1, le=INT32_MAX)]
+# OpenAI's range, a signed 64-bit integer; the engine maps it onto torch's unsigned seeds.
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0)]
+# A token id; whether it is in the model's vocabulary is checked once the model is known.
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class ChatCompletionRequest(BaseModel):
@@ -116,18 +131,18 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
     min_p: Probability | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    repetition_penalty: RepetitionPenalty | None = None
     min_tokens: int | None = Field(default=None, ge=0)
     ignore_eos: bool = False
     # vLLM's name: at most this many tokens inside reasoning, then the model is made to close

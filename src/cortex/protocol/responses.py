@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from cortex.protocol.openai import Penalty, Probability
+from cortex.protocol.openai import (
+    Penalty,
+    Probability,
+    RepetitionPenalty,
+    Seed,
+    Temperature,
+    TopK,
+    TopP,
+)
 from cortex.protocol.openai_reply import Counted
 from cortex.protocol.validation import invalid_request, type_tag
 
@@ -218,8 +226,8 @@ class ResponsesRequest(BaseModel):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     stream: bool = False
     store: bool | None = None
     previous_response_id: str | None = None
@@ -232,13 +240,13 @@ class ResponsesRequest(BaseModel):
     client_metadata: dict[str, Any] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     # Sampling extras our chat API accepts too.
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: TopK | None = None
     min_p: Probability | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stop: str | list[str] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    repetition_penalty: RepetitionPenalty | None = None
 
 
 # Tags pydantic puts in an error's location after a list index (or after ``tool_choice``)

@@ -7,6 +7,9 @@ A ``Harness`` owns one loaded model's generation. Contract:
   ``Overloaded`` when the model's waiting queue is full.
 * The returned ``InferenceStream`` yields ``InferenceEvent``s in order and ends
   after exactly one ``Done`` or ``Error``.
+* One request harms no other: a request the engine must not run ends its own stream
+  with an ``Error`` at once, and a failure that belongs to one sequence (its sampling,
+  its output, its prompt's prefill) ends that sequence alone; the others go on.
 * ``InferenceStream.aclose()`` cancels: the sequence is dropped at the next engine
   step (waiting or running) and its resources freed. Closing a finished stream is a
   no-op. Dropping a stream without closing it is a leak the caller must not cause.
@@ -26,13 +29,20 @@ from typing import Protocol
 from cortex.neuron.wire.events import InferenceEvent
 from cortex.neuron.wire.output import OutputProcessor
 
+# Below this a temperature is greedy: the limit of sampling as the temperature falls to 0,
+# reached without dividing logits by a number so small that they overflow (1e-320 → inf).
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclass(slots=True, frozen=True)
 class SamplingParams:
-    """Per-sequence sampling; validated at the HTTP edge, trusted here.
+    """Per-sequence sampling; validated at the HTTP edge and checked again when the engine
+    admits the sequence (``engine.isolation.check_request``), so that no batch runs with a
+    value that could fail it.
 
-    ``temperature == 0`` means greedy. ``top_k <= 0`` and ``top_p == 1`` and
-    ``min_p == 0`` mean off; penalties at their neutral values cost nothing.
+    ``temperature`` below ``MIN_TEMPERATURE`` (0 included) means greedy. ``top_k <= 0`` and
+    ``top_p == 1`` and ``min_p == 0`` mean off, and so does a ``top_k`` past the vocabulary;
+    penalties at their neutral values cost nothing. Any integer seed is taken, modulo 2**64.
     """
 
     max_tokens: int
@@ -52,7 +62,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:

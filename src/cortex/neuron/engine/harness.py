@@ -19,6 +19,11 @@ Who owns what, on which thread:
   (plus the inbox, for sequences submitted since), so the event loop never touches a
   tensor or a worker-owned queue; their figures are as of the worker's last step.
 * Events go to the event loop with one ``call_soon_threadsafe`` per step.
+
+One sequence's fault fails that sequence alone (``isolation``): a request no batch should
+run with is refused at ``submit``; a sampling, output or prefill error of one sequence ends
+its stream with an ``Error`` and the others go on. Only what belongs to the whole batch (a
+failed decode) fails every running sequence, and a device error fails the device.
 """
 
 from __future__ import annotations
@@ -28,66 +33,29 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
 
 from cortex.errors import Overloaded
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream
+from cortex.neuron.engine.isolation import (
+    check_request,
+    is_device_error,
+    logprob_rows,
+    prefill_rows,
+    sample_rows,
+)
 from cortex.neuron.engine.runner import ModelRunner, can_batch
-from cortex.neuron.engine.sampling import make_generator, sample_next, token_logprobs
+from cortex.neuron.engine.sampling import make_generator
 from cortex.neuron.engine.scheduler import Batch, Scheduler
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 from cortex.neuron.engine.stats import EngineStats, EngineStatus
+from cortex.neuron.engine.stream import Posts, SequenceStream, dispatch
 from cortex.neuron.engine.worker import DeviceWorker
 from cortex.neuron.wire.events import Done, Error, FinishReason, InferenceEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
-
-Posts = list[tuple[Sequence, list[InferenceEvent], int]]
-
-
-class _Stream:
-    """The consumer's end of one sequence; an async iterator of events."""
-
-    def __init__(self, wake: Any) -> None:
-        self._wake = wake
-        self._queue: asyncio.Queue[tuple[list[InferenceEvent], int]] = asyncio.Queue()
-        self._pending: deque[InferenceEvent] = deque()
-        self._ended = False
-        self.seq: Sequence | None = None
-        self.completion_tokens = 0  # generated up to the last event handed out
-
-    def put(self, events: list[InferenceEvent], completion_tokens: int) -> None:
-        """On the event loop."""
-        self._queue.put_nowait((events, completion_tokens))
-
-    def __aiter__(self) -> AsyncIterator[InferenceEvent]:
-        return self
-
-    async def __anext__(self) -> InferenceEvent:
-        if not self._pending:
-            if self._ended:
-                raise StopAsyncIteration
-            events, self.completion_tokens = await self._queue.get()
-            self._pending.extend(events)
-        event = self._pending.popleft()
-        if isinstance(event, Done | Error):
-            self._ended = True
-            self._pending.clear()
-        return event
-
-    async def aclose(self) -> None:
-        if not self._ended and self.seq is not None:
-            self._ended = True
-            self.seq.cancel()
-            self._wake()
-
-
-def _dispatch(posts: Posts) -> None:
-    for seq, events, count in posts:
-        seq.sink.put(events, count)
 
 
 class TransformersHarness:
@@ -166,13 +134,18 @@ class TransformersHarness:
             )
 
     def submit(self, request: InferenceRequest) -> InferenceStream:
-        """Queue a sequence; raises ``Overloaded`` (429) when the waiting queue is full."""
+        """Queue a sequence; raises ``Overloaded`` (429) when the waiting queue is full.
+
+        A request the engine must not run (``check_request``) gets its stream ended with
+        an ``Error`` here and never reaches the worker."""
         self._loop = asyncio.get_running_loop()
-        stream = _Stream(self._worker.wake)
+        stream = SequenceStream(self._worker.wake)
         seq = Sequence(request=request, sink=stream)
         stream.seq = seq
-        if self._failure is not None or self._closing:
-            stream.put([Error(self._failure or "the model is being unloaded")], 0)
+        refused = self._failure or ("the model is being unloaded" if self._closing else None)
+        refused = refused or check_request(request, self._runner.vocab_size)
+        if refused is not None:
+            stream.put([Error(refused)], 0)
             return stream
         self.check_room()
         with self._lock:
@@ -245,18 +218,29 @@ class TransformersHarness:
         self._status = EngineStatus(s.num_running, s.num_waiting, cached_tokens, s.oldest_arrival)
 
     def _run(self, batch: Batch, posts: Posts) -> None:
-        """One decode for every running row, then one prefill for the joining ones."""
+        """One decode for every running row, then one prefill for the joining ones: together,
+        else one by one, so that a prompt that fails fails alone."""
         if batch.decode:
             logits = self._runner.decode(batch.decode)
             self._sample_and_post(logits, batch.decode, posts)
         if batch.prefill:
             now = time.monotonic()
+            joining: list[Sequence] = []
             for seq in batch.prefill:
                 self.stats.queued(now - seq.arrival_time)
-                if not seq.request.params.is_greedy:
-                    seq.generator = make_generator(seq.request.params.seed, self._device)
-            logits = self._runner.prefill(batch.prefill)
-            self._sample_and_post(logits, batch.prefill, posts)
+                try:
+                    if not seq.request.params.is_greedy:
+                        seq.generator = make_generator(seq.request.params.seed, self._device)
+                except Exception as exc:
+                    self._seq_failed(seq, "its seed", exc, posts)
+                    continue
+                joining.append(seq)
+            joined, prefilled, failed = prefill_rows(self._runner, joining)
+            for seq, error in failed:
+                self._seq_failed(seq, "its prompt", error, posts)
+            self._scheduler.unadmit([seq for seq in batch.prefill if seq not in joined])
+            if joined and prefilled is not None:
+                self._sample_and_post(prefilled, joined, posts)
 
     def fail(self, reason: str) -> None:
         """The device is gone (on the worker thread): end every sequence, refuse more."""
@@ -276,24 +260,47 @@ class TransformersHarness:
         self._idle.set()
 
     def _sample_and_post(self, logits: torch.Tensor, seqs: list[Sequence], posts: Posts) -> None:
-        # logits: [B, V] for ``seqs`` in order (one cancelled since the schedule is decoded
-        # once more and dropped at the next step)
-        tokens = sample_next(logits, seqs)
-        for i, seq in enumerate(seqs):
-            output = seq.request.output
-            forced = output.forced_next()  # a spent thinking budget, a forced call
-            tokens[i] = forced if forced is not None else output.redirect(tokens[i])
-        wanted = [s.request.params.logprobs for s in seqs]
-        found = (
-            token_logprobs(logits, tokens, wanted) if any(w is not None for w in wanted) else None
-        )
+        """Sample, steer, take logprobs and postprocess; a sequence whose own part of this
+        fails ends with an Error, the others go on.
+
+        ``logits``: [B, V] for ``seqs`` in order (one cancelled since the schedule is
+        decoded once more and dropped at the next step)."""
+        sampled = sample_rows(logits, seqs, self._device)
+        tokens = [self._steer(seq, token, posts) for seq, token in zip(seqs, sampled, strict=True)]
+        found = logprob_rows(logits, seqs, tokens, self._device)
         now = time.monotonic()
-        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
-            events = self._postprocess(seq, token, now)
-            if found is not None and found[i] is not None:
-                events.insert(0, self._logprob_event(seq, token, found[i]))
+        for seq, token, logprobs in zip(seqs, tokens, found, strict=True):
+            if seq.is_finished:  # its sampling failed
+                continue
+            try:
+                events = self._postprocess(seq, token, now)
+                if isinstance(logprobs, Exception):
+                    raise logprobs
+                if logprobs is not None:
+                    events.insert(0, self._logprob_event(seq, token, logprobs))
+            except Exception as exc:
+                self._seq_failed(seq, "its output", exc, posts)
+                continue
             if events:
                 posts.append((seq, events, seq.num_completion_tokens))
+
+    def _steer(self, seq: Sequence, sampled: int | Exception, posts: Posts) -> int:
+        """The token the sequence takes: its output's forced one (a spent thinking budget, a
+        forced call), else the sampled one, redirected where the output says; -1 (and the
+        sequence ended) when its sampling failed."""
+        try:
+            if isinstance(sampled, Exception):
+                raise sampled
+            output = seq.request.output
+            forced = output.forced_next()
+            token = forced if forced is not None else output.redirect(sampled)
+            vocab = self._runner.vocab_size
+            if token < 0 or (vocab is not None and token >= vocab):
+                raise ValueError(f"token {token} is outside the model's vocabulary of {vocab}")
+        except Exception as exc:
+            self._seq_failed(seq, "its sampling", exc, posts)
+            return -1
+        return token
 
     def _postprocess(self, seq: Sequence, token: int, now: float) -> list[InferenceEvent]:
         request, params = seq.request, seq.request.params
@@ -343,6 +350,16 @@ class TransformersHarness:
         seq.status = SequenceStatus.FINISHED
         posts.append((seq, [Error(message)], seq.num_completion_tokens))
 
+    def _seq_failed(self, seq: Sequence, part: str, exc: Exception, posts: Posts) -> None:
+        """End one sequence whose own part of the step failed; a device error is raised on."""
+        if is_device_error(exc, self._device):
+            raise exc
+        request_id = seq.request.request_id
+        log.warning("request %s of %s failed on %s", request_id, self.name, part, exc_info=exc)
+        if seq.finish_reason != "error":  # not already ended by an earlier part
+            message = f"generation of this request failed on {part}: {type(exc).__name__}: {exc}"
+            self._error(seq, message, posts)
+
     def _fail_running(self, message: str, posts: Posts) -> None:
         """End every running sequence (joining ones too) that this step left unfinished."""
         for seq in self._scheduler.running:
@@ -353,7 +370,7 @@ class TransformersHarness:
         if not posts or self._loop is None:
             return
         try:
-            self._loop.call_soon_threadsafe(_dispatch, posts)
+            self._loop.call_soon_threadsafe(dispatch, posts)
         except RuntimeError:  # the event loop is gone: nobody is listening any more
             for seq, _, _ in posts:
                 seq.cancel()

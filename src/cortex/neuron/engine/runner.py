@@ -52,6 +52,7 @@ class ModelRunner:
         self.model = model
         self.device = device
         self._cache_keyword = cache_keyword(model)
+        self.vocab_size = input_vocab_size(model)
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [B, T] 1 = real token, 0 = padding
 
@@ -140,21 +141,36 @@ class ModelRunner:
             layer.values = layer.values.index_select(0, index)[:, :, start:, :]
 
     def _join(self, cache: Any, mask: torch.Tensor) -> None:
-        """Append the rows of a prefill's cache (``mask``: [N, L]) after the ones held."""
+        """Append the rows of a prefill's cache (``mask``: [N, L]) after the ones held.
+
+        All or nothing: every tensor is built before any is stored, so a failure leaves
+        the rows held as they were (and a failed prefill is then retried row by row)."""
         if self._cache is None or self._mask is None:
             self._cache, self._mask = cache, mask
             return
         width = max(self._mask.shape[1], mask.shape[1])
         old_pad, new_pad = width - self._mask.shape[1], width - mask.shape[1]
-        self._mask = torch.cat([_pad_left(self._mask, old_pad), _pad_left(mask, new_pad)], dim=0)
-        for old, new in zip(self._cache.layers, cache.layers, strict=True):
-            # keys, values: [B, H, T, D]; pad T on the left, then stack the rows
-            old.keys = torch.cat(
-                [_pad_left(old.keys, old_pad, -2), _pad_left(new.keys, new_pad, -2)]
+        joined_mask = torch.cat([_pad_left(self._mask, old_pad), _pad_left(mask, new_pad)])
+        # keys, values: [B, H, T, D]; pad T on the left, then stack the rows
+        joined = [
+            tuple(
+                torch.cat([_pad_left(o, old_pad, -2), _pad_left(n, new_pad, -2)])
+                for o, n in ((old.keys, new.keys), (old.values, new.values))
             )
-            old.values = torch.cat(
-                [_pad_left(old.values, old_pad, -2), _pad_left(new.values, new_pad, -2)]
-            )
+            for old, new in zip(self._cache.layers, cache.layers, strict=True)
+        ]
+        for layer, (keys, values) in zip(self._cache.layers, joined, strict=True):
+            layer.keys, layer.values = keys, values
+        self._mask = joined_mask
+
+
+def input_vocab_size(model: Any) -> int | None:
+    """How many token ids the model's input embedding has rows for (None: unknown)."""
+    try:
+        rows = model.get_input_embeddings().weight.shape[0]
+    except (AttributeError, TypeError, NotImplementedError):
+        return None
+    return int(rows)
 
 
 def _pad_left(tensor: torch.Tensor, size: int, dim: int = -1) -> torch.Tensor:

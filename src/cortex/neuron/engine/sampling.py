@@ -4,6 +4,11 @@ Every function takes logits ``[B, V]`` and per-row parameters ``[B]``, so sequen
 with different settings share one batch. Rows are independent: a row's result never
 depends on the others (seeded rows draw from their own generator), which is what
 makes a seeded request reproducible whatever else is in the batch.
+
+``sample_next`` takes any value a ``SamplingParams`` field can hold without failing the
+batch: a ``top_k`` past the vocabulary is cut to it in Python before it becomes a tensor,
+seeds are taken modulo 2**64, stop and EOS ids the model cannot write are not masked, and
+a temperature below ``MIN_TEMPERATURE`` is greedy.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 from cortex.neuron.engine.sequence import Sequence
 
 NEG_INF = float("-inf")
+_SEEDS = 2**64
 
 
 def apply_repetition_penalty(
@@ -83,12 +89,14 @@ def sample_next(logits: torch.Tensor, seqs: Seq[Sequence]) -> list[int]:
         return [int(t) for t in logits.argmax(dim=-1).tolist()]
 
     greedy = torch.tensor([p.is_greedy for p in params], device=device)
-    temperature = torch.tensor([p.temperature or 1.0 for p in params], device=device)
-    scaled = apply_temperature(logits, temperature)
+    temperature = [1.0 if p.is_greedy else p.temperature for p in params]
+    scaled = apply_temperature(logits, torch.tensor(temperature, device=device))
     if any(p.min_p > 0 for p in params):
         scaled = apply_min_p(scaled, torch.tensor([p.min_p for p in params], device=device))
-    if any(p.top_k > 0 for p in params):
-        scaled = apply_top_k(scaled, torch.tensor([p.top_k for p in params], device=device))
+    vocab = logits.shape[-1]
+    top_k = [min(p.top_k, vocab) if p.top_k > 0 else 0 for p in params]
+    if any(top_k):
+        scaled = apply_top_k(scaled, torch.tensor(top_k, device=device))
     if any(p.top_p < 1.0 for p in params):
         scaled = apply_top_p(scaled, torch.tensor([p.top_p for p in params], device=device))
     drawn = draw(torch.softmax(scaled, dim=-1), [seq.generator for seq in seqs])
@@ -101,15 +109,17 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(seed % _SEEDS)  # torch's seeds are unsigned 64-bit
     return generator
 
 
 def _mask_until_min_tokens(logits: torch.Tensor, seqs: Seq[Sequence]) -> torch.Tensor:
+    vocab = logits.shape[-1]
     for row, seq in enumerate(seqs):
         request = seq.request
         if seq.num_completion_tokens < request.params.min_tokens:
-            banned = [*request.eos_token_ids, *request.params.stop_token_ids]
+            ends = (*request.eos_token_ids, *request.params.stop_token_ids)
+            banned = [t for t in ends if 0 <= t < vocab]  # the model cannot write the others
             if banned:
                 logits[row, banned] = NEG_INF
     return logits
@@ -148,7 +158,7 @@ def token_logprobs(
     """
     # logits: [B, V]
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    most = max((k for k in wanted if k is not None), default=0)
+    most = min(max((k for k in wanted if k is not None), default=0), logprobs.shape[-1])
     top_values, top_ids = logprobs.topk(most, dim=-1) if most else (None, None)
     found: list[tuple[float, list[tuple[int, float]]] | None] = []
     for row, k in enumerate(wanted):

@@ -10,7 +10,9 @@ together, appended to ``running``) in arrival order while fewer than
 ``max_num_seqs`` run and their prompts fit the step's ``max_prefill_tokens`` (one is
 always admitted if there is room, however long, so a long prompt is never starved).
 Cancelled sequences leave at the step after ``cancel()``, waiting or running;
-finished ones leave ``running`` through ``retire()`` at the end of the step.
+finished ones leave ``running`` through ``retire()`` at the end of the step. A sequence
+admitted this step whose prefill failed (it alone: see ``isolation``) never got a cache row,
+and leaves ``running`` through ``unadmit()`` before anything counts rows again.
 
 ``running`` is the source of truth for which sequence each cache row holds: when
 running sequences leave, ``Batch.kept`` and ``retire()`` give the positions of those
@@ -96,6 +98,12 @@ class Scheduler:
             room -= 1
         self.running = [*batch.decode, *batch.prefill]
         return batch
+
+    def unadmit(self, seqs: list[Sequence]) -> None:
+        """Drop sequences admitted this step that got no cache row (their prefill failed),
+        so that ``running`` stays in step with the cache's rows."""
+        if seqs:
+            self.running = [seq for seq in self.running if all(seq is not s for s in seqs)]
 
     def retire(self) -> list[int]:
         """Drop finished sequences from ``running``; the positions of those that stay."""
