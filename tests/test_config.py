@@ -42,6 +42,15 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
     assert (config.host, config.port) == ("127.0.0.1", 9999)
 
 
+def test_client_chat_templates_are_off_unless_allowed(tmp_path: Path) -> None:
+    assert load_neuron_config().allow_client_chat_template is False
+    file = tmp_path / "neuron.toml"
+    file.write_text("allow_client_chat_template = true\n")
+    assert load_neuron_config(file).allow_client_chat_template is True
+    overridden = load_neuron_config(file, {"allow_client_chat_template": False})
+    assert overridden.allow_client_chat_template is False
+
+
 @pytest.mark.parametrize(
     ("content", "key", "reason"),
     [

@@ -110,6 +110,9 @@ class NeuronConfig(BaseModel):
     max_num_seqs: int = Field(default=32, ge=1)
     max_queue: int = Field(default=256, ge=0)
     max_prefill_tokens: int = Field(default=8192, ge=1)
+    # Whether a request may bring its own chat template (chat_template_kwargs.chat_template).
+    # Off: such a request is a 400. On: it renders in a sandbox bounded in time and work.
+    allow_client_chat_template: bool = False
 
     @field_validator("listen")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,14 @@ from typing import Any
 import pytest
 
 from cortex.config import NeuronConfig
-from cortex.errors import InsufficientMemory, ModelNotFound, SourceNotFound
+from cortex.errors import (
+    Conflict,
+    InsufficientMemory,
+    InvalidRequest,
+    ModelLoadFailed,
+    ModelNotFound,
+    SourceNotFound,
+)
 from cortex.neuron import loader
 from cortex.neuron.devices import discover
 from cortex.neuron.models import ModelRegistry
@@ -96,3 +104,57 @@ async def test_unload_waits_for_requests_in_flight(tiny_model: Path, tmp_path: P
     await task
     assert finished == ["request", "unload"]
     assert registry.records() == []
+
+
+async def test_broken_weights_fail_the_record_which_unloads_or_loads_again(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"\xff not safetensors " * 64)
+    registry = _registry(tmp_path)
+    request = LoadRequest(model="b", source=str(broken))
+    for _ in range(2):  # a new load replaces the failed record, and fails the same way
+        with pytest.raises(ModelLoadFailed, match="safetensors"):
+            await registry.load(request)
+        record = registry.record("b")
+        assert record.state == "failed"
+        assert record.error is not None
+        assert "model.safetensors is not a valid safetensors file" in record.error
+    with pytest.raises(ModelLoadFailed):
+        await registry.acquire("b")
+    assert (await registry.unload("b")).state == "failed"
+    assert registry.records() == []
+
+    with pytest.raises(ModelLoadFailed):
+        await registry.load(request)
+    shutil.copy(tiny_model / "model.safetensors", broken / "model.safetensors")
+    assert (await registry.load(request)).state == "ready"
+    assert registry.record("b").error is None
+    await registry.aclose()
+
+
+async def test_a_wrong_request_leaves_no_record(tiny_model: Path, tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    with pytest.raises(InvalidRequest) as info:
+        await registry.load(LoadRequest(model="m", source=str(tiny_model), device="tpu9"))
+    assert info.value.param == "device"
+    with pytest.raises(InvalidRequest) as info:
+        await registry.load(LoadRequest(model="m", source="~no-such-user-of-cortex/m"))
+    assert info.value.param == "source"
+    assert registry.records() == []
+
+
+async def test_one_folder_however_spelled_is_loaded_once(tiny_model: Path, tmp_path: Path) -> None:
+    registry = _registry(tmp_path, model_dirs=[tiny_model.parent])
+    first = await registry.load(LoadRequest(model="m", source=str(tiny_model)))
+    link = tmp_path / "link"
+    link.symlink_to(tiny_model, target_is_directory=True)
+    for source in (tiny_model.name, f"{tiny_model}/", str(link), f"{link}/"):
+        again = await registry.load(LoadRequest(model="m", source=source))
+        assert again.loaded_at == first.loaded_at
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    with pytest.raises(Conflict, match="already loaded from"):
+        await registry.load(LoadRequest(model="m", source=str(other)))
+    await registry.aclose()

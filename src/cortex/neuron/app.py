@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import torch
 import transformers
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,7 +29,7 @@ from cortex.neuron.chat_service import ChatService
 from cortex.neuron.devices import Device, discover
 from cortex.neuron.metrics import CONTENT_TYPE, NeuronMetrics
 from cortex.neuron.models import ModelRegistry
-from cortex.neuron.prompt import render
+from cortex.neuron.prompt import cancel_scope, render
 from cortex.neuron.responses_service import ResponsesService
 from cortex.protocol import openai
 from cortex.protocol.lifecycle import (
@@ -52,6 +54,8 @@ from cortex.web import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def engine_name() -> str:
@@ -103,10 +107,12 @@ class NeuronApp:
 
     async def _preload(self, entry: str) -> None:
         model, sep, source = entry.partition("=")
-        request = LoadRequest(model=model, source=source) if sep else LoadRequest(model=entry)
         try:
+            request = LoadRequest(model=model, source=source) if sep else LoadRequest(model=entry)
             record = await self.registry.load(request)
             log.info("preloaded %s", record.id)
+        except ValidationError as exc:
+            log.error("preloading %s failed: %s", entry, exc.errors()[0]["msg"])
         except CortexError as exc:
             log.error("preloading %s failed: %s", entry, exc.message)
 
@@ -164,16 +170,28 @@ class NeuronApp:
     async def tokenize(self, request: Request) -> Response:
         body = openai.parse_request(TokenizeRequest, await self._body(request))
         tokenizer = await self.registry.tokenizer_for(body.model, body.source)
-        prompt = await asyncio.to_thread(
-            render, tokenizer, body.messages, body.tools, body.chat_template_kwargs
+        prompt = await self._rendering(
+            request,
+            asyncio.to_thread(
+                render,
+                tokenizer,
+                body.messages,
+                body.tools,
+                body.chat_template_kwargs,
+                client_templates=self.config.allow_client_chat_template,
+            ),
         )
+        if prompt is None:
+            return Response(status_code=499)
         return json_response(TokenizeResult(count=len(prompt.ids)))
 
     # --- OpenAI ------------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
         body = openai.parse_request(openai.ChatCompletionRequest, await self._body(request))
-        chat = await self.chat.prepare(body)
+        chat = await self._rendering(request, self.chat.prepare(body))
+        if chat is None:
+            return Response(status_code=499)
         if body.stream:
             return sse_response(self.chat.stream(chat))
         completion = await unless_disconnected(request, self.chat.complete(chat))
@@ -183,7 +201,9 @@ class NeuronApp:
 
     async def create_response(self, request: Request) -> Response:
         body = parse_responses_request(await self._body(request))
-        prepared = await self.responses.prepare(body)
+        prepared = await self._rendering(request, self.responses.prepare(body))
+        if prepared is None:
+            return Response(status_code=499)
         if body.stream:
             return sse_response(self.responses.stream(prepared), prepared.headers)
         result = await unless_disconnected(request, self.responses.complete(prepared))
@@ -192,6 +212,12 @@ class NeuronApp:
         return json_response(result, headers=prepared.headers)
 
     # --- helpers -------------------------------------------------------------------------
+
+    async def _rendering(self, request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+        """``work`` (rendering a prompt), or None once the client leaves: a client's chat
+        template rendering on a worker thread then stops at its next step."""
+        with cancel_scope():
+            return await unless_disconnected(request, work)
 
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.config.max_request_bytes)

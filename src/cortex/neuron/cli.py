@@ -120,6 +120,14 @@ def serve(
         int | None,
         typer.Option(envvar="NEURON_MAX_QUEUE", help="Requests that may wait per model (then 429)"),
     ] = None,
+    allow_client_chat_template: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-client-chat-template/--no-allow-client-chat-template",
+            envvar="NEURON_ALLOW_CLIENT_CHAT_TEMPLATE",
+            help="Render chat templates that requests bring (bounded in time and work)",
+        ),
+    ] = None,
     log_level: LogOpt = "info",
     access_log: Annotated[bool, typer.Option(envvar="NEURON_ACCESS_LOG")] = False,
 ) -> None:
@@ -136,6 +144,7 @@ def serve(
         "cpu_threads": cpu_threads,
         "max_num_seqs": max_num_seqs,
         "max_queue": max_queue,
+        "allow_client_chat_template": allow_client_chat_template,
     }
     run(_load(config, overrides), log_level=log_level, access_log=access_log)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from cortex.errors import ModelLoadFailed
 from cortex.neuron.devices import Device
 from cortex.neuron.prompt import ChatTemplate
 
@@ -52,6 +53,31 @@ def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+class TokenizerCache:
+    """Tokenizers read for models that are not loaded (``/tokenize``), the last few kept.
+    Blocking and thread-safe."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self._keep = keep
+        self._cached: dict[Path, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> Any:
+        with self._lock:
+            if path in self._cached:
+                return self._cached[path]
+        try:
+            tokenizer = load_tokenizer(path)
+        except Exception as exc:  # a folder whose tokenizer does not load: say why
+            raise ModelLoadFailed(
+                f"Reading the tokenizer from {path} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        with self._lock:
+            if len(self._cached) >= self._keep:
+                self._cached.pop(next(iter(self._cached)))
+            return self._cached.setdefault(path, tokenizer)
 
 
 def load_weights(path: Path, device: Device, dtype: torch.dtype) -> LoadedWeights:

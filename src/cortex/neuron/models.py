@@ -26,13 +26,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cortex.config import NeuronConfig
 from cortex.errors import (
     Conflict,
-    CortexError,
     InsufficientMemory,
     InvalidRequest,
     ModelLoadFailed,
@@ -83,7 +81,7 @@ class ModelRegistry:
         self._loads: dict[str, _Load] = {}
         self._reserved: dict[str, int] = {}  # device label → bytes of loads in flight
         self._budgets = {d.label: config.memory_budget or d.default_budget() for d in devices}
-        self._tokenizers: dict[Path, Any] = {}
+        self._tokenizers = loader.TokenizerCache()
         self._workers: dict[str, DeviceWorker] = {}
         self.metrics.watch(self._live)
 
@@ -130,22 +128,33 @@ class ModelRegistry:
         self, request: LoadRequest, listener: ProgressListener | None = None
     ) -> ModelRecord:
         source = request.source or request.model
-        model_id = request.model if request.source else sources.default_id(request.model)
-        if model_id in self._ready:
-            ready = self._ready[model_id]
-            if request.source and request.source != ready.record.source:
-                raise Conflict(
-                    f"The model {model_id!r} is already loaded from {ready.record.source}; "
-                    f"unload it before loading {request.source} under that name"
-                )
-            if listener is not None:
-                listener(LoadProgress(model=model_id, stage="ready", message="already loaded"))
-            return self._snapshot(ready.record.id)
+        if request.source:
+            model_id = request.model
+        else:
+            model_id = await asyncio.to_thread(sources.default_id, request.model)
         current = self._records.get(model_id)
         if current is not None and current.state == "unloading":
             raise Conflict(f"The model {model_id!r} is being unloaded; load it again after that")
+        ready = self._ready.get(model_id)
+        if ready is not None:
+            # Named by its id, or by its folder however spelled (its name under a model dir,
+            # its path, a trailing slash, a link to it): answered as loaded.
+            named = request.source or (source if source != model_id else None)
+            if named is not None and not await asyncio.to_thread(
+                sources.same_folder, named, ready.record, self.config.model_dirs
+            ):
+                raise Conflict(
+                    f"The model {model_id!r} is already loaded from {ready.record.source}; "
+                    f"unload it before loading {named} under that name"
+                )
+            if self._ready.get(model_id) is not ready:  # unloaded meanwhile: load it afresh
+                return await self.load(request, listener)
+            if listener is not None:
+                listener(LoadProgress(model=model_id, stage="ready", message="already loaded"))
+            return self._snapshot(ready.record.id)
         load = self._loads.get(model_id)
         if load is None:
+            # A failed record is replaced by this load.
             load = _Load(
                 task=asyncio.get_running_loop().create_task(self._load(model_id, source, request))
             )
@@ -161,15 +170,27 @@ class ModelRegistry:
         return self._snapshot(loaded.record.id)
 
     async def _load(self, model_id: str, source: str, request: LoadRequest) -> LoadedModel:
+        """Settles the record whatever happens: ready; gone if the request was wrong (nothing
+        was loaded); or failed with the reason if the model itself would not load."""
         record = ModelRecord(id=model_id, state="loading", source=source)
         self._records[model_id] = record
+        try:
+            return await self._bring_up(record, request)
+        except (NotFound, InvalidRequest, InsufficientMemory, asyncio.CancelledError):
+            if self._records.get(model_id) is record:
+                del self._records[model_id]
+            raise
+        except Exception as exc:  # any other failure is kept in the record and reported
+            log.exception("loading %s failed", model_id)
+            record.state, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            raise ModelLoadFailed(f"Loading {model_id!r} failed: {record.error}") from exc
+
+    async def _bring_up(self, record: ModelRecord, request: LoadRequest) -> LoadedModel:
+        model_id, source = record.id, record.source
         progress = self._progress_publisher(model_id)
         progress("resolving", f"looking for {source}")
-        try:
-            path = await asyncio.to_thread(sources.resolve, source, self.config.model_dirs)
-        except CortexError:
-            self._records.pop(model_id, None)
-            raise
+        param = "source" if request.source else "model"
+        path = await asyncio.to_thread(sources.resolve, source, self.config.model_dirs, param)
         record.path = str(path)
         device = self._pick_device(request.device)
         dtype = loader.choose_dtype(request.dtype or self.config.dtype, device)
@@ -179,35 +200,36 @@ class ModelRegistry:
         free = self.free_bytes(device)
         progress("checking", f"needs {needed} bytes, {free} free on {device.label}", needed)
         if needed > free:
-            self._records.pop(model_id, None)
             raise InsufficientMemory(
                 f"Not enough memory to load {model_id!r} on {device.label}: "
                 f"needs {needed} bytes, {free} bytes free within the budget",
                 extra={"needed_bytes": needed, "free_bytes": free, "device": device.label},
             )
-        self._reserved[device.label] = self._reserved.get(device.label, 0) + needed
         record.devices = [device.label]
         record.dtype = str(dtype).removeprefix("torch.")
         progress("loading", f"reading weights from {path}", needed)
+        self._reserved[device.label] = self._reserved.get(device.label, 0) + needed
         try:
             weights = await asyncio.to_thread(loader.load_weights, path, device, dtype)
-        except Exception as exc:  # any load failure is kept in the record and reported
-            log.exception("loading %s failed", model_id)
-            record.state, record.error = "failed", f"{type(exc).__name__}: {exc}"
-            raise ModelLoadFailed(f"Loading {model_id!r} failed: {record.error}") from exc
         finally:
             self._reserved[device.label] -= needed
-        harness = TransformersHarness(
-            weights.model,
-            device.torch_device,
-            self._worker(device),
-            max_model_len=weights.context_length,
-            max_num_seqs=self.config.max_num_seqs,
-            max_queue=self.config.max_queue,
-            max_prefill_tokens=self.config.max_prefill_tokens,
-            stats=self.metrics.engine_stats(model_id),
-            name=model_id,
-        )
+        allowed = self.config.allow_client_chat_template
+        weights.template = weights.template.allowing_client_templates(allowed)
+        try:
+            harness = TransformersHarness(
+                weights.model,
+                device.torch_device,
+                self._worker(device),
+                max_model_len=weights.context_length,
+                max_num_seqs=self.config.max_num_seqs,
+                max_queue=self.config.max_queue,
+                max_prefill_tokens=self.config.max_prefill_tokens,
+                stats=self.metrics.engine_stats(model_id),
+                name=model_id,
+            )
+        except BaseException:
+            await asyncio.to_thread(loader.free, weights, device)
+            raise
         now = time.time()
         record.state, record.error = "ready", None
         record.memory_bytes = weights.memory_bytes
@@ -275,13 +297,10 @@ class ModelRegistry:
         if model_id in self._ready:
             return self._ready[model_id].tokenizer
         record = self._records.get(model_id)
+        param = "source" if source and record is None else "model"
         source = record.source if record else (source or model_id)
-        path = await asyncio.to_thread(sources.resolve, source, self.config.model_dirs)
-        if path not in self._tokenizers:
-            if len(self._tokenizers) >= 8:
-                self._tokenizers.pop(next(iter(self._tokenizers)))
-            self._tokenizers[path] = await asyncio.to_thread(loader.load_tokenizer, path)
-        return self._tokenizers[path]
+        path = await asyncio.to_thread(sources.resolve, source, self.config.model_dirs, param)
+        return await asyncio.to_thread(self._tokenizers.get, path)
 
     # --- internals -----------------------------------------------------------------
 

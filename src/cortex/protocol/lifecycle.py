@@ -6,9 +6,10 @@ about nodes and models. Data shapes only, no I/O.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cortex.protocol.openai import ChatMessage, Tool
 
@@ -16,6 +17,35 @@ ModelState = Literal["loading", "ready", "unloading", "failed"]
 
 _REQUEST = ConfigDict(extra="forbid", strict=True)
 _SHAPE = ConfigDict(extra="ignore")
+
+# A model id is also a folder's name under a model dir, so it keeps to a file name's limit
+# (NAME_MAX); a source may be a path, so it keeps to PATH_MAX, with each part a file name.
+MAX_NAME = 255
+MAX_SOURCE = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(value: str) -> str:
+    found = _CONTROL.search(value)
+    if found is not None:
+        raise ValueError(f"must not contain control characters (found {found.group()!r})")
+    return value
+
+
+def _path_parts(value: str) -> str:
+    if any(len(part) > MAX_NAME for part in value.split("/")):
+        raise ValueError(f"every part of a path must be at most {MAX_NAME} characters")
+    return value
+
+
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_printable)]
+"""A model id (or a source named by it): what a name may be before it reaches a filesystem."""
+SourceName = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_SOURCE),
+    AfterValidator(_printable),
+    AfterValidator(_path_parts),
+]
 
 
 class DeviceInfo(BaseModel):
@@ -89,8 +119,8 @@ class ModelsView(BaseModel):
 
 class LoadRequest(BaseModel):
     model_config = _REQUEST
-    model: str = Field(min_length=1)
-    source: str | None = None
+    model: ModelName
+    source: SourceName | None = None
     device: str | None = None
     tp: int = Field(default=1, ge=1, le=1)
     quant: Literal["none"] | None = None
@@ -99,7 +129,7 @@ class LoadRequest(BaseModel):
 
 class UnloadRequest(BaseModel):
     model_config = _REQUEST
-    model: str = Field(min_length=1)
+    model: ModelName
     force: bool = False
 
 
@@ -121,9 +151,9 @@ class DefragResult(BaseModel):
 
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
-    model: str = Field(min_length=1)
+    model: ModelName
     # Where the tokenizer lives when the model is not loaded here (a profile's source).
-    source: str | None = None
+    source: SourceName | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[Tool] | None = None
     chat_template_kwargs: dict[str, Any] | None = None

@@ -4,10 +4,15 @@ Built once per tokenizer (``of``): the template is probed (``probe``) and the mo
 format detected (``formats.detect``) from the vocabulary and the template's text. ``render``
 then turns OpenAI messages into prompt ids the way the template wants them (``adapt``).
 Template failures are 400s that name the template's error, never 500s.
+
+A template the client sends (``chat_template_kwargs.chat_template``) is refused unless the
+neuron allows it (``allow_client_chat_template``); then it renders in the bounded sandbox
+(``sandbox``), never in Hugging Face's unbounded one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from dataclasses import dataclass
@@ -20,11 +25,14 @@ from cortex.neuron.formats import Format, detect
 from cortex.neuron.prompt.adapt import TemplateProfile, adapt
 from cortex.neuron.prompt.messages import template_messages
 from cortex.neuron.prompt.probe import probe_declare, probe_profile, reasoning_key
+from cortex.neuron.prompt.sandbox import RenderLimit, render_client_template
 from cortex.protocol.openai import ChatMessage, Tool
 
-__all__ = ["ChatTemplate", "Prompt", "render"]
+__all__ = ["CLIENT_TEMPLATE", "MAX_CLIENT_TEMPLATE", "ChatTemplate", "Prompt", "render"]
 
 _FAILURES = (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError)
+CLIENT_TEMPLATE = "chat_template_kwargs.chat_template"
+MAX_CLIENT_TEMPLATE = 256 * 1024  # characters; the largest model templates are ~20k
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,6 +47,8 @@ class ChatTemplate:
     source: str | None
     format: Format
     profile: TemplateProfile
+    # Whether a client may send its own template (the neuron's allow_client_chat_template).
+    client_templates: bool = False
 
     @classmethod
     def of(cls, tokenizer: Any) -> ChatTemplate:
@@ -52,6 +62,9 @@ class ChatTemplate:
                 found = _CACHE.setdefault(tokenizer, found)
         return found
 
+    def allowing_client_templates(self, allowed: bool) -> ChatTemplate:
+        return dataclasses.replace(self, client_templates=allowed)
+
     def render(
         self,
         messages: list[ChatMessage],
@@ -59,7 +72,9 @@ class ChatTemplate:
         template_kwargs: dict[str, Any] | None = None,
     ) -> Prompt:
         """Render and tokenize; blocking (runs off the event loop for long prompts)."""
-        if not self.source:
+        kwargs = dict(template_kwargs or {})
+        client = self._client_template(kwargs.pop("chat_template", None))
+        if not self.source and client is None:
             raise InvalidRequest(
                 "This model has no chat template, so it cannot serve chat completions",
                 param="model",
@@ -68,7 +83,11 @@ class ChatTemplate:
         adapted, declared = adapt(
             template_messages(messages), tool_dicts, self.profile, self.format.tools
         )
-        kwargs = template_kwargs or {}
+        if client is not None:
+            text = _render_client(client, self.tokenizer, adapted, declared, kwargs)
+            return Prompt(
+                text=text, ids=list(self.tokenizer.encode(text, add_special_tokens=False))
+            )
         try:
             text = self._apply(adapted, declared, kwargs)
         except _FAILURES as exc:
@@ -83,6 +102,27 @@ class ChatTemplate:
                 raise _rejected(exc) from None
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return Prompt(text=text, ids=list(ids))
+
+    def _client_template(self, value: Any) -> str | None:
+        """The client's template to render instead of the model's (None: the model's own)."""
+        if value is None or value == self.source:
+            return None
+        if not self.client_templates:
+            raise InvalidRequest(
+                f"{CLIENT_TEMPLATE}: this neuron renders only the model's own chat template; "
+                "client templates need allow_client_chat_template = true in its config "
+                "(--allow-client-chat-template, NEURON_ALLOW_CLIENT_CHAT_TEMPLATE)",
+                param=CLIENT_TEMPLATE,
+            )
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidRequest(f"{CLIENT_TEMPLATE}: must be a template", param=CLIENT_TEMPLATE)
+        if len(value) > MAX_CLIENT_TEMPLATE:
+            raise InvalidRequest(
+                f"{CLIENT_TEMPLATE}: {len(value)} characters is past the limit of "
+                f"{MAX_CLIENT_TEMPLATE}",
+                param=CLIENT_TEMPLATE,
+            )
+        return value
 
     def _apply(
         self,
@@ -119,6 +159,26 @@ def _build(tokenizer: Any) -> ChatTemplate:
     return ChatTemplate(tokenizer, source, fmt, profile)
 
 
+def _render_client(
+    source: str,
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    kwargs: dict[str, Any],
+) -> str:
+    try:
+        return render_client_template(source, tokenizer, messages, tools, kwargs)
+    except RenderLimit as exc:
+        raise InvalidRequest(
+            f"{CLIENT_TEMPLATE}: rendering stopped: {exc}", param=CLIENT_TEMPLATE
+        ) from None
+    except Exception as exc:  # anything a client's template does wrong is the client's 400
+        raise InvalidRequest(
+            f"{CLIENT_TEMPLATE}: the chat template failed: {type(exc).__name__}: {exc}",
+            param=CLIENT_TEMPLATE,
+        ) from None
+
+
 def _without_reasoning(message: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k not in ("reasoning_content", "thinking")}
 
@@ -134,6 +194,9 @@ def render(
     messages: list[ChatMessage],
     tools: list[Tool] | None = None,
     template_kwargs: dict[str, Any] | None = None,
+    *,
+    client_templates: bool = False,
 ) -> Prompt:
-    """``ChatTemplate.of(tokenizer).render(...)``."""
-    return ChatTemplate.of(tokenizer).render(messages, tools, template_kwargs)
+    """``ChatTemplate.of(tokenizer).render(...)``, with or without client templates."""
+    template = ChatTemplate.of(tokenizer).allowing_client_templates(client_templates)
+    return template.render(messages, tools, template_kwargs)
