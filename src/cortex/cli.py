@@ -162,7 +162,18 @@ def up(
         typer.echo(f"cortex: bad option: {exc}", err=True)
         raise typer.Exit(2) from None
     _banner(listen, metrics_listen, [p.id for p in profiles])
-    embedded = UvicornService(create_app(neuron), "127.0.0.1", neuron_port, log_level=log_level)
+    import torch
+
+    from cortex.neuron.cli import default_cpu_threads
+
+    torch.set_num_threads(neuron.cpu_threads or default_cpu_threads())  # as `neuron serve` does
+    embedded = UvicornService(
+        create_app(neuron),
+        "127.0.0.1",
+        neuron_port,
+        log_level=log_level,
+        grace=neuron.shutdown_grace,
+    )
     code = run_gateway(gateway, ModelsConfig(models=profiles), neuron=embedded)
     raise typer.Exit(code)
 

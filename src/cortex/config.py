@@ -100,6 +100,8 @@ class NeuronConfig(BaseModel):
     max_request_bytes: Size = 32 * 1024**2
     load_wait_timeout: Duration = 600.0
     unload_drain_timeout: Duration = 30.0
+    # On SIGTERM/SIGINT: how long requests in flight may take to finish before they are cut.
+    shutdown_grace: Duration = 30.0
     cpu_threads: int | None = Field(default=None, ge=1)
     # Where chat completions put reasoning: both fields (default), or only one of them.
     reasoning_field: Literal["both", "reasoning_content", "reasoning"] = "both"
@@ -186,9 +188,13 @@ class GatewaySection(BaseModel):
     listen: str = "0.0.0.0:31313"
     metrics_listen: str = "0.0.0.0:31314"
     poll_interval: Duration = 2.0
+    # An idle deadline: a neuron silent this long (before its answer's head, or between two
+    # reads of it) fails the request with 504, or the dialect's error event mid-stream.
     request_timeout: Duration = 600.0
     load_timeout: Duration = 600.0
     max_request_bytes: Size = 32 * 1024**2
+    # On SIGTERM/SIGINT: how long requests in flight may take to finish before they are cut.
+    shutdown_grace: Duration = 30.0
 
     @field_validator("listen", "metrics_listen")
     @classmethod

@@ -6,6 +6,10 @@ Services start in order, each one up before the next, and stop in reverse order 
 gateway before the neuron it talks to). uvicorn's own signal handling is switched
 off: it installs handlers per server and re-raises the signal when it stops, which
 breaks with more than one server in a loop.
+
+SIGTERM or SIGINT is a clean stop: each service stops accepting, lets the requests it
+has in flight finish for up to its grace (``shutdown_grace`` in the config), closes
+what is left, and the process exits 0. A service that ends by itself exits 1.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Iterator
 from typing import Any, Protocol
@@ -42,7 +47,14 @@ class _Uvicorn(uvicorn.Server):
 
 class UvicornService:
     def __init__(
-        self, app: Any, host: str, port: int, *, log_level: str = "info", access_log: bool = False
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        log_level: str = "info",
+        access_log: bool = False,
+        grace: float = 30.0,
     ) -> None:
         config = uvicorn.Config(
             app,
@@ -54,7 +66,7 @@ class UvicornService:
             loop="none",
             lifespan="on",
             timeout_keep_alive=75,  # longer than the gateway's pool keeps idle connections
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=math.ceil(grace),  # requests in flight get this long
             proxy_headers=False,
         )
         self.server = _Uvicorn(config)
@@ -89,8 +101,10 @@ async def run_services(services: list[Service]) -> int:
         for service in services:
             await service.start()
             started.append(service)
-        waits = [asyncio.ensure_future(stopping.wait())]
-        waits += [asyncio.ensure_future(s.finished()) for s in started]
+        # Shielded: a service's ``finished()`` may be the task that serves it (uvicorn's),
+        # which must stop through ``stop()`` (draining), never by being cancelled here.
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stopping.wait())]
+        waits += [asyncio.shield(s.finished()) for s in started]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         code = 0 if stopping.is_set() else 1
         for wait in waits:

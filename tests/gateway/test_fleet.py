@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
-from cortex.errors import CortexError, NoCapacity
+from cortex.errors import CortexError, NeuronUnavailable, NoCapacity
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.inflight import InFlight
 from cortex.gateway.metrics import GatewayMetrics
@@ -126,6 +126,60 @@ async def test_underestimated_size_is_learnt_from_the_neurons_507() -> None:
     assert await _with_fleet(fleet, work) == "a"
     assert fakes.unloads == [("a", "m0")]
     assert set(fakes.nodes["a"].models) == {"m2"}
+
+
+class DyingNeurons(FakeNeurons):
+    """Nodes in ``dying`` fail each load: they die mid-load, or answer 503 if they stay up."""
+
+    def __init__(self, *args: Any, dying: set[str], stay_up: bool = False) -> None:
+        super().__init__(*args)
+        self.dying = dying
+        self.stay_up = stay_up
+        self.failed: list[str] = []
+
+    async def load(self, node: Any, model: str, source: str, progress: Any = None) -> Any:
+        if node.name not in self.dying:
+            return await super().load(node, model, source, progress)
+        await asyncio.sleep(0.05)
+        self.failed.append(node.name)
+        self.nodes[node.name].up = self.stay_up
+        raise NeuronUnavailable(f"Node {node.name} failed while loading {model!r}")
+
+
+@pytest.mark.parametrize("stay_up", [False, True], ids=["killed", "answers-503"])
+async def test_a_load_whose_node_fails_is_placed_again_on_another(stay_up: bool) -> None:
+    fakes = DyingNeurons({"a": 1000, "b": 1000, "c": 1000}, SIZES, dying={"a"}, stay_up=stay_up)
+    fleet = _fleet(fakes, [ModelProfile(id="m0", neurons=["a", "b"])])
+
+    async def work() -> tuple[list[str], BaseException | None]:
+        there = fleet.ensure("m0", "a", lease=False)  # asked for "a": it may go nowhere else
+        results = await asyncio.gather(
+            *(fleet.ensure("m0", lease=False) for _ in range(3)), there, return_exceptions=True
+        )
+        later = await fleet.ensure("m0", lease=False)  # ready on b now: no new load
+        return [*results[:3], later], results[3] if isinstance(results[3], Exception) else None
+
+    nodes, refused = await _with_fleet(fleet, work)
+    assert nodes == ["b"] * 4
+    assert isinstance(refused, NeuronUnavailable)
+    assert fakes.failed == ["a"]
+    assert fakes.loads == [("b", "m0")]
+
+
+async def test_a_load_that_fails_on_every_allowed_node_says_why() -> None:
+    fakes = DyingNeurons({"a": 1000, "b": 1000}, SIZES, dying={"a", "b"}, stay_up=True)
+    fleet = _fleet(fakes, [ModelProfile(id="m0", neurons=["a", "b"])])
+
+    async def work() -> BaseException:
+        try:
+            await fleet.ensure("m0", lease=False)
+        except NeuronUnavailable as exc:
+            return exc
+        raise AssertionError("loaded on a failing node")
+
+    error = await _with_fleet(fleet, work)
+    assert "b failed while loading" in str(error)
+    assert fakes.failed == ["a", "b"]  # each tried once
 
 
 async def test_model_states_follow_a_load_and_the_eviction_it_needs() -> None:

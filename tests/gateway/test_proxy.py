@@ -13,8 +13,10 @@ import pytest
 
 from cortex import sse
 from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
+from cortex.errors import RequestTooLarge, UpstreamTimeout
 from cortex.gateway import proxy
-from cortex.gateway.app import GatewayApp
+from cortex.gateway.app import GatewayApp, error_payload
+from cortex.gateway.dialects import openai as openai_dialect
 from cortex.gateway.http import HttpRequest, HttpServer, Responder
 from tests.gateway.fakes import FakeNeurons
 
@@ -35,6 +37,7 @@ class FakeChat:
     name: str
     status: int = 200
     stall: float = 0.0
+    stall_mid_stream: float = 0.0  # silent this long after the first chunk (a frozen neuron)
     die_mid_stream: bool = False
     crlf: bool = False  # end lines with "\r\n", as some servers do
     garbage: bytes | None = None  # raw bytes written after the first chunk
@@ -60,6 +63,7 @@ class FakeChat:
                 return
             responder.start(200, [(b"content-type", b"text/event-stream")])
             await responder.write(self._framed(_chunk({"role": "assistant", "content": ""})))
+            await asyncio.sleep(self.stall_mid_stream)
             if self.garbage is not None:
                 await responder.write(self.garbage)
             for word in ("one", " two"):
@@ -309,3 +313,98 @@ async def test_an_upstream_event_that_does_not_parse_ends_the_stream_in_the_dial
     last = list(sse.events([translated.content]))[-1]
     assert last.name == "error"
     assert json.loads(last.data)["error"]["type"] == "api_error"
+
+
+@pytest.mark.parametrize("rig", [{"request_timeout": 0.2}], indirect=True)
+async def test_a_neuron_silent_mid_stream_ends_each_stream_with_its_dialects_error(
+    rig: Rig,
+) -> None:
+    rig.chats["a"].stall_mid_stream = 2.0
+    chat = await _post(rig, {"model": "m0", "messages": HELLO, "stream": True})
+    events = list(sse.events([chat.content]))
+    assert events[-1].is_done()
+    assert json.loads(events[-2].data)["error"]["type"] == "timeout_error"
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        body = {"model": "m0", "input": "hi", "stream": True}
+        responses = await client.post(f"{rig.url}/v1/responses", json=body)
+        body = {"model": "m0", "max_tokens": 16, "stream": True, "messages": HELLO}
+        messages = await client.post(f"{rig.url}/v1/messages", json=body)
+    failed = list(sse.events([responses.content]))[-1]
+    assert failed.name == "response.failed"
+    data = json.loads(failed.data)
+    assert data["type"] == "response.failed"
+    assert data["sequence_number"] == 1  # after the one event the neuron sent
+    assert data["response"]["status"] == "failed"
+    assert data["response"]["error"]["code"] == "timeout"
+    last = list(sse.events([messages.content]))[-1]
+    assert last.name == "error"
+    assert json.loads(last.data)["error"]["type"] == "timeout_error"
+    assert json.loads(last.data)["request_id"] == messages.headers["request-id"]
+
+
+@pytest.mark.parametrize("rig", [{"request_timeout": 0.2}], indirect=True)
+async def test_a_silent_neuron_is_a_504_in_each_dialects_envelope(rig: Rig) -> None:
+    rig.chats["a"].stall = 2.0
+    async with httpx.AsyncClient(timeout=10) as client:
+        body = {"model": "m0", "input": "hi"}
+        responses = await client.post(f"{rig.url}/v1/responses", json=body)
+        body = {"model": "m0", "max_tokens": 16, "messages": HELLO}
+        messages = await client.post(f"{rig.url}/v1/messages", json=body)
+    assert responses.status_code == 504
+    assert responses.json()["error"]["type"] == "timeout_error"
+    assert messages.status_code == 504
+    assert messages.json()["type"] == "error"
+    assert messages.json()["error"]["type"] == "timeout_error"
+
+
+def test_a_responses_stream_fails_with_the_response_it_opened() -> None:
+    trail = openai_dialect._Trail(events=7, response={"id": "resp_1", "model": "m0"})
+    event = list(sse.events([openai_dialect.response_failed(UpstreamTimeout("late"), trail)]))
+    data = json.loads(event[0].data)
+    assert event[0].name == "response.failed"
+    assert data["sequence_number"] == 7
+    assert data["response"]["id"] == "resp_1"
+    assert data["response"]["error"] == {"code": "timeout", "message": "late"}
+
+
+BOTH = ("/v1/messages", "/v1/messages/count_tokens")
+HI = b'"messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(
+    ("content", "paths"),
+    [
+        (b"{oops", BOTH),
+        (b'{"model": "m0", "max_tokens": 18446744073709551616, ' + HI + b"}", BOTH[:1]),
+        (b'{"model": "m0", "max_tokens": 16, "tools": [{"name": "t", "input_schema": '
+         b'{"maxLength": -99999999999999999999999}}], ' + HI + b"}", BOTH),
+    ],
+    ids=["not-json", "2**64", "a-huge-negative-int"],
+)  # fmt: skip
+async def test_bad_messages_bodies_are_400s_in_anthropics_envelope(
+    rig: Rig, content: bytes, paths: tuple[str, ...]
+) -> None:
+    for path in paths:
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.post(f"{rig.url}{path}", content=content)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["type"] == "error"
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert rig.chats["a"].bodies == []  # refused at the gateway
+
+
+async def test_every_error_under_v1_messages_is_in_anthropics_envelope(rig: Rig) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        wrong_method = await client.get(f"{rig.url}/v1/messages")
+        no_route = await client.post(f"{rig.url}/v1/messages/batches", json={})
+        elsewhere = await client.get(f"{rig.url}/v1/nowhere")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["type"] == "invalid_request_error"
+    assert no_route.status_code == 404
+    assert no_route.json()["error"]["type"] == "not_found_error"
+    assert "type" not in elsewhere.json()  # OpenAI's envelope off /v1/messages
+    _, body = error_payload("/v1/messages", RequestTooLarge("too big"))
+    assert json.loads(body)["error"] == {"type": "request_too_large", "message": "too big"}
+    _, body = error_payload("/v1/chat/completions", RequestTooLarge("too big"))
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"

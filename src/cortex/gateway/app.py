@@ -2,8 +2,10 @@
 gateway's own HTTP server; the rest (catalogue, fleet operations, liveness) is a small
 Starlette app reached through the ASGI bridge.
 
-Every error leaves in the OpenAI envelope; ``HEAD`` on any path answers 200 (Claude
-Code probes ``HEAD /`` and preconnects with ``HEAD`` on other paths).
+Every error leaves in the envelope of the API its path belongs to: Anthropic's under
+``/v1/messages`` (whatever the error: a wrong method, a body over the limit, one that
+does not parse, a bug), OpenAI's everywhere else. ``HEAD`` on any path answers 200
+(Claude Code probes ``HEAD /`` and preconnects with ``HEAD`` on other paths).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from cortex.config import CortexConfig, ModelsConfig
 from cortex.errors import CortexError, InvalidRequest, NotFound
 from cortex.gateway.bridge import call_asgi
 from cortex.gateway.catalogue import Catalogue, anthropic_models, fleet_view, placements
-from cortex.gateway.dialects.anthropic import AnthropicDialect, count_tokens
+from cortex.gateway.dialects.anthropic import AnthropicDialect, count_tokens, request_id
 from cortex.gateway.dialects.openai import OpenAIDialect
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.http import HttpRequest, HttpServer, Responder
@@ -76,6 +78,8 @@ class GatewayApp:
             await count_tokens(request, responder, self.fleet.snapshot, self.pool)
         elif request.method == "HEAD":
             responder.respond(200, b"")
+        elif is_anthropic(request.path):
+            _refuse_anthropic(request, responder)
         else:
             await call_asgi(self.control, request, responder)
 
@@ -168,9 +172,32 @@ def _loaded(model: str, node: str) -> tuple[str, FleetActionResult]:
     return "result", FleetActionResult(model=model, nodes=[node], state="ready")
 
 
+def is_anthropic(path: str) -> bool:
+    """Whether ``path`` belongs to Anthropic's API (its errors take Anthropic's envelope)."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
 def error_payload(path: str, err: CortexError) -> tuple[bytes, bytes]:
-    """The body for an error the HTTP server itself raises (bad framing, too large)."""
+    """The body for an error the HTTP server itself raises (bad framing, too large, a bug),
+    in the envelope of the API ``path`` belongs to."""
+    if is_anthropic(path):
+        return b"application/json", json.dumps(anthropic_error(err, request_id())).encode()
     return b"application/json", json.dumps(openai.error_body(err)).encode()
+
+
+def _refuse_anthropic(request: HttpRequest, responder: Responder) -> None:
+    """A path under ``/v1/messages`` that no route takes, refused in Anthropic's envelope."""
+    rid = request_id()
+    headers = [(b"request-id", rid.encode())]
+    if request.path in ("/v1/messages", "/v1/messages/count_tokens"):
+        err: CortexError = InvalidRequest(
+            f"Method {request.method} is not allowed on {request.path}: use POST"
+        )
+        status, headers = 405, [*headers, (b"allow", b"POST")]
+    else:
+        err = NotFound(f"No route {request.path}")
+        status = err.status
+    responder.respond(status, json.dumps(anthropic_error(err, rid)).encode(), headers=headers)
 
 
 def metrics_server(metrics: GatewayMetrics) -> HttpServer:
@@ -207,6 +234,7 @@ class GatewayService:
         return asyncio.get_running_loop().create_future()  # runs until stopped
 
     async def stop(self) -> None:
-        await self.http.stop()
+        """Stop accepting; requests in flight get ``shutdown_grace`` to finish."""
+        await self.http.stop(grace=self.app.config.gateway.shutdown_grace)
         await self.metrics_http.stop()
         await self.app.aclose()

@@ -17,6 +17,9 @@ Contracts:
 * Pinned models are loaded once their nodes are first seen and again whenever they
   are ready nowhere (a node restarted, came back); a failed pinned load is retried
   after a back-off, not on every poll.
+* A load that fails because its node did (``NeuronUnavailable``: the neuron died, or
+  answered 502-504) is placed again on an allowed node where it has not failed, for the
+  waiters that did not ask for that node; they wait on, within their own deadlines.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import replace
 from typing import Any
 
 from cortex.config import CortexConfig, ModelsConfig
-from cortex.errors import InsufficientMemory, ModelNotFound, NoCapacity
+from cortex.errors import InsufficientMemory, ModelNotFound, NeuronUnavailable, NoCapacity
 from cortex.gateway.fleet_tasks import FleetTasks
 from cortex.gateway.inbox import (
     Barrier,
@@ -85,6 +88,7 @@ class Fleet:
         self._unloading: set[tuple[str, str]] = set()  # (node, model) this gateway unloads
         self._deferred: dict[str, list[Ensure]] = {}
         self._pin_failed: dict[str, float] = {}
+        self._failed_on: dict[str, set[str]] = {}  # nodes where a model's load failed, by model
         self.poller = Poller(self.client, lambda: self.snapshot, self._inbox.put_nowait, poll)
         self.tasks = FleetTasks(self.client, metrics, lambda: self.snapshot, self._inbox.put_nowait)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -190,11 +194,9 @@ class Fleet:
     def _on_ensure(self, message: Ensure) -> None:
         snap, model, waiter = self.snapshot, message.model, message.waiter
         ready = snap.ready_on(model)
-        if waiter.node is None and ready:
-            waiter.resolve(self.in_flight.acquire, ready[0], model)
-            return
-        if waiter.node is not None and waiter.node in ready:
-            waiter.resolve(self.in_flight.acquire, waiter.node, model)
+        target = waiter.node or (ready[0] if ready else None)
+        if target is not None and target in ready:
+            waiter.resolve(self.in_flight.acquire, target, model)
             return
         pending = snap.pending.get(model)
         if pending is not None:
@@ -213,7 +215,8 @@ class Fleet:
 
     def _plan(self, model: str, only: str | None = None) -> Placement | Unplaceable:
         busy, recent = self.in_flight.busy, self.in_flight.last_used
-        return plan(self.snapshot, model, busy, only=only, recent=recent)
+        failed = self._failed_on.get(model, ())
+        return plan(self.snapshot, model, busy, only=only, recent=recent, exclude=failed)
 
     def _start_load(self, model: str, placement: Placement) -> None:
         """(node, model) → LOADING, each victim → UNLOADING, until the load reports back."""
@@ -266,8 +269,11 @@ class Fleet:
             duration = self.metrics.load_duration.distribution(load.model, load.node)
             duration.observe(message.duration)
             self._pin_failed.pop(load.model, None)
+        elif isinstance(error, NeuronUnavailable) and self._place_again(load, state, error):
+            return
         elif self.snapshot.is_pinned(load.model):
             self._pin_failed[load.model] = time.monotonic()
+        self._failed_on.pop(load.model, None)
         for waiter in state.waiters:
             if waiter.future.done():
                 continue
@@ -277,6 +283,22 @@ class Fleet:
                 waiter.future.set_exception(error)
         for deferred in self._deferred.pop(load.model, []):
             self._on_ensure(deferred)
+
+    def _place_again(self, load: PendingLoad, state: LoadState, error: NeuronUnavailable) -> bool:
+        """``load``'s node failed: load it elsewhere for the waiters free to go (False: cannot)."""
+        self._failed_on.setdefault(load.model, set()).add(load.node)
+        movable = [w for w in state.waiters if w.node is None and not w.future.done()]
+        decision = self._plan(load.model)
+        if not movable or isinstance(decision, Unplaceable):
+            return False
+        why = error.message
+        log.warning("loading %s on %s failed (%s): placing it again", load.model, load.node, why)
+        for waiter in state.waiters:
+            if waiter not in movable and not waiter.future.done():
+                waiter.future.set_exception(error)
+        self._loads[load.model] = LoadState(waiters=movable, size_retries=state.size_retries)
+        self._start_load(load.model, decision)
+        return True
 
     def _on_polled(self, message: Polled) -> None:
         snap = self.snapshot

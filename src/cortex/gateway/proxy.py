@@ -17,6 +17,11 @@ Contracts:
 * While a streaming client waits for a cold model, it gets the dialect's keep-alive
   every few seconds so that its connection stays open; errors after that are sent in
   the stream, in the dialect's form.
+* ``request_timeout`` is an idle deadline on the neuron (for its answer's head, then for
+  each read of its body), not a cap on a long generation. Past it, a request whose head
+  is not sent yet gets 504 in the dialect's envelope; a stream under way ends with the
+  dialect's terminal error event (``Dialect.stream_error`` and the relays): it is never
+  just cut.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from cortex import sse
 from cortex.config import GatewaySection
 from cortex.errors import (
     CortexError,
+    InvalidRequest,
     ModelNotFound,
     NeuronUnavailable,
     UpstreamTimeout,
@@ -232,6 +238,17 @@ class Proxy:
             other = await self._wait_for_model(responder, request, recorder, dialect, started)
         recorder.node = other
         return other
+
+
+def dump_body(data: Any) -> bytes:
+    """A client's request, rewritten, as the body for the neuron. What JSON parsers read
+    but cannot write back (an integer past 64 bits) is the client's mistake: a 400."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(
+            f"Request body cannot be relayed: {exc} (integers must fit in 64 bits)"
+        ) from None
 
 
 def send_error(

@@ -10,6 +10,7 @@ LOADING on a node is a load someone else started there (a preload), which it joi
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cortex.errors import CortexError, ModelNotFound, NeuronUnavailable, NoCapacity
@@ -67,7 +68,10 @@ def plan(
     busy: Busy,
     only: str | None = None,
     recent: LastUsed | None = None,
+    exclude: Collection[str] = (),
 ) -> Placement | Unplaceable:
+    """Where to load ``model`` (see the module doc); never on a node in ``exclude`` (ones
+    where this load already failed)."""
     if not snapshot.is_known(model):
         return Unplaceable(ModelNotFound(f"The model {model!r} does not exist", param="model"))
     allowed = snapshot.allowed_nodes(model)
@@ -79,6 +83,7 @@ def plan(
                 NeuronUnavailable(f"The model {model!r} may not be placed on node {only!r}")
             )
         allowed = [only]
+    allowed = [n for n in allowed if n not in exclude]
     unloading = ModelState.UNLOADING  # not where this gateway is taking it away right now
     up = [n for n in allowed if snapshot.nodes[n].up and snapshot.state(n, model) is not unloading]
     if not allowed:

@@ -38,7 +38,12 @@ def run(config: NeuronConfig, *, log_level: str = "info", access_log: bool = Fal
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
     torch.set_num_threads(config.cpu_threads or default_cpu_threads())
     service = UvicornService(
-        create_app(config), config.host, config.port, log_level=log_level, access_log=access_log
+        create_app(config),
+        config.host,
+        config.port,
+        log_level=log_level,
+        access_log=access_log,
+        grace=config.shutdown_grace,
     )
     code = run_services([service])
     if code:
@@ -120,6 +125,12 @@ def serve(
         int | None,
         typer.Option(envvar="NEURON_MAX_QUEUE", help="Requests that may wait per model (then 429)"),
     ] = None,
+    shutdown_grace: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NEURON_SHUTDOWN_GRACE", help="On SIGTERM, time to finish requests, e.g. 30s"
+        ),
+    ] = None,
     allow_client_chat_template: Annotated[
         bool | None,
         typer.Option(
@@ -145,6 +156,7 @@ def serve(
         "max_num_seqs": max_num_seqs,
         "max_queue": max_queue,
         "allow_client_chat_template": allow_client_chat_template,
+        "shutdown_grace": shutdown_grace,
     }
     run(_load(config, overrides), log_level=log_level, access_log=access_log)
 

@@ -30,7 +30,7 @@ from cortex.gateway.dialects.anthropic_stream import Event, StreamTranslator
 from cortex.gateway.dialects.relay import count_usage, parse_event, upstream_events
 from cortex.gateway.http import HttpRequest, Responder
 from cortex.gateway.metrics import RequestRecorder
-from cortex.gateway.proxy import Outcome, Routed, send_error
+from cortex.gateway.proxy import Outcome, Routed, dump_body, send_error
 from cortex.gateway.state import Snapshot
 from cortex.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from cortex.protocol.anthropic import (
@@ -71,7 +71,7 @@ class AnthropicDialect:
         return Routed(
             path="/v1/chat/completions",
             model=model,
-            body=orjson.dumps(body),
+            body=dump_body(body),
             stream=bool(parsed.stream),
             client_model=parsed.model,
             options={"omit_thinking": parsed.omit_thinking, "request_id": request_id()},
@@ -117,7 +117,7 @@ class AnthropicDialect:
             return outcome
         if not started:
             responder.start(200, [*sse.RAW_HEADERS, *headers])
-        return await self._stream(responder, routed, recorder, response)
+        return await self._stream(responder, routed, recorder, response, rid)
 
     async def _stream(
         self,
@@ -125,10 +125,13 @@ class AnthropicDialect:
         routed: Routed,
         recorder: RequestRecorder,
         response: UpstreamResponse,
+        rid: str,
     ) -> Outcome:
         outcome = Outcome(200)
         translator = StreamTranslator(
-            routed.client_model, omit_thinking=bool(routed.options.get("omit_thinking"))
+            routed.client_model,
+            omit_thinking=bool(routed.options.get("omit_thinking")),
+            request_id=rid,
         )
         finished = False
         try:
@@ -191,6 +194,17 @@ def _send_error(responder: Responder, err: CortexError, rid: str) -> None:
     send_error(responder, err, error_body(err, rid), [(b"request-id", rid.encode())])
 
 
+def _token_count(data: bytes) -> int:
+    """The ``count`` of a neuron's ``/tokenize`` answer; ``BadUpstream`` if there is none."""
+    try:
+        count = orjson.loads(data).get("count")
+    except (orjson.JSONDecodeError, AttributeError):
+        count = None
+    if not isinstance(count, int):
+        raise BadUpstream("The neuron's /tokenize answer has no count")
+    return count
+
+
 async def count_tokens(
     request: HttpRequest, responder: Responder, snapshot: Snapshot, pool: UpstreamPool
 ) -> None:
@@ -212,12 +226,12 @@ async def count_tokens(
         endpoint = snapshot.nodes[nodes[0]].endpoint
         headers = [(b"content-type", b"application/json")]
         async with await pool.request(
-            endpoint, "POST", "/tokenize", headers, orjson.dumps(body), timeout=60.0
+            endpoint, "POST", "/tokenize", headers, dump_body(body), timeout=60.0
         ) as response:
             data = await response.read()
             if response.status != 200:
                 raise neuron_error(response.status, data)
-        count = int(orjson.loads(data)["count"])
+        count = _token_count(data)
     except CortexError as err:
         _send_error(responder, err, rid)
         return

@@ -43,9 +43,15 @@ class StreamTranslator:
     """
 
     def __init__(
-        self, client_model: str, *, message_id: str | None = None, omit_thinking: bool = False
+        self,
+        client_model: str,
+        *,
+        message_id: str | None = None,
+        omit_thinking: bool = False,
+        request_id: str | None = None,
     ) -> None:
         self._model = client_model
+        self._request_id = request_id  # named in an error event, as in an error answer
         self._id = message_id
         self._omit_thinking = omit_thinking
         self._started = False
@@ -104,7 +110,7 @@ class StreamTranslator:
     def error(self, err: CortexError) -> list[Event]:
         """An ``error`` event for an upstream that died mid-stream; nothing follows it."""
         self._done = True
-        return [("error", error_body(err))]
+        return [("error", error_body(err, self._request_id))]
 
     # --- internals ------------------------------------------------------------------------
 

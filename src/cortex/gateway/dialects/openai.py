@@ -6,21 +6,32 @@ through the SSE codec, each event parsed once into its typed model (``gateway.di
 for usage and time-to-first-token and written on with its data unchanged. The body is
 re-serialised only for an alias, or to ask the neuron for the usage chunk (removed again
 when the client did not ask).
+
+A stream that fails after it started (the neuron died, went silent past
+``request_timeout``, or sent what does not parse) ends with the dialect's terminal error:
+for chat an error chunk (``data: {"error": …}``) then ``data: [DONE]``; for Responses a
+``response.failed`` event carrying the response the stream opened with (or a fresh one)
+and the next ``sequence_number``.
 """
 
 from __future__ import annotations
 
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
 import orjson
 
 from cortex import sse
-from cortex.errors import CortexError, InvalidRequest, NeuronUnavailable
+from cortex.errors import BadUpstream, CortexError, InvalidRequest, NeuronUnavailable
 from cortex.gateway.dialects.relay import count_reply, count_usage, parse_event, upstream_events
 from cortex.gateway.http import HttpRequest, Responder
 from cortex.gateway.metrics import RequestRecorder
-from cortex.gateway.proxy import Outcome, Routed, send_error
+from cortex.gateway.proxy import Outcome, Routed, dump_body, send_error
 from cortex.gateway.state import Snapshot
 from cortex.gateway.upstream import UpstreamError, UpstreamResponse
-from cortex.protocol.openai import error_body
+from cortex.protocol.openai import error_body, error_from_body
 from cortex.protocol.openai_reply import ChatCompletionChunk
 from cortex.protocol.responses import StreamEvent
 
@@ -56,7 +67,7 @@ class OpenAIDialect:
         return Routed(
             path=request.path,
             model=model,
-            body=orjson.dumps(data) if rewrite else body,
+            body=dump_body(data) if rewrite else body,
             stream=stream,
             wants_usage=wants_usage,
             client_model=name,
@@ -66,7 +77,13 @@ class OpenAIDialect:
         send_error(responder, err, error_body(err))
 
     def stream_error(self, err: CortexError) -> bytes:
-        return sse.encode(error_body(err)) + sse.DONE
+        return self._failed(err, _Trail())
+
+    def _failed(self, err: CortexError, trail: _Trail, model: str = "") -> bytes:
+        """The dialect's terminal error event for a stream that already started."""
+        if self.name == "chat":
+            return sse.encode(error_body(err)) + sse.DONE
+        return response_failed(err, trail, model)
 
     def keepalive(self, routed: Routed) -> bytes:
         return sse.comment(f"loading {routed.model}")
@@ -81,12 +98,16 @@ class OpenAIDialect:
         started: bool,
     ) -> Outcome:
         outcome = Outcome(response.status)
+        trail = _Trail()
         if not (request.stream and response.is_event_stream and response.status == 200):
             data = await response.read()
             if response.status == 200:
                 count_reply(outcome, data)
             if started:  # a stream was promised: turn the neuron's error into an error event
-                responder.end(sse.frame(data) + sse.DONE)
+                failure = error_from_body(response.status, data)
+                if response.status == 200:
+                    failure = BadUpstream("The neuron answered a stream with a whole reply")
+                responder.end(self._failed(failure, trail, request.client_model))
             else:
                 content_type = response.header(b"content-type") or b"application/json"
                 responder.respond(
@@ -98,24 +119,24 @@ class OpenAIDialect:
         relay = self._chat_event if self.name == "chat" else self._responses_event
         try:
             async for events in upstream_events(response):
-                out = b"".join(relay(event, request, recorder, outcome) for event in events)
+                out = b"".join(relay(event, request, recorder, outcome, trail) for event in events)
                 if out:
                     await responder.write(out)
         except UpstreamError as exc:
             err: CortexError = NeuronUnavailable(f"The neuron failed mid-stream: {exc.message}")
             outcome.status = 502
-            responder.end(sse.encode(error_body(err)))
+            responder.end(self._failed(err, trail, request.client_model))
             return outcome
-        except CortexError as err:  # an event that does not parse, or one past the size cap
+        except CortexError as err:  # silent past request_timeout, or an event that does not parse
             outcome.status = err.status
-            responder.end(self.stream_error(err))
+            responder.end(self._failed(err, trail, request.client_model))
             return outcome
         responder.end()
         return outcome
 
     @staticmethod
     def _chat_event(
-        event: sse.Event, request: Routed, recorder: RequestRecorder, outcome: Outcome
+        event: sse.Event, request: Routed, recorder: RequestRecorder, outcome: Outcome, _: _Trail
     ) -> bytes:
         if event.is_done():
             return sse.DONE
@@ -130,14 +151,48 @@ class OpenAIDialect:
 
     @staticmethod
     def _responses_event(
-        event: sse.Event, request: Routed, recorder: RequestRecorder, outcome: Outcome
+        event: sse.Event,
+        request: Routed,
+        recorder: RequestRecorder,
+        outcome: Outcome,
+        trail: _Trail,
     ) -> bytes:
         parsed = parse_event(StreamEvent, event)
+        trail.events += 1
         if parsed.response is not None:
+            if trail.response is None:  # the head the stream opened with (response.created)
+                trail.response = orjson.loads(event.data).get("response")
             count_usage(outcome, parsed.response.usage)
         if parsed.has_output:
             recorder.chunk()
         return sse.frame(event.data, None if event.name == "message" else event.name)
+
+
+@dataclass(slots=True)
+class _Trail:
+    """What a Responses stream has told its client so far: what its failure must follow."""
+
+    events: int = 0  # events relayed: the next sequence_number
+    response: dict[str, Any] | None = None  # the response object it opened with
+
+
+def response_failed(err: CortexError, trail: _Trail, model: str = "") -> bytes:
+    """A ``response.failed`` event: the stream's own response (a fresh one if none was
+    sent yet), now failed with ``err``, numbered after the events already sent."""
+    response: dict[str, Any] = {
+        "id": f"resp_{secrets.token_hex(16)}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": model,
+        "output": [],
+        "incomplete_details": None,
+        "usage": None,
+        **(trail.response or {}),
+        "status": "failed",
+        "error": {"code": err.code or "server_error", "message": err.message},
+    }
+    event = {"type": "response.failed", "sequence_number": trail.events, "response": response}
+    return sse.encode(event, "response.failed")
 
 
 def _passed_headers(response: UpstreamResponse, node: str) -> list[tuple[bytes, bytes]]:
