@@ -378,3 +378,10 @@ def test_error_envelope_without_request_id() -> None:
 )
 def test_error_type_for_status(status: int, kind: str) -> None:
     assert error_type_for_status(status) == kind
+
+
+def test_a_max_tokens_no_engine_can_hold_is_a_400_naming_it() -> None:
+    for value in (2**31, 2**64):
+        with pytest.raises(InvalidRequest, match="max_tokens"):
+            parse_messages_request({**GOOD, "max_tokens": value})
+    assert parse_messages_request({**GOOD, "max_tokens": 2**31 - 1}).max_tokens == 2**31 - 1

@@ -301,6 +301,7 @@ GOOD = {"model": "m", "input": "x"}
         ({**GOOD, "input": 5}, "input"),
         ({**GOOD, "max_output_tokens": "5"}, "max_output_tokens"),
         ({**GOOD, "max_output_tokens": 0}, "max_output_tokens"),
+        ({**GOOD, "max_output_tokens": 2**64}, "max_output_tokens"),
         ({**GOOD, "temperature": 3}, "temperature"),
         ({**GOOD, "temperature": "0.5"}, "temperature"),
         ({**GOOD, "top_p": 0}, "top_p"),

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError
 
 from cortex.errors import CortexError
-from cortex.protocol.validation import invalid_request, type_tag
+from cortex.protocol.validation import INT32_MAX, invalid_request, type_tag
 
 _REQUEST = ConfigDict(extra="allow", strict=True)
 
@@ -234,7 +234,7 @@ class CountTokensRequest(BaseModel):
 class MessagesRequest(CountTokensRequest):
     """``POST /v1/messages``."""
 
-    max_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=1, le=INT32_MAX)
     stream: bool = False
     stop_sequences: list[str] | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)

@@ -34,7 +34,7 @@ from cortex.errors import (
     UpstreamTimeout,
 )
 from cortex.protocol.openai_reply import ErrorDetail, ErrorEnvelope
-from cortex.protocol.validation import invalid_request
+from cortex.protocol.validation import INT32_MAX, invalid_request
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -107,8 +107,8 @@ class StreamOptions(BaseModel):
 
 # The sampling fields' ranges, shared with the Responses API so that a value one dialect
 # accepts never fails the other. Integers that reach the engine's tensors are bounded: JSON
-# integers have no limit, torch's are 64-bit.
-INT32_MAX = 2**31 - 1
+# integers have no limit, torch's are 64-bit. A length past INT32_MAX (max_tokens 2**64)
+# is refused; one within it but past the context is clamped to the room left.
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 # 0 is greedy, and so is anything below the engine's MIN_TEMPERATURE (1e-5): the limit of
@@ -129,8 +129,8 @@ class ChatCompletionRequest(BaseModel):
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: Temperature | None = None
     top_p: TopP | None = None
     top_k: TopK | None = None
@@ -143,7 +143,7 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: RepetitionPenalty | None = None
-    min_tokens: int | None = Field(default=None, ge=0)
+    min_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
     ignore_eos: bool = False
     # vLLM's name: at most this many tokens inside reasoning, then the model is made to close
     # it (its end-of-thinking token is forced) and answer.

@@ -25,7 +25,7 @@ from cortex.protocol.openai import (
     TopP,
 )
 from cortex.protocol.openai_reply import Counted
-from cortex.protocol.validation import invalid_request, type_tag
+from cortex.protocol.validation import INT32_MAX, invalid_request, type_tag
 
 _REQUEST = ConfigDict(extra="allow", strict=True)
 
@@ -225,7 +225,7 @@ class ResponsesRequest(BaseModel):
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: Temperature | None = None
     top_p: TopP | None = None
     stream: bool = False

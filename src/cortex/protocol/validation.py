@@ -16,6 +16,8 @@ from pydantic import Discriminator, ValidationError
 
 from cortex.errors import InvalidRequest
 
+INT32_MAX = 2**31 - 1  # the largest count, length or id a request may carry
+
 _BRANCH_PREFIXES = ("function-", "list[", "literal[")
 _BRANCHES = frozenset({"str", "int", "float", "bool", "NamedToolChoice"})
 
