@@ -195,6 +195,12 @@ class GatewaySection(BaseModel):
     max_request_bytes: Size = 32 * 1024**2
     # On SIGTERM/SIGINT: how long requests in flight may take to finish before they are cut.
     shutdown_grace: Duration = 30.0
+    # The HTTP server's own limits (gateway.http_limits): a client slower or larger than
+    # these gets 408 / 431 and a close.
+    header_timeout: Duration = Field(default=10.0, gt=0)  # first byte to end of head
+    body_timeout: Duration = Field(default=30.0, gt=0)  # longest wait for more body bytes
+    max_header_bytes: Size = Field(default=64 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=1)
 
     @field_validator("listen", "metrics_listen")
     @classmethod

@@ -84,8 +84,15 @@ class GatewayApp:
             await call_asgi(self.control, request, responder)
 
     def server(self) -> HttpServer:
+        gateway = self.config.gateway
         return HttpServer(
-            self.handle, error_payload, max_body=self.config.gateway.max_request_bytes
+            self.handle,
+            error_payload,
+            max_body=gateway.max_request_bytes,
+            header_timeout=gateway.header_timeout,
+            body_timeout=gateway.body_timeout,
+            max_header_bytes=gateway.max_header_bytes,
+            max_headers=gateway.max_headers,
         )
 
     async def start(self) -> None:

@@ -12,234 +12,38 @@ Contracts:
   queued, reading pauses while the queue is long).
 * ``Responder.disconnected`` is set before the handler's task is cancelled because
   the client went away; any other cancellation is a shutdown.
-* A body over ``max_body`` is refused with 413 (through ``on_error``) and the
-  connection closed; a request that does not parse gets 400 and a close.
-* Idle keep-alive connections close after ``keep_alive`` seconds.
+* A body over ``max_body`` is refused with 413 (through ``on_error``); a head over
+  ``max_header_bytes`` or ``max_headers`` with 431 (414 for the target alone); a request
+  that does not parse with 400. Such an error waits for the responses before it, is sent,
+  and the connection is half-closed and drained for a moment, then closed. Nothing past
+  the limits is buffered: httptools is fed at most a read or two past them.
+* A head not complete ``header_timeout`` after its first byte, or a body with no bytes
+  for ``body_timeout``, gets 408 and a close; an idle keep-alive connection closes after
+  ``keep_alive``. One ``call_later`` timer per connection enforces all three (see
+  ``http_limits``), so a request costs no timer of its own.
+* ``100 Continue`` goes out only when its request is the one being read and nothing is
+  being answered, so it never lands inside another response.
+* HTTP/1.0: a streamed response is close-delimited (no chunked framing), and without
+  ``Connection: keep-alive`` the connection closes after each response.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import cast
 
-import httptools
-
-from cortex.errors import CortexError, InvalidRequest, RequestTooLarge
-from cortex.gateway.http_message import HttpRequest, Responder, status_line
+from cortex.errors import CortexError
+from cortex.gateway.http_connection import HttpConnection
+from cortex.gateway.http_limits import Limits
+from cortex.gateway.http_message import HttpRequest, Responder
 
 __all__ = ["HttpRequest", "HttpServer", "Responder"]
 
 log = logging.getLogger(__name__)
 
-MAX_PIPELINE = 8
-
 Handler = Callable[[HttpRequest, Responder], Awaitable[None]]
 ErrorBody = Callable[[str, CortexError], tuple[bytes, bytes]]  # (path, error) → (type, body)
-
-
-class _Connection(asyncio.Protocol):
-    def __init__(self, server: HttpServer) -> None:
-        self._server = server
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
-        self._request: HttpRequest | None = None
-        self._size = 0
-        self._queue: deque[HttpRequest] = deque()
-        self._task: asyncio.Task[None] | None = None
-        self._responder: Responder | None = None
-        self._paused_reading = False
-        self._write_ready: asyncio.Future[None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
-        self._closing = False
-        self._refusal: CortexError | None = None
-
-    # --- transport events ----------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # create_server: a stream transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._server.connections.add(self)
-        self._arm_idle()
-
-    def data_received(self, data: bytes) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(InvalidRequest("Connection upgrades are not supported"))
-        except httptools.HttpParserError as exc:
-            # httptools wraps what a callback raised; the callback kept the real reason.
-            self._fail(self._refusal or InvalidRequest(f"Malformed HTTP request: {exc}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        self._server.forget(self)
-        if self._idle is not None:
-            self._idle.cancel()
-        if self._responder is not None and not self._responder.finished:
-            self._responder.disconnected = True
-            if self._task is not None:
-                self._task.cancel()
-        if self._write_ready is not None and not self._write_ready.done():
-            self._write_ready.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_ready = self._loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._write_ready is not None and not self._write_ready.done():
-            self._write_ready.set_result(None)
-        self._write_ready = None
-
-    # --- parser callbacks -----------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._request = HttpRequest(method="", path="", query=b"", headers=[])
-        self._size = 0
-
-    def on_url(self, url: bytes) -> None:
-        if self._request is not None:
-            parsed = httptools.parse_url(url)
-            self._request.path = parsed.path.decode("latin-1")
-            self._request.query = parsed.query or b""
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._request is not None:
-            self._request.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        request = self._request
-        if request is None:
-            return
-        request.method = self._parser.get_method().decode("latin-1")
-        request.keep_alive = self._parser.should_keep_alive()
-        request.http_version = self._parser.get_http_version()
-        declared = request.header(b"content-length")
-        limit = self._server.max_body
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            self._refuse(
-                RequestTooLarge(
-                    f"Request body of {int(declared)} bytes is over the {limit}-byte limit"
-                )
-            )
-        if request.header(b"expect") == b"100-continue" and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def on_body(self, body: bytes) -> None:
-        if self._request is not None:
-            self._size += len(body)
-            if self._size > self._server.max_body:
-                limit = self._server.max_body
-                self._refuse(RequestTooLarge(f"Request body is over the {limit}-byte limit"))
-            self._request._chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        request, self._request = self._request, None
-        if request is None:
-            return
-        request.body = b"".join(request._chunks)
-        request._chunks = []
-        self._queue.append(request)
-        if len(self._queue) > MAX_PIPELINE and self._transport is not None:
-            self._transport.pause_reading()
-            self._paused_reading = True
-        if self._task is None:
-            self._next()
-
-    # --- serving ---------------------------------------------------------------------------
-
-    def _next(self) -> None:
-        if not self._queue or self._closing:
-            return
-        request = self._queue.popleft()
-        responder = Responder(self, request.keep_alive, request.method == "HEAD")
-        self._responder = responder
-        self._task = self._loop.create_task(self._run(request, responder))
-
-    async def _run(self, request: HttpRequest, responder: Responder) -> None:
-        try:
-            await self._server.handler(request, responder)
-        except asyncio.CancelledError:
-            if not responder.disconnected:
-                raise
-        except Exception:  # a bug must cost one request, not the connection's others
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            if not responder.started:
-                kind, body = self._server.on_error(request.path, CortexError("Internal error"))
-                responder.respond(500, body, kind)
-            elif self._transport is not None:
-                self._transport.close()
-        finally:
-            if (
-                not responder.finished
-                and not responder.disconnected
-                and self._transport is not None
-            ):
-                self._transport.close()  # a handler that never finished its response
-
-    def response_done(self, keep_alive: bool) -> None:
-        self._task = None
-        self._responder = None
-        if not keep_alive or self._server.stopping:
-            self._server.check_drained()
-            if self._transport is not None:
-                self._transport.close()
-            return
-        if (
-            self._paused_reading
-            and len(self._queue) <= MAX_PIPELINE
-            and self._transport is not None
-        ):
-            self._transport.resume_reading()
-            self._paused_reading = False
-        if self._queue:
-            self._next()
-        else:
-            self._arm_idle()
-
-    def write(self, data: bytes) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.write(data)
-
-    async def drain(self) -> None:
-        if self._write_ready is not None:
-            await self._write_ready
-
-    @property
-    def idle(self) -> bool:
-        return self._task is None and not self._queue
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-    def _refuse(self, error: CortexError) -> None:
-        self._refusal = error
-        raise error  # stops the parser; data_received answers with the kept error
-
-    def _fail(self, error: CortexError) -> None:
-        if self._transport is None:
-            return
-        path = self._request.path if self._request is not None else ""
-        if self._responder is None or not self._responder.started:
-            kind, body = self._server.on_error(path, error)
-            self._transport.write(
-                status_line(error.status) + b"content-type: " + kind + b"\r\ncontent-length: "
-                + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
-            )  # fmt: skip
-        self._transport.close()
-
-    def _arm_idle(self) -> None:
-        self._idle = self._loop.call_later(self._server.keep_alive, self.close)
 
 
 class HttpServer:
@@ -250,19 +54,31 @@ class HttpServer:
         *,
         max_body: int,
         keep_alive: float = 75.0,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        max_header_bytes: int = 64 * 1024,
+        max_headers: int = 100,
     ) -> None:
         self.handler = handler
         self.on_error = on_error
-        self.max_body = max_body
-        self.keep_alive = keep_alive
-        self.connections: set[_Connection] = set()
+        self.limits = Limits(
+            max_body=max_body,
+            keep_alive=keep_alive,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_header_bytes=max_header_bytes,
+            max_headers=max_headers,
+        )
+        self.connections: set[HttpConnection] = set()
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._drained = asyncio.Event()
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=2048)
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self), host, port, backlog=2048
+        )
 
     @property
     def port(self) -> int:
@@ -270,7 +86,7 @@ class HttpServer:
             return 0
         return int(self._server.sockets[0].getsockname()[1])
 
-    def forget(self, conn: _Connection) -> None:
+    def forget(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
         self.check_drained()
 
