@@ -11,8 +11,11 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-_SHAPE = ConfigDict(extra="allow")
-_READ = ConfigDict(extra="ignore")  # what the gateway reads, no more
+# Parsed once per streamed event: pydantic's string cache would keep every chunk's id (one
+# new string per request, ~1.5 MB of the gateway's memory before the cache is full), so
+# only the keys, a fixed set, are cached.
+_SHAPE = ConfigDict(extra="allow", cache_strings="keys")
+_READ = ConfigDict(extra="ignore", cache_strings="keys")  # what the gateway reads, no more
 
 
 class TokenCounts(BaseModel):

@@ -285,7 +285,7 @@ class StreamEvent(BaseModel):
     """One event of a Responses stream, as far as the gateway reads it: its type, and the
     final ``response`` (with its usage) on ``response.completed`` and its kin."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", cache_strings="keys")  # as openai_reply
     type: str = ""
     response: Counted | None = None
 
