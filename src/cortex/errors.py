@@ -10,7 +10,10 @@ it to its own envelope in exactly one place (``protocol.openai.error_body``,
     ├── ConfigError                  (start-up only: file, key, reason)
     ├── InvalidRequest               400 invalid_request_error
     │   ├── ContextLengthExceeded    400 (prompt + completion past the model's context)
+    │   ├── RequestTimeout           408 (a head or body stopped arriving)
     │   └── RequestTooLarge          413 request_too_large
+    │       ├── HeadTooLarge         431 (head over max_header_bytes / max_headers)
+    │       └── UriTooLong           414 (the request target alone is over the limit)
     ├── Unauthorized                 401 authentication_error
     ├── NotFound                     404 not_found_error
     │   ├── ModelNotFound            404 code model_not_found
@@ -81,6 +84,28 @@ class RequestTooLarge(InvalidRequest):
     status = 413
     anthropic_type = "request_too_large"
     default_code = "request_too_large"
+
+
+class HeadTooLarge(RequestTooLarge):
+    """The request head (or a body's trailers) is over ``max_header_bytes`` or ``max_headers``
+    (the gateway's HTTP server)."""
+
+    status = 431
+    default_code = "request_header_fields_too_large"
+
+
+class UriTooLong(RequestTooLarge):
+    """The request target alone is over ``max_header_bytes``."""
+
+    status = 414
+    default_code = "uri_too_long"
+
+
+class RequestTimeout(InvalidRequest):
+    """A request's head or body stopped arriving (``header_timeout`` / ``body_timeout``)."""
+
+    status = 408
+    default_code = "request_timeout"
 
 
 class Unauthorized(CortexError):

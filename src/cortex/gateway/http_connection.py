@@ -14,8 +14,15 @@ from typing import TYPE_CHECKING, NoReturn, cast
 
 import httptools
 
-from cortex.errors import CortexError, InvalidRequest, RequestTooLarge
-from cortex.gateway.http_limits import HeadTooLarge, Phase, RequestTimeout, UriTooLong
+from cortex.errors import (
+    CortexError,
+    HeadTooLarge,
+    InvalidRequest,
+    RequestTimeout,
+    RequestTooLarge,
+    UriTooLong,
+)
+from cortex.gateway.http_limits import Phase
 from cortex.gateway.http_message import HttpRequest, Responder, closing_response
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ enforces:
 
 No deadline runs while a handler has a request: the client may be waiting on us.
 
-The errors sit in the ``CortexError`` tree (see ``cortex.errors``) under ``InvalidRequest``,
-so every envelope maps them without knowing this module.
+What it answers past a limit is in ``cortex.errors``: ``HeadTooLarge`` (431),
+``UriTooLong`` (414) and ``RequestTimeout`` (408).
 """
 
 from __future__ import annotations
@@ -20,30 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from cortex.errors import InvalidRequest, RequestTooLarge
-
-__all__ = ["HeadTooLarge", "Limits", "Phase", "RequestTimeout", "UriTooLong"]
-
-
-class HeadTooLarge(RequestTooLarge):
-    """The request head (or a body's trailers) is over ``max_header_bytes`` or ``max_headers``."""
-
-    status = 431
-    default_code = "request_header_fields_too_large"
-
-
-class UriTooLong(RequestTooLarge):
-    """The request target alone is over ``max_header_bytes``."""
-
-    status = 414
-    default_code = "uri_too_long"
-
-
-class RequestTimeout(InvalidRequest):
-    """A request's head or body stopped arriving (``header_timeout`` / ``body_timeout``)."""
-
-    status = 408
-    default_code = "request_timeout"
+__all__ = ["Limits", "Phase"]
 
 
 class Phase(Enum):
