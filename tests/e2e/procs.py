@@ -100,7 +100,9 @@ class Gateway(Process):
         *,
         strategy: str = "lru",
         extra: str = "",
+        gateway: dict[str, str] | None = None,
     ) -> None:
+        """``gateway``: more ``[gateway]`` keys (quoted as strings), e.g. request_timeout."""
         port, metrics_port = free_port(), free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}"
         lines = [
@@ -108,6 +110,7 @@ class Gateway(Process):
             f'listen = "127.0.0.1:{port}"',
             f'metrics_listen = "127.0.0.1:{metrics_port}"',
             'poll_interval = "300ms"',
+            *(f'{key} = "{value}"' for key, value in (gateway or {}).items()),
             "[eviction]",
             f'strategy = "{strategy}"',
             extra,

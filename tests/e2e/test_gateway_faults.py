@@ -33,37 +33,6 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 LONG = 3000  # tokens: a stream that is still going when the test acts on it
 
 
-class TunedGateway(Gateway):
-    """``cortex serve`` with more keys in ``[gateway]`` (request_timeout, …)."""
-
-    def __init__(
-        self, neurons: dict[str, Neuron], models_toml: str, workdir: Path, **gateway: str
-    ) -> None:
-        port, metrics_port = free_port(), free_port()
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}"
-        lines = [
-            "[gateway]",
-            f'listen = "127.0.0.1:{port}"',
-            f'metrics_listen = "127.0.0.1:{metrics_port}"',
-            'poll_interval = "300ms"',
-            *(f'{key} = "{value}"' for key, value in gateway.items()),
-        ]
-        for name, neuron in neurons.items():
-            lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{neuron.url}"']
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "cortex.toml").write_text("\n".join(lines) + "\n")
-        (workdir / "models.toml").write_text(models_toml)
-        command = [
-            sys.executable,
-            "-m",
-            "cortex",
-            "serve",
-            "--config",
-            str(workdir / "cortex.toml"),
-        ]
-        Process.__init__(self, command, port, workdir / "gateway.log", None)
-
-
 @pytest.fixture(scope="module")
 def fleet(
     tmp_path_factory: pytest.TempPathFactory, fleet_dir: Path
@@ -77,12 +46,11 @@ def fleet(
     gateway: Gateway | None = None
     try:
         neuron.wait_ready()
-        gateway = TunedGateway(
+        gateway = Gateway(
             {"a": neuron},
             '[[models]]\nid = "m1"\n',
             logs / "gateway",
-            request_timeout="1s",
-            max_request_bytes="64KiB",
+            gateway={"request_timeout": "1s", "max_request_bytes": "64KiB"},
         )
         gateway.wait_ready()
         _wait(lambda: _ready(gateway, "a", "m1"))
