@@ -7,13 +7,22 @@ any mistake into a ``ConfigError`` that names the file, the key and the reason.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cortex.errors import ConfigError
 
@@ -241,12 +250,55 @@ class NeuronEntry(BaseModel):
         return value.rstrip("/")
 
 
+class KeyEntry(BaseModel):
+    """One gateway API key (``[[keys]]``): the secret itself or its sha256, never both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[^\x00-\x1f\x7f]+$")  # metrics and logs show it
+    key: str | None = Field(default=None, min_length=1, repr=False)
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    models: list[str] | None = None  # glob patterns over model ids and aliases; None: all
+    admin: bool = False  # may use /fleet/load, /fleet/unload, /fleet/pin
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeyEntry:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"key {self.name!r}: give exactly one of key and key_sha256")
+        return self
+
+    @property
+    def digest(self) -> bytes:
+        if self.key is not None:
+            return hashlib.sha256(self.key.encode()).digest()
+        return bytes.fromhex(self.key_sha256 or "")
+
+
+class KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys: list[KeyEntry] = Field(default_factory=list)
+
+
+def read_keys_file(path: Path) -> list[KeyEntry]:
+    """A ``keys_file``'s entries (``gateway.auth`` checks names and secrets are unique)."""
+    return _validate(KeysFile, _read_toml(path), str(path)).keys
+
+
 class CortexConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     eviction: EvictionSection = Field(default_factory=EvictionSection)
     neurons: list[NeuronEntry] = Field(default_factory=list)
+    keys: list[KeyEntry] = Field(default_factory=list)
+    keys_file: Path | None = None  # relative to cortex.toml; reloaded on SIGHUP
+
+    @property
+    def has_keys(self) -> bool:  # else the gateway is open, as it was before keys
+        return bool(self.keys) or self.keys_file is not None
 
     @field_validator("neurons")
     @classmethod
@@ -322,6 +374,9 @@ def load_gateway_config(
     if gateway:
         data["gateway"] = gateway
     cortex = _validate(CortexConfig, data, str(path) if path else "flags/environment")
+    if cortex.keys_file is not None:
+        keys_file = (path.parent if path else Path()) / cortex.keys_file.expanduser()
+        cortex = cortex.model_copy(update={"keys_file": keys_file})
     if models_path is None and path is not None and (path.parent / "models.toml").is_file():
         models_path = path.parent / "models.toml"
     models = (

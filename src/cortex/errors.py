@@ -15,6 +15,7 @@ it to its own envelope in exactly one place (``protocol.openai.error_body``,
     │       ├── HeadTooLarge         431 (head over max_header_bytes / max_headers)
     │       └── UriTooLong           414 (the request target alone is over the limit)
     ├── Unauthorized                 401 authentication_error
+    ├── Forbidden                    403 permission_error (a valid key without the right)
     ├── NotFound                     404 not_found_error
     │   ├── ModelNotFound            404 code model_not_found
     │   └── SourceNotFound           404 (no local folder / cache entry for a source)
@@ -113,6 +114,13 @@ class Unauthorized(CortexError):
     openai_type = "authentication_error"
     anthropic_type = "authentication_error"
     default_code = "invalid_api_key"
+
+
+class Forbidden(CortexError):
+    status = 403
+    openai_type = "permission_error"
+    anthropic_type = "permission_error"
+    default_code = "permission_denied"
 
 
 class NotFound(CortexError):

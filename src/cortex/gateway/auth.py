@@ -1,0 +1,203 @@
+"""API keys at the gateway: who may call, which models, operator rights, rate limits.
+
+The ``KeyTable`` owns the keys of ``[[keys]]`` in cortex.toml and of its ``keys_file``.
+Without either the gateway is open, as it was before keys, and ``enabled`` is false.
+
+Contracts:
+
+* No secret is kept: a key is known by its sha256. A presented key is hashed once and
+  looked up in a dict of digests, so the time taken says nothing about any secret; no
+  log line or error message carries a presented key.
+* A key comes as ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (Claude Code and
+  the anthropic SDK send the latter). Missing or unknown: ``Unauthorized`` (401).
+* ``models`` are glob patterns matched against the name the client sent (an alias in
+  models.toml, say) and against the model id it resolves to: either may match. A model the
+  key may not use is refused exactly as a model that does not exist (404
+  ``model_not_found``), so a key learns nothing about models outside its patterns.
+* ``requests_per_minute`` is a sliding window: at most that many requests admitted in any
+  60 seconds; past it, 429 with ``Retry-After`` = the seconds until the oldest leaves the
+  window. ``max_concurrent`` counts requests admitted and not yet released; past it, 429
+  with ``Retry-After: 1``. Whoever ``admit``s releases, in a ``finally``.
+* Everything runs on the event loop: no locks. ``reload`` (SIGHUP) swaps the table in
+  one assignment; a key file that does not load leaves the old table and logs why. A
+  key's window and in-flight count belong to its name and survive reloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
+
+from cortex.config import CortexConfig, KeyEntry, read_keys_file
+from cortex.errors import ConfigError, Forbidden, ModelNotFound, Overloaded, Unauthorized
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW = 60.0  # seconds: requests_per_minute counts requests admitted in this window
+MAX_CACHED = 4096  # (name, model) verdicts kept per key; a client sending random names resets it
+Headers = Iterable[tuple[bytes, bytes]]  # names lower-cased, as both HTTP servers give them
+
+
+class Usage:
+    """What a key name has in flight and admitted lately; survives reloads."""
+
+    __slots__ = ("admitted", "in_flight")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.admitted: deque[float] = deque()  # admission times inside the window, oldest first
+
+
+class Key:
+    """One key's rights and limits, and its ``Usage``."""
+
+    __slots__ = (
+        "_allowed",
+        "_clock",
+        "admin",
+        "max_concurrent",
+        "name",
+        "patterns",
+        "rpm",
+        "usage",
+    )
+
+    def __init__(self, entry: KeyEntry, usage: Usage, clock: Callable[[], float]) -> None:
+        self.name = entry.name
+        self.admin = entry.admin
+        self.patterns = None if entry.models is None else tuple(entry.models)
+        self.rpm = entry.requests_per_minute
+        self.max_concurrent = entry.max_concurrent
+        self.usage = usage
+        self._clock = clock
+        self._allowed: dict[tuple[str, str], bool] = {}
+
+    def may_use(self, name: str, model: str) -> bool:
+        """Whether a request naming ``name`` (resolved to ``model``) is within the key's
+        patterns; cached per pair, so a glob is matched once."""
+        if self.patterns is None:
+            return True
+        verdict = self._allowed.get((name, model))
+        if verdict is None:
+            if len(self._allowed) >= MAX_CACHED:
+                self._allowed.clear()
+            verdict = any(fnmatchcase(name, p) or fnmatchcase(model, p) for p in self.patterns)
+            self._allowed[name, model] = verdict
+        return verdict
+
+    def may_list(self, model: str, aliases: Iterable[str]) -> bool:
+        """Whether ``/v1/models`` shows ``model`` (reached by itself or by an alias)."""
+        return self.may_use(model, model) or any(self.may_use(a, model) for a in aliases)
+
+    def check_model(self, name: str, model: str) -> None:
+        if not self.may_use(name, model):
+            raise ModelNotFound(f"The model {name!r} does not exist", param="model")
+
+    def admit(self) -> None:
+        """Count one request in, or raise ``Overloaded``; the caller then ``release``s."""
+        usage = self.usage
+        if self.max_concurrent is not None and usage.in_flight >= self.max_concurrent:
+            raise Overloaded(
+                f"This key has {self.max_concurrent} requests in flight, its limit; "
+                "retry when one ends",
+                headers={"Retry-After": "1"},
+            )
+        if self.rpm is not None:
+            now = self._clock()
+            admitted = usage.admitted
+            while admitted and admitted[0] <= now - RATE_WINDOW:
+                admitted.popleft()
+            if len(admitted) >= self.rpm:
+                wait = admitted[-self.rpm] + RATE_WINDOW - now
+                raise Overloaded(
+                    f"This key may make {self.rpm} requests per minute; retry in {wait:.0f}s",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+            admitted.append(now)
+        usage.in_flight += 1
+
+    def release(self) -> None:
+        self.usage.in_flight -= 1
+
+
+def presented_keys(headers: Headers) -> list[bytes]:
+    """The keys a request carries: a Bearer token, then ``x-api-key``."""
+    found: list[bytes] = []
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                found.insert(0, token.strip())
+        elif name == b"x-api-key" and value.strip():
+            found.append(value.strip())
+    return found
+
+
+class KeyTable:
+    """The gateway's keys, looked up by the sha256 of what a request presents."""
+
+    def __init__(self, config: CortexConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.enabled = config.has_keys
+        self._config = config
+        self._clock = clock
+        self._usage: dict[str, Usage] = {}
+        self._by_digest = self._build(load_entries(config))
+
+    def authenticate(self, headers: Headers) -> Key:
+        """The key a request presents, or ``Unauthorized``."""
+        presented = presented_keys(headers)
+        if not presented:
+            raise Unauthorized(
+                "Missing API key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`"
+            )
+        for secret in presented:
+            key = self._by_digest.get(hashlib.sha256(secret).digest())
+            if key is not None:
+                return key
+        raise Unauthorized("Invalid API key")
+
+    def operator(self, headers: Headers) -> Key:
+        """An admin key, or ``Unauthorized`` / ``Forbidden`` (a valid key without the right)."""
+        key = self.authenticate(headers)
+        if not key.admin:
+            raise Forbidden("This key may not run operator actions (it is not an admin key)")
+        return key
+
+    def reload(self) -> bool:
+        """Read the keys again (SIGHUP); on a bad file keep the old keys and log why."""
+        try:
+            table = self._build(load_entries(self._config))
+        except ConfigError as exc:
+            log.error("keys not reloaded, the old keys stay: %s", exc.message)
+            return False
+        self._by_digest = table
+        log.info("keys reloaded: %s", ", ".join(k.name for k in table.values()) or "none")
+        return True
+
+    def _build(self, entries: list[KeyEntry]) -> dict[bytes, Key]:
+        usage = {e.name: self._usage.get(e.name) or Usage() for e in entries}
+        table = {e.digest: Key(e, usage[e.name], self._clock) for e in entries}
+        self._usage = usage
+        return table
+
+
+def load_entries(config: CortexConfig) -> list[KeyEntry]:
+    """``[[keys]]`` and the entries of ``keys_file``, read now; names and secrets unique,
+    else ``ConfigError``."""
+    path = config.keys_file
+    entries = [*config.keys, *(read_keys_file(path) if path is not None else [])]
+    names: set[str] = set()
+    digests: set[bytes] = set()
+    for entry in entries:
+        if entry.name in names or entry.digest in digests:
+            what = "name" if entry.name in names else "secret"
+            where = str(path) if path is not None else None
+            raise ConfigError(f"key {entry.name!r}: its {what} is used twice", file=where)
+        names.add(entry.name)
+        digests.add(entry.digest)
+    return entries
