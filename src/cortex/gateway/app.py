@@ -6,13 +6,18 @@ Every error leaves in the envelope of the API its path belongs to: Anthropic's u
 ``/v1/messages`` (whatever the error: a wrong method, a body over the limit, one that
 does not parse, a bug), OpenAI's everywhere else. ``HEAD`` on any path answers 200
 (Claude Code probes ``HEAD /`` and preconnects with ``HEAD`` on other paths).
+
+With API keys (``gateway.auth``): the model routes and ``/v1/models`` need a key, the
+fleet's operator actions an admin key; ``/health`` and ``GET /fleet`` stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import signal
 from functools import partial
 
 from starlette.applications import Starlette
@@ -21,7 +26,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cortex.config import CortexConfig, ModelsConfig
-from cortex.errors import CortexError, InvalidRequest, NotFound
+from cortex.errors import CortexError, InvalidRequest, NotFound, Unauthorized
+from cortex.gateway.auth import Key, KeyTable
 from cortex.gateway.bridge import call_asgi
 from cortex.gateway.catalogue import Catalogue, anthropic_models, fleet_view, placements
 from cortex.gateway.dialects.anthropic import AnthropicDialect, count_tokens, request_id
@@ -63,7 +69,8 @@ class GatewayApp:
         self, config: CortexConfig, models: ModelsConfig, client: NeuronClient | None = None
     ) -> None:
         self.config = config
-        self.metrics = GatewayMetrics()
+        self.keys = KeyTable(config)
+        self.metrics = GatewayMetrics(keyed=self.keys.enabled)
         self.fleet = Fleet(config, models, self.metrics, client)
         self.pool = UpstreamPool()
         self.proxy = Proxy(self.fleet, self.pool, self.metrics, config.gateway)
@@ -73,9 +80,17 @@ class GatewayApp:
     async def handle(self, request: HttpRequest, responder: Responder) -> None:
         dialect = HOT_ROUTES.get(request.path)
         if dialect is not None and request.method == "POST":
-            await self.proxy.handle(request, responder, dialect)
+            if not self.keys.enabled:
+                await self.proxy.handle(request, responder, dialect)
+                return
+            try:
+                key = self.keys.authenticate(request.headers)
+            except Unauthorized as err:
+                dialect.send_error(responder, err)
+                return
+            await self.proxy.handle(request, responder, dialect, key)
         elif request.path == "/v1/messages/count_tokens" and request.method == "POST":
-            await count_tokens(request, responder, self.fleet.snapshot, self.pool)
+            await self._count_tokens(request, responder)
         elif request.method == "HEAD":
             responder.respond(200, b"")
         elif is_anthropic(request.path):
@@ -126,22 +141,38 @@ class GatewayApp:
         )
 
     async def models(self, request: Request) -> Response:
-        if "anthropic-version" in request.headers:
+        anthropic = "anthropic-version" in request.headers
+        key: Key | None = None
+        if self.keys.enabled:
+            try:
+                key = self.keys.authenticate(request.scope["headers"])
+            except Unauthorized as refused:
+                if not anthropic:
+                    raise
+                body = anthropic_error(refused, request_id())
+                return json_response(body, status=refused.status)
+        if anthropic:
             params = request.query_params
             limit = params.get("limit", "20")
             if not limit.isdigit() or not 1 <= int(limit) <= 1000:
                 err = InvalidRequest("limit: must be an integer from 1 to 1000", param="limit")
                 return json_response(anthropic_error(err), status=400)
             page = anthropic_models(
-                self.fleet.snapshot, int(limit), params.get("after_id"), params.get("before_id")
+                self.fleet.snapshot,
+                int(limit),
+                params.get("after_id"),
+                params.get("before_id"),
+                key,
             )
             return json_response(page)
-        return Response(self.catalogue.openai(self.fleet.snapshot), media_type="application/json")
+        listing = self.catalogue.openai(self.fleet.snapshot, key)
+        return Response(listing, media_type="application/json")
 
     async def fleet_status(self, request: Request) -> Response:
         return json_response(fleet_view(self.fleet.snapshot))
 
     async def fleet_load(self, request: Request) -> Response:
+        self._operator(request)
         body = openai.parse_request(FleetLoadRequest, await self._body(request))
         model = self.fleet.snapshot.resolve(body.model)
         if "text/event-stream" in request.headers.get("accept", ""):
@@ -152,12 +183,14 @@ class GatewayApp:
         return json_response(FleetActionResult(model=model, nodes=[node], state="ready"))
 
     async def fleet_unload(self, request: Request) -> Response:
+        self._operator(request)
         body = openai.parse_request(FleetUnloadRequest, await self._body(request))
         model = self.fleet.snapshot.resolve(body.model)
         nodes = await self.fleet.unload(model, body.node, body.force)
         return json_response(FleetActionResult(model=model, nodes=nodes, state="unloaded"))
 
     async def fleet_pin(self, request: Request) -> Response:
+        self._operator(request)
         body = openai.parse_request(FleetPinRequest, await self._body(request))
         model = self.fleet.snapshot.resolve(body.model)
         if not self.fleet.snapshot.is_known(model):
@@ -170,6 +203,21 @@ class GatewayApp:
         )
 
     # --- helpers -----------------------------------------------------------------------
+
+    async def _count_tokens(self, request: HttpRequest, responder: Responder) -> None:
+        may_use = None
+        if self.keys.enabled:
+            try:
+                may_use = self.keys.authenticate(request.headers).may_use
+            except Unauthorized as err:
+                HOT_ROUTES["/v1/messages"].send_error(responder, err)
+                return
+        await count_tokens(request, responder, self.fleet.snapshot, self.pool, may_use)
+
+    def _operator(self, request: Request) -> None:
+        """An operator action needs an admin key when the gateway has keys."""
+        if self.keys.enabled:
+            self.keys.operator(request.scope["headers"])
 
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.config.gateway.max_request_bytes)
@@ -236,12 +284,32 @@ class GatewayService:
         await self.metrics_http.start(*self.metrics_listen)
         await self.http.start(*self.listen)
         log.info("gateway listening on %s:%d", *self.listen)
+        if not self.app.keys.enabled and not is_loopback(self.listen[0]):
+            log.warning(
+                "no API keys: anyone who can reach %s:%d may use every model and the operator "
+                "routes; add [[keys]] or keys_file to cortex.toml (see `cortex keys add`)",
+                *self.listen,
+            )
+        if self.app.config.keys_file is not None:  # SIGHUP: read the key file again
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.app.keys.reload)
 
     def finished(self) -> asyncio.Future[None]:
         return asyncio.get_running_loop().create_future()  # runs until stopped
 
     async def stop(self) -> None:
         """Stop accepting; requests in flight get ``shutdown_grace`` to finish."""
+        if self.app.config.keys_file is not None:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.http.stop(grace=self.app.config.gateway.shutdown_grace)
         await self.metrics_http.stop()
         await self.app.aclose()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) is reachable from this machine alone."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any address

@@ -1,8 +1,9 @@
 """The merged catalogue: every model the fleet can serve, and where it is.
 
 A pure projection of a snapshot: models ready or loading anywhere, models a profile
-can place, and models neurons report on disk. Cached per snapshot version, because
-clients (Zed, Open WebUI) fetch ``/v1/models`` often.
+can place, and models neurons report on disk. Cached per snapshot version (and API key:
+a key lists only the models it may use), because clients (Zed, Open WebUI) fetch
+``/v1/models`` often.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from cortex.gateway.auth import Key
 from cortex.gateway.state import ModelState, Snapshot
 from cortex.protocol.fleet import (
     CatalogueState,
@@ -103,10 +105,14 @@ class Catalogue:
 
     def __init__(self) -> None:
         self._version = -1
-        self._openai = b""
+        self._openai: dict[Key | None, bytes] = {}  # per key object: a reload makes new ones
 
-    def openai(self, snapshot: Snapshot) -> bytes:
+    def openai(self, snapshot: Snapshot, key: Key | None = None) -> bytes:
         if snapshot.version != self._version:
+            self._openai.clear()
+            self._version = snapshot.version
+        body = self._openai.get(key)
+        if body is None:
             data = [
                 {
                     "id": p.id,
@@ -119,17 +125,21 @@ class Catalogue:
                     "aliases": p.aliases,
                 }
                 for p in placements(snapshot)
+                if key is None or key.may_list(p.id, p.aliases)
             ]
-            self._openai = orjson.dumps({"object": "list", "data": data})
-            self._version = snapshot.version
-        return self._openai
+            body = self._openai[key] = orjson.dumps({"object": "list", "data": data})
+        return body
 
 
 def anthropic_models(
-    snapshot: Snapshot, limit: int, after_id: str | None = None, before_id: str | None = None
+    snapshot: Snapshot,
+    limit: int,
+    after_id: str | None = None,
+    before_id: str | None = None,
+    key: Key | None = None,
 ) -> dict[str, Any]:
     """``GET /v1/models`` in Anthropic's shape (sent ``anthropic-version``), one page."""
-    ids = [p.id for p in placements(snapshot)]
+    ids = [p.id for p in placements(snapshot) if key is None or key.may_list(p.id, p.aliases)]
     if after_id in ids:
         ids = ids[ids.index(after_id) + 1 :]
     elif before_id in ids:

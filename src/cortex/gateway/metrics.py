@@ -1,6 +1,8 @@
 """The gateway's Prometheus metrics and the per-request recorder.
 
 Names are ``cortex_…`` with ``model``, ``node`` and ``dialect`` labels where they apply.
+With API keys configured, the request and token counters also carry ``key`` (the key's
+name); without, their label sets are as they always were.
 Lifecycle figures no peer exports (load time, cold-start wait, evictions by reason)
 are first-class.
 
@@ -127,13 +129,18 @@ def _le(bound: float) -> str:
 
 
 class GatewayMetrics(Collector):
-    def __init__(self) -> None:
+    def __init__(self, keyed: bool = False) -> None:
         self.families: list[ValueFamily | HistogramFamily] = []
         add, hist = self._values, self._histogram
         model_node = ("model", "node")
         everything = ("model", "node", "dialect")
+        self.keyed = keyed  # the request and token counters carry ``key``
+        key: tuple[str, ...] = ("key",) if keyed else ()
         self.requests = add(
-            "counter", "cortex_requests", "Requests by final HTTP status", (*everything, "status")
+            "counter",
+            "cortex_requests",
+            "Requests by final HTTP status",
+            (*everything, "status", *key),
         )
         self.ttft = hist(
             "cortex_time_to_first_token_seconds",
@@ -160,13 +167,13 @@ class GatewayMetrics(Collector):
             "counter",
             "cortex_prompt_tokens",
             "Prompt tokens, as the neuron counted them",
-            model_node,
+            (*model_node, *key),
         )
         self.generation_tokens = add(
             "counter",
             "cortex_generation_tokens",
             "Generated tokens, as the neuron counted them",
-            model_node,
+            (*model_node, *key),
         )
         self.tokens_per_second = hist(
             "cortex_generation_tokens_per_second",
@@ -246,14 +253,18 @@ class GatewayMetrics(Collector):
 
 
 class RequestRecorder:
-    """One request's figures; cheap enough to create per request."""
+    """One request's figures; cheap enough to create per request. ``key``: the name of the
+    request's API key, when the gateway has keys."""
 
-    __slots__ = ("_dialect", "_first", "_last", "_m", "model", "node", "start")
+    __slots__ = ("_dialect", "_first", "_key", "_last", "_m", "model", "node", "start")
 
-    def __init__(self, metrics: GatewayMetrics, model: str, dialect: str) -> None:
+    def __init__(
+        self, metrics: GatewayMetrics, model: str, dialect: str, key: str | None = None
+    ) -> None:
         self._m = metrics
         self.model = model
         self._dialect = dialect
+        self._key: tuple[str, ...] = (key or "",) if metrics.keyed else ()
         self.node = ""
         self.start = time.perf_counter()
         self._first: float | None = None
@@ -281,14 +292,14 @@ class RequestRecorder:
 
     def finish(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         now = time.perf_counter()
-        m, model, node, dialect = self._m, self.model, self.node, self._dialect
+        m, model, node, dialect, key = self._m, self.model, self.node, self._dialect, self._key
         m.in_flight.value(model).dec()
-        m.requests.value(model, node, dialect, str(status)).inc()
+        m.requests.value(model, node, dialect, str(status), *key).inc()
         m.duration.distribution(model, node, dialect).observe(now - self.start)
         if prompt_tokens:
-            m.prompt_tokens.value(model, node).inc(prompt_tokens)
+            m.prompt_tokens.value(model, node, *key).inc(prompt_tokens)
         if completion_tokens:
-            m.generation_tokens.value(model, node).inc(completion_tokens)
+            m.generation_tokens.value(model, node, *key).inc(completion_tokens)
             decode_start = self._first if self._first is not None else self.start
             if now > decode_start:
                 rate = completion_tokens / (now - decode_start)

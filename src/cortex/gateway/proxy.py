@@ -10,6 +10,9 @@ removed). The Anthropic dialect translates (``gateway.dialects.anthropic``).
 
 Contracts:
 
+* With API keys (``gateway.auth``), the request's key is checked once the model is known:
+  a model outside its patterns is a 404 like an unknown one, then its limits (429). The
+  slot it takes is released when the request ends, however it ends.
 * A request that fails before any byte reached the client (the neuron is unreachable
   or answers 502/503) is retried once on another node.
 * A client that disconnects cancels the handler (``gateway.http`` does that); the
@@ -42,6 +45,7 @@ from cortex.errors import (
     NeuronUnavailable,
     UpstreamTimeout,
 )
+from cortex.gateway.auth import Key
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.http import HttpRequest, Responder
 from cortex.gateway.metrics import GatewayMetrics, RequestRecorder
@@ -108,18 +112,40 @@ class Proxy:
         self.metrics = metrics
         self.config = config
 
-    async def handle(self, request: HttpRequest, responder: Responder, dialect: Dialect) -> None:
+    async def handle(
+        self, request: HttpRequest, responder: Responder, dialect: Dialect, key: Key | None = None
+    ) -> None:
         try:
             routed = dialect.parse(request, self.fleet.snapshot)
         except CortexError as err:
             dialect.send_error(responder, err)
             return
-        recorder = RequestRecorder(self.metrics, routed.model, dialect.name)
+        recorder = RequestRecorder(
+            self.metrics, routed.model, dialect.name, key.name if key is not None else None
+        )
         outcome = Outcome(499)  # what a cancelled request counts as (the client left)
         try:
-            outcome = await self._serve(responder, routed, recorder, dialect)
+            if key is None:
+                outcome = await self._serve(responder, routed, recorder, dialect)
+            else:
+                outcome = await self._serve_key(responder, routed, recorder, dialect, key)
         finally:
             recorder.finish(outcome.status, outcome.prompt_tokens, outcome.completion_tokens)
+
+    async def _serve_key(
+        self, responder: Responder, request: Routed, recorder: RequestRecorder, dialect: Dialect,
+        key: Key,
+    ) -> Outcome:  # fmt: skip
+        try:
+            key.check_model(request.client_model, request.model)
+            key.admit()
+        except CortexError as err:
+            dialect.send_error(responder, err)
+            return Outcome(err.status)
+        try:
+            return await self._serve(responder, request, recorder, dialect)
+        finally:
+            key.release()
 
     async def _serve(
         self, responder: Responder, request: Routed, recorder: RequestRecorder, dialect: Dialect

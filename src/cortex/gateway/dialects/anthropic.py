@@ -10,6 +10,7 @@ gets ``ping`` events; a neuron that dies mid-stream ends it with an ``error`` ev
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 import orjson
 from pydantic import ValidationError
@@ -206,15 +207,22 @@ def _token_count(data: bytes) -> int:
 
 
 async def count_tokens(
-    request: HttpRequest, responder: Responder, snapshot: Snapshot, pool: UpstreamPool
+    request: HttpRequest,
+    responder: Responder,
+    snapshot: Snapshot,
+    pool: UpstreamPool,
+    may_use: Callable[[str, str], bool] | None = None,
 ) -> None:
     """``POST /v1/messages/count_tokens``: counted by a neuron with the model's own tokenizer
-    and chat template; the neuron reads only the tokenizer, never the weights."""
+    and chat template; the neuron reads only the tokenizer, never the weights. ``may_use``:
+    the API key's rights (client's name, model id); a model outside them is not found."""
     rid = request_id()
     try:
         parsed = parse_count_tokens_request(request.body)
         model = snapshot.resolve(parsed.model)
-        if not snapshot.is_known(model):
+        if not snapshot.is_known(model) or (
+            may_use is not None and not may_use(parsed.model, model)
+        ):
             raise ModelNotFound(f"model: {parsed.model}", param="model")
         nodes = snapshot.ready_on(model) or [
             n for n in snapshot.allowed_nodes(model) if snapshot.nodes[n].up
