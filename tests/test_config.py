@@ -128,3 +128,97 @@ def test_bad_gateway_files_name_file_key_and_reason(
     assert file in info.value.message
     assert key in info.value.message
     assert reason in info.value.message
+
+
+# --- TLS: [gateway] tls_cert/tls_key, a neuron's tls_cert/tls_key, [[neurons]] ca_file ---
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of PEM files: ca, cert + key (for 127.0.0.1), other-key, junk."""
+    import trustme
+
+    root = tmp_path_factory.mktemp("pem")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(root / "ca.pem")
+    issued.cert_chain_pems[0].write_to_path(root / "cert.pem")
+    issued.private_key_pem.write_to_path(root / "key.pem")
+    ca.issue_cert("other").private_key_pem.write_to_path(root / "other-key.pem")
+    (root / "junk.pem").write_text("not a PEM file\n")
+    return root
+
+
+def test_gateway_tls_pair_paths_are_from_cortex_toml(pem: Path) -> None:
+    (pem / "cortex.toml").write_text(
+        '[gateway]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\n'
+        '[[neurons]]\nname = "a"\nendpoint = "https://10.0.0.1:13131"\nca_file = "ca.pem"\n'
+        '[[neurons]]\nname = "b"\nendpoint = "https://10.0.0.2:13131"\ntls_verify = false\n'
+        '[[neurons]]\nname = "c"\nendpoint = "https://10.0.0.3:13131"\n'
+    )
+    cortex, _ = load_gateway_config(pem / "cortex.toml")
+    assert (cortex.gateway.tls_cert, cortex.gateway.tls_key) == (pem / "cert.pem", pem / "key.pem")
+    a, b, c = cortex.neurons
+    assert (a.ca_file, a.tls_verify) == (pem / "ca.pem", True)
+    assert (b.ca_file, b.tls_verify) == (None, False)
+    assert (c.ca_file, c.tls_verify) == (None, True)  # verified against the system's CAs
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "reason"),
+    [
+        ('tls_cert = "cert.pem"', "gateway.tls_key", "set both, or neither"),
+        ('tls_key = "key.pem"', "gateway.tls_key", "set both, or neither"),
+        ('tls_cert = "nope.pem"\ntls_key = "key.pem"', "gateway.tls_cert", "does not exist"),
+        ('tls_cert = "junk.pem"\ntls_key = "key.pem"', "gateway.tls_cert", "no PEM certificate"),
+        ('tls_cert = "cert.pem"\ntls_key = "junk.pem"', "gateway.tls_key", "no PEM private key"),
+        ('tls_cert = "cert.pem"\ntls_key = "nope.pem"', "gateway.tls_key", "does not exist"),
+        ('tls_cert = "cert.pem"\ntls_key = "other-key.pem"', "gateway.tls_key",
+         "does not belong to the certificate"),
+        ('tls_cert = "key.pem"\ntls_key = "cert.pem"', "gateway.tls_cert", "no PEM certificate"),
+    ],
+)  # fmt: skip
+def test_bad_gateway_tls_pair_names_file_key_and_reason(
+    pem: Path, toml: str, key: str, reason: str
+) -> None:
+    file = pem / f"cortex-{abs(hash(toml))}.toml"
+    file.write_text(f"[gateway]\n{toml}\n")
+    with pytest.raises(ConfigError) as info:
+        load_gateway_config(file)
+    assert f"{file}: {key}: " in info.value.message
+    assert reason in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "reason"),
+    [
+        ('endpoint = "http://h:1"\nca_file = "ca.pem"', "ca_file", "https:// endpoints only"),
+        ('endpoint = "http://h:1"\ntls_verify = false', "tls_verify", "https:// endpoints only"),
+        ('endpoint = "https://h:1"\nca_file = "ca.pem"\ntls_verify = false', "tls_verify",
+         "would ignore ca_file"),
+        ('endpoint = "https://h:1"\nca_file = "nope.pem"', "ca_file", "does not exist"),
+        ('endpoint = "https://h:1"\nca_file = "junk.pem"', "ca_file", "no PEM CA certificate"),
+        ('endpoint = "https://h"', "endpoint", "HOST:PORT"),
+    ],
+)  # fmt: skip
+def test_bad_neuron_tls_names_file_key_and_reason(
+    pem: Path, entry: str, key: str, reason: str
+) -> None:
+    file = pem / f"cortex-{abs(hash(entry))}.toml"
+    file.write_text(f'[[neurons]]\nname = "a"\n{entry}\n')
+    with pytest.raises(ConfigError) as info:
+        load_gateway_config(file)
+    assert f"{file}: neurons.0.{key}: " in info.value.message
+    assert reason in info.value.message
+
+
+def test_neuron_tls_from_flags_or_file(pem: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(pem)  # the neuron's paths are from the working directory, as model_dirs
+    config = load_neuron_config(None, {"tls_cert": "cert.pem", "tls_key": Path("key.pem")})
+    assert (config.tls_cert, config.tls_key) == (Path("cert.pem"), Path("key.pem"))
+    assert load_neuron_config(None).tls_cert is None
+    (pem / "neuron.toml").write_text('tls_key = "key.pem"\n')
+    with pytest.raises(ConfigError, match=r"neuron.toml: tls_key: .*set both, or neither"):
+        load_neuron_config(pem / "neuron.toml")
+    with pytest.raises(ConfigError, match=r"flags/environment: tls_key: .*does not belong"):
+        load_neuron_config(None, {"tls_cert": "cert.pem", "tls_key": "other-key.pem"})

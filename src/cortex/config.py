@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from cortex.errors import ConfigError
+from cortex.tls import PemPath, TlsCert, TlsKey, check_neuron_tls
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -124,6 +125,8 @@ class NeuronConfig(BaseModel):
     # Whether a request may bring its own chat template (chat_template_kwargs.chat_template).
     # Off: such a request is a 400. On: it renders in a sandbox bounded in time and work.
     allow_client_chat_template: bool = False
+    tls_cert: TlsCert | None = None  # HTTPS: a PEM certificate chain and its key
+    tls_key: TlsKey = None
 
     @field_validator("listen")
     @classmethod
@@ -210,6 +213,9 @@ class GatewaySection(BaseModel):
     body_timeout: Duration = Field(default=30.0, gt=0)  # longest wait for more body bytes
     max_header_bytes: Size = Field(default=64 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=1)
+    # HTTPS on the API and metrics listeners: a PEM certificate chain and its key.
+    tls_cert: TlsCert | None = None
+    tls_key: TlsKey = None
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -239,13 +245,19 @@ class NeuronEntry(BaseModel):
     name: str = Field(min_length=1)
     endpoint: str
     token: str | None = None
+    # https:// only: verified against ca_file, else the system's CAs; or not at all when
+    # tls_verify = false is written out.
+    ca_file: PemPath | None = None
+    tls_verify: bool = True
+
+    _tls = field_validator("ca_file", "tls_verify")(check_neuron_tls)
 
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
         scheme, sep, rest = value.partition("://")
-        if scheme != "http" or not sep or not rest:
-            raise ValueError(f"{value!r} is not an http:// URL")
+        if scheme not in ("http", "https") or not sep or not rest:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
         parse_listen(rest.rstrip("/"))
         return value.rstrip("/")
 
@@ -351,9 +363,9 @@ class ModelsConfig(BaseModel):
         return None
 
 
-def _validate(kind: type[C], data: dict[str, Any], file: str) -> C:
-    try:
-        return kind.model_validate(data)
+def _validate(kind: type[C], data: dict[str, Any], file: str, base: Path | None = None) -> C:
+    try:  # relative paths in the file (tls_cert, ca_file…) are from its folder
+        return kind.model_validate(data, context={"base": base})
     except ValidationError as exc:
         _raise_first(exc, file, set(data))
         raise
@@ -373,7 +385,8 @@ def load_gateway_config(
             gateway[key] = value
     if gateway:
         data["gateway"] = gateway
-    cortex = _validate(CortexConfig, data, str(path) if path else "flags/environment")
+    where = str(path) if path else "flags/environment"
+    cortex = _validate(CortexConfig, data, where, path.parent if path else None)
     if cortex.keys_file is not None:
         keys_file = (path.parent if path else Path()) / cortex.keys_file.expanduser()
         cortex = cortex.model_copy(update={"keys_file": keys_file})
