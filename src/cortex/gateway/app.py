@@ -47,6 +47,7 @@ from cortex.protocol.fleet import (
     FleetProgress,
     FleetUnloadRequest,
 )
+from cortex.tls import neuron_contexts, server_context
 from cortex.web import (
     exception_handlers,
     json_response,
@@ -71,8 +72,13 @@ class GatewayApp:
         self.config = config
         self.keys = KeyTable(config)
         self.metrics = GatewayMetrics(keyed=self.keys.enabled)
+        tls = neuron_contexts(config.neurons)  # one per https:// neuron, shared by every call
+        gateway = config.gateway
+        client = client or NeuronClient(
+            poll_timeout=max(2.0, gateway.poll_interval), load_timeout=gateway.load_timeout, tls=tls
+        )
         self.fleet = Fleet(config, models, self.metrics, client)
-        self.pool = UpstreamPool()
+        self.pool = UpstreamPool(tls=tls)
         self.proxy = Proxy(self.fleet, self.pool, self.metrics, config.gateway)
         self.catalogue = Catalogue()
         self.control = self._control_app()
@@ -281,9 +287,15 @@ class GatewayService:
 
     async def start(self) -> None:
         await self.app.start()
-        await self.metrics_http.start(*self.metrics_listen)
-        await self.http.start(*self.listen)
-        log.info("gateway listening on %s:%d", *self.listen)
+        gateway, tls = self.app.config.gateway, None
+        if gateway.tls_cert is not None and gateway.tls_key is not None:
+            try:  # checked at config load; read again now, as it is on disk
+                tls = server_context(gateway.tls_cert, gateway.tls_key)
+            except ValueError as exc:
+                raise RuntimeError(f"cannot serve HTTPS: {exc}") from None
+        await self.metrics_http.start(*self.metrics_listen, tls)
+        await self.http.start(*self.listen, tls)
+        log.info("gateway listening on %s://%s:%d", "https" if tls else "http", *self.listen)
         if not self.app.keys.enabled and not is_loopback(self.listen[0]):
             log.warning(
                 "no API keys: anyone who can reach %s:%d may use every model and the operator "

@@ -306,7 +306,7 @@ class Fleet:
         if before is None:
             return
         node = apply_reading(before, message.reading)
-        if before.up and not node.up:
+        if not node.up and before.failures == 0:  # went down, or never came up
             log.warning("node %s is down: %s", node.name, node.error)
         elif node.up and not before.up:
             log.info("node %s is up", node.name)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 from cortex.errors import CortexError
@@ -74,10 +75,17 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._drained = asyncio.Event()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        """Listen; with ``tls``, HTTPS (asyncio's TLS transport under the same protocol, a
+        handshake bounded by ``header_timeout``)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HttpConnection(self), host, port, backlog=2048
+            lambda: HttpConnection(self),
+            host,
+            port,
+            backlog=2048,
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.header_timeout if tls is not None else None,
         )
 
     @property

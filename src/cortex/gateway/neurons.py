@@ -7,7 +7,8 @@ httpx and turns every failure into a ``CortexError`` the fleet can act on.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -31,12 +32,24 @@ ProgressCallback = Callable[[LoadProgress], None]
 
 
 class NeuronClient:
-    def __init__(self, *, poll_timeout: float, load_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        poll_timeout: float,
+        load_timeout: float,
+        tls: Mapping[str, ssl.SSLContext] | None = None,
+    ) -> None:
+        """``tls``: endpoint → the context for that https:// neuron (``cortex.tls``)."""
         self._poll_timeout = poll_timeout
         self._load_timeout = load_timeout
+        limits = httpx.Limits(max_keepalive_connections=32)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(poll_timeout, connect=min(poll_timeout, 5.0)),
-            limits=httpx.Limits(max_keepalive_connections=32),
+            limits=limits,
+            mounts={
+                endpoint: httpx.AsyncHTTPTransport(verify=context, limits=limits)
+                for endpoint, context in (tls or {}).items()
+            },
         )
 
     async def aclose(self) -> None:

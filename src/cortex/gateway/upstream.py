@@ -2,7 +2,8 @@
 
 One ``UpstreamPool`` per gateway process, used from one event loop (asyncio or uvloop).
 It speaks just enough HTTP/1.1 for neurons: one request per connection at a time, no
-pipelining, no request streaming, no TLS, no redirects, no 1xx, no HEAD.
+pipelining, no request streaming, no redirects, no 1xx, no HEAD. An ``https://`` endpoint
+is reached over TLS with the context the pool was given for it (``tls``), built once.
 
 Contracts:
 
@@ -36,8 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 
 from cortex.gateway.upstream_conn import (
@@ -161,7 +163,11 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections to neurons, per endpoint (``http://host:port``)."""
 
-    __slots__ = ("_closed", "_connect_timeout", "_conns", "_hosts", "_idle_timeout", "_max_idle")
+    # fmt: off
+    __slots__ = (
+        "_closed", "_connect_timeout", "_conns", "_hosts", "_idle_timeout", "_max_idle", "_tls",
+    )
+    # fmt: on
 
     def __init__(
         self,
@@ -169,7 +175,10 @@ class UpstreamPool:
         max_idle_per_host: int = 256,
         connect_timeout: float = 5.0,
         idle_timeout: float = 30.0,
+        tls: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
+        """``tls``: endpoint → the context for that https:// endpoint (``cortex.tls``)."""
+        self._tls = tls or {}
         self._max_idle = max_idle_per_host
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
@@ -192,7 +201,7 @@ class UpstreamPool:
             raise UpstreamError("the upstream pool is closed")
         host = self._hosts.get(endpoint)
         if host is None:
-            host = self._hosts[endpoint] = Host(endpoint)
+            host = self._hosts[endpoint] = Host(endpoint, self._tls.get(endpoint))
         parts = [f"{method} {path} HTTP/1.1\r\nHost: ".encode("latin-1"), host.addr, b"\r\n"]
         for name, value in headers:
             if name.lower() not in _SKIP:
@@ -235,7 +244,11 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(self, host, loop), host.host, host.port
+                    lambda: Connection(self, host, loop),
+                    host.host,
+                    host.port,
+                    ssl=host.ssl,
+                    server_hostname=host.host if host.ssl is not None else None,
                 )
         except TimeoutError:
             raise UpstreamConnectError(f"connecting to {host.endpoint} timed out") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
@@ -47,15 +48,18 @@ def _expire(fut: asyncio.Future[None], where: str, limit: float) -> None:
 
 
 class Host:
-    __slots__ = ("addr", "endpoint", "host", "idle", "port")
+    __slots__ = ("addr", "endpoint", "host", "idle", "port", "ssl")
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, context: ssl.SSLContext | None = None) -> None:
+        """``context``: TLS for an https:// endpoint (default: the system's CAs)."""
         url = urlsplit(endpoint)
-        if url.scheme != "http" or not url.hostname:
-            raise ValueError(f"upstream endpoint must be http://host[:port], got {endpoint!r}")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"upstream endpoint must be http(s)://host[:port], got {endpoint!r}")
         self.endpoint = endpoint
         self.host = url.hostname
-        self.port = url.port or 80
+        https = url.scheme == "https"
+        self.port = url.port or (443 if https else 80)
+        self.ssl = (context or ssl.create_default_context()) if https else None
         self.addr = url.netloc.rpartition("@")[2].encode("ascii")
         self.idle: deque[Connection] = deque()
 
