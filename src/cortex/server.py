@@ -20,6 +20,7 @@ import logging
 import math
 import signal
 from collections.abc import Awaitable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
@@ -55,7 +56,10 @@ class UvicornService:
         log_level: str = "info",
         access_log: bool = False,
         grace: float = 30.0,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> None:
+        """``tls_cert``/``tls_key``: serve HTTPS (uvicorn loads the pair)."""
         config = uvicorn.Config(
             app,
             host=host,
@@ -68,6 +72,8 @@ class UvicornService:
             timeout_keep_alive=75,  # longer than the gateway's pool keeps idle connections
             timeout_graceful_shutdown=math.ceil(grace),  # requests in flight get this long
             proxy_headers=False,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
         )
         self.server = _Uvicorn(config)
         self._task: asyncio.Task[None] | None = None

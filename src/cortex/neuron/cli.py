@@ -44,6 +44,8 @@ def run(config: NeuronConfig, *, log_level: str = "info", access_log: bool = Fal
         log_level=log_level,
         access_log=access_log,
         grace=config.shutdown_grace,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
     )
     code = run_services([service])
     if code:
@@ -139,6 +141,13 @@ def serve(
             help="Render chat templates that requests bring (bounded in time and work)",
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="NEURON_TLS_CERT", help="Serve HTTPS: PEM certificate chain"),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="NEURON_TLS_KEY", help="Serve HTTPS: its PEM key")
+    ] = None,
     log_level: LogOpt = "info",
     access_log: Annotated[bool, typer.Option(envvar="NEURON_ACCESS_LOG")] = False,
 ) -> None:
@@ -157,6 +166,8 @@ def serve(
         "max_queue": max_queue,
         "allow_client_chat_template": allow_client_chat_template,
         "shutdown_grace": shutdown_grace,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
     }
     run(_load(config, overrides), log_level=log_level, access_log=access_log)
 
