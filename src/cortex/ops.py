@@ -61,6 +61,11 @@ def gateway_url(gateway: str) -> str:
 
 def _transport_error(base: str, exc: Exception) -> GatewayError:
     reason = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in reason:  # httpx trusts SSL_CERT_FILE over its own CAs
+        return GatewayError(
+            f"cannot verify the TLS certificate of the gateway at {base} ({reason}); "
+            "point SSL_CERT_FILE at the CA that signed it"
+        )
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return GatewayError(
             f"cannot reach the gateway at {base} ({reason}); start one with `cortex serve` "
