@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,13 +25,21 @@ def free_port() -> int:
 
 
 class Process:
-    """A child process serving HTTP at ``url``; its output goes to ``log_path``."""
+    """A child process serving HTTP at ``url``; its output goes to ``log_path``.
+
+    ``verify``: it serves HTTPS, and requests to it verify its certificate with this."""
 
     def __init__(
-        self, command: list[str], port: int, log_path: Path, env: dict[str, str] | None
+        self,
+        command: list[str],
+        port: int,
+        log_path: Path,
+        env: dict[str, str] | None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.verify: ssl.SSLContext | bool = verify or True
+        self.url = f"{'https' if verify else 'http'}://127.0.0.1:{port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         full_env = {**os.environ, "NEURON_CPU_THREADS": "1", **(env or {})}
@@ -43,7 +53,8 @@ class Process:
             if self.process.poll() is not None:
                 raise RuntimeError(f"process exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}{path}", timeout=1.0).status_code == 200:
+                response = httpx.get(f"{self.url}{path}", timeout=1.0, verify=self.verify)
+                if response.status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -70,23 +81,31 @@ class Process:
         self._log.close()
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=60.0, **kwargs)
+        return httpx.get(f"{self.url}{path}", timeout=60.0, verify=self.verify, **kwargs)
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", timeout=120.0, **kwargs)
+        return httpx.post(f"{self.url}{path}", timeout=120.0, verify=self.verify, **kwargs)
 
     def stream_post(self, path: str, body: dict[str, Any]) -> Any:
         """``with process.stream_post(path, body) as response:`` — an SSE response."""
-        return httpx.stream("POST", f"{self.url}{path}", json=body, timeout=120.0)
+        url = f"{self.url}{path}"
+        return httpx.stream("POST", url, json=body, timeout=120.0, verify=self.verify)
 
 
 class Neuron(Process):
     """``neuron serve`` with the given flags."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
+        """``verify``: ``args`` make it serve HTTPS (--tls-cert/--tls-key); trust it so."""
         port = free_port()
         command = [sys.executable, "-m", "cortex.neuron", "serve", "--listen", f"127.0.0.1:{port}"]
-        super().__init__([*command, *args], port, log_path, env)
+        super().__init__([*command, *args], port, log_path, env, verify)
 
 
 class Gateway(Process):
@@ -101,10 +120,14 @@ class Gateway(Process):
         strategy: str = "lru",
         extra: str = "",
         gateway: dict[str, str] | None = None,
+        neuron_keys: dict[str, dict[str, str | bool]] | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
-        """``gateway``: more ``[gateway]`` keys (quoted as strings), e.g. request_timeout."""
+        """``gateway``: more ``[gateway]`` keys (quoted as strings), e.g. request_timeout;
+        ``neuron_keys``: more keys of a ``[[neurons]]`` entry, by name, e.g. ca_file;
+        ``verify``: it serves HTTPS (``gateway`` has tls_cert/tls_key): trust it so."""
         port, metrics_port = free_port(), free_port()
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}"
+        self.metrics_url = f"{'https' if verify else 'http'}://127.0.0.1:{metrics_port}"
         lines = [
             "[gateway]",
             f'listen = "127.0.0.1:{port}"',
@@ -117,6 +140,8 @@ class Gateway(Process):
         ]
         for name, neuron in neurons.items():
             lines += ["[[neurons]]", f'name = "{name}"', f'endpoint = "{neuron.url}"']
+            for key, value in (neuron_keys or {}).get(name, {}).items():
+                lines.append(f"{key} = {json.dumps(value)}")  # a TOML string or boolean
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "cortex.toml").write_text("\n".join(lines) + "\n")
         (workdir / "models.toml").write_text(models_toml)
@@ -128,10 +153,10 @@ class Gateway(Process):
             "--config",
             str(workdir / "cortex.toml"),
         ]
-        super().__init__(command, port, workdir / "gateway.log", None)
+        super().__init__(command, port, workdir / "gateway.log", None, verify)
 
     def metrics(self) -> str:
-        return httpx.get(f"{self.metrics_url}/metrics", timeout=10).text
+        return httpx.get(f"{self.metrics_url}/metrics", timeout=10, verify=self.verify).text
 
     def fleet(self) -> dict[str, Any]:
         data: dict[str, Any] = self.get("/fleet").json()
