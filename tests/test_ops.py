@@ -109,6 +109,7 @@ class FakeGateway:
     answers: dict[str, Any] = field(default_factory=dict)  # path → JSON body
     errors: dict[str, tuple[int, Any]] = field(default_factory=dict)  # path → status, body
     requests: list[tuple[str, Any, str]] = field(default_factory=list)  # path, body, accept
+    authorization: list[str] = field(default_factory=list)  # each request's header ("" if none)
 
 
 async def _handle(request: Request) -> Response:
@@ -117,6 +118,7 @@ async def _handle(request: Request) -> Response:
     body = await request.json() if request.method == "POST" else None
     accept = request.headers.get("accept", "")
     fake.requests.append((path, body, accept))
+    fake.authorization.append(request.headers.get("authorization", ""))
     if path in fake.errors:
         status, error = fake.errors[path]
         if isinstance(error, str):
@@ -428,6 +430,18 @@ def test_pin_and_unpin(
     assert result.exit_code == 0
     assert fake.requests[0][1] == {"model": "qwen-7b", "pinned": pinned}
     assert result.stdout.strip() == f"qwen-7b {word}"
+
+
+def test_the_api_key_is_sent_as_bearer_from_the_flag_or_the_environment(
+    cli: typer.Typer, url: str, fake: FakeGateway
+) -> None:
+    fake.answers["/fleet/unload"] = {"model": "tiny", "nodes": ["gpu-1"], "state": "unloaded"}
+    fake.load_events = [("result", {"model": "tiny", "nodes": ["gpu-1"], "state": "ready"})]
+    assert invoke(cli, "unload", "tiny", "-g", url, "--api-key", "sk-flag").exit_code == 0
+    assert invoke(cli, "load", "tiny", "-g", url, CORTEX_API_KEY="sk-env").exit_code == 0
+    assert invoke(cli, "status", "-g", url, "--api-key", "sk-flag").exit_code == 0
+    assert invoke(cli, "models", "-g", url).exit_code == 0
+    assert fake.authorization == ["Bearer sk-flag", "Bearer sk-env", "Bearer sk-flag", ""]
 
 
 def test_unreachable_gateway_says_where_and_how_to_start_one(cli: typer.Typer) -> None:

@@ -2,8 +2,8 @@
 
 ``serve`` runs the gateway from cortex.toml/models.toml; ``up`` runs a one-process
 local fleet (gateway + embedded neuron); ``status``, ``models``, ``load``, ``unload``
-and ``pin`` talk to a running gateway (see ``ops``). Every flag is also a ``CORTEX_…``
-environment variable.
+and ``pin`` talk to a running gateway (see ``ops``); ``keys`` manages its API keys
+(``cortex.keys``). Every flag is also a ``CORTEX_…`` environment variable.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from cortex import __version__, ops
+from cortex import __version__, keys, ops
 from cortex.config import (
     CortexConfig,
     GatewaySection,
@@ -29,6 +29,7 @@ from cortex.config import (
     parse_listen,
 )
 from cortex.errors import ConfigError
+from cortex.gateway.auth import load_entries
 from cortex.server import UvicornService, run
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.command()(ops.models)
 app.command()(ops.load)
 app.command()(ops.unload)
 app.command()(ops.pin)
+app.add_typer(keys.app, name="keys")
 
 DEMO_MODEL = "cortex-tiny"
 
@@ -102,6 +104,7 @@ def serve(
     overrides = {"listen": listen, "metrics_listen": metrics_listen, "poll_interval": poll_interval}
     try:
         cortex, profiles = load_gateway_config(config, models, overrides)
+        load_entries(cortex)  # the API keys (and keys_file) are read now, refused if wrong
     except ConfigError as exc:
         raise _refuse(exc) from None
     if not cortex.neurons:

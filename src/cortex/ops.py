@@ -5,6 +5,8 @@ This module owns how an operator talks to a running gateway's fleet routes (``GE
 ``cortex.ops_render``). The HTTP part is a thin httpx layer. Every failure (gateway down,
 HTTP error envelope, a body that is not what the protocol says) ends as one line on stderr
 and exit code 1, never a traceback. ``cortex.cli`` registers the public commands as is.
+Each command takes ``--api-key`` (``CORTEX_API_KEY``), sent as ``Authorization: Bearer``:
+a gateway with keys wants an admin key for ``load``, ``unload`` and ``pin``.
 """
 
 from __future__ import annotations
@@ -104,10 +106,20 @@ def _parse(cls: type[M], raw: str | bytes, what: str) -> M:
         raise GatewayError(f"unexpected answer to {what}: {where}: {first['msg']}") from None
 
 
-def call(base: str, path: str, body: Any = None, timeout: httpx.Timeout = QUICK_TIMEOUT) -> str:
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def call(
+    base: str,
+    path: str,
+    body: Any = None,
+    timeout: httpx.Timeout = QUICK_TIMEOUT,
+    api_key: str | None = None,
+) -> str:
     """GET ``path`` (POST ``body`` if given); the text of a 2xx answer, else ``GatewayError``."""
     try:
-        with httpx.Client(timeout=timeout) as client:
+        with httpx.Client(timeout=timeout, headers=_auth(api_key)) as client:
             method = "GET" if body is None else "POST"
             response = client.request(method, f"{base}{path}", json=body)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -118,11 +130,14 @@ def call(base: str, path: str, body: Any = None, timeout: httpx.Timeout = QUICK_
 
 
 def stream_load(
-    base: str, body: dict[str, Any], on_progress: Callable[[FleetProgress], None]
+    base: str,
+    body: dict[str, Any],
+    on_progress: Callable[[FleetProgress], None],
+    api_key: str | None = None,
 ) -> FleetActionResult:
     """``POST /fleet/load`` as SSE: each ``progress`` to ``on_progress``, then the result."""
     what = "POST /fleet/load"
-    headers = {"Accept": "text/event-stream"}
+    headers = {"Accept": "text/event-stream", **_auth(api_key)}
     try:
         with (
             httpx.Client(timeout=ACTION_TIMEOUT) as client,
@@ -148,8 +163,10 @@ def stream_load(
     raise GatewayError("the gateway ended the load without a result; see `cortex status`")
 
 
-def fleet_action(base: str, path: str, body: Any, timeout: httpx.Timeout) -> FleetActionResult:
-    return _parse(FleetActionResult, call(base, path, body, timeout), f"POST {path}")
+def fleet_action(
+    base: str, path: str, body: Any, timeout: httpx.Timeout, api_key: str | None = None
+) -> FleetActionResult:
+    return _parse(FleetActionResult, call(base, path, body, timeout, api_key), f"POST {path}")
 
 
 # ── commands ─────────────────────────────────────────────────────────────────────
@@ -180,14 +197,27 @@ GatewayOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the gateway's raw JSON.")]
 ModelArg = Annotated[str, typer.Argument(help="Model id or alias.", show_default=False)]
 NodeOpt = Annotated[str | None, typer.Option("--node", "-n", help="Node name.")]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="CORTEX_API_KEY",
+        help="The gateway's API key (an admin key for load, unload, pin).",
+        show_default=False,
+    ),
+]
 
 
 def _show_fleet(
-    gateway: str, json_output: bool, render: Callable[[FleetView], RenderableType], key: str
+    gateway: str,
+    json_output: bool,
+    render: Callable[[FleetView], RenderableType],
+    key: str,
+    api_key: str | None,
 ) -> None:
     with _reporting():
         base = gateway_url(gateway)
-        raw = call(base, "/fleet")
+        raw = call(base, "/fleet", api_key=api_key)
         view = _parse(FleetView, raw, "GET /fleet")
         if not json_output:
             _console().print(render(view))
@@ -196,17 +226,26 @@ def _show_fleet(
             typer.echo(json.dumps(data.get(key) if key else data, indent=2))
 
 
-def status(gateway: GatewayOpt = DEFAULT_GATEWAY, json_output: JsonOpt = False) -> None:
+def status(
+    gateway: GatewayOpt = DEFAULT_GATEWAY, json_output: JsonOpt = False, api_key: ApiKeyOpt = None
+) -> None:
     """Show the fleet: nodes, memory, loaded models, loads in progress."""
-    _show_fleet(gateway, json_output, lambda view: render_status(view, time.time()), "")
+    _show_fleet(gateway, json_output, lambda view: render_status(view, time.time()), "", api_key)
 
 
-def models(gateway: GatewayOpt = DEFAULT_GATEWAY, json_output: JsonOpt = False) -> None:
+def models(
+    gateway: GatewayOpt = DEFAULT_GATEWAY, json_output: JsonOpt = False, api_key: ApiKeyOpt = None
+) -> None:
     """List the catalogue: every model, its state, and where it is or may be loaded."""
-    _show_fleet(gateway, json_output, render_models, "models")
+    _show_fleet(gateway, json_output, render_models, "models", api_key)
 
 
-def load(model: ModelArg, node: NodeOpt = None, gateway: GatewayOpt = DEFAULT_GATEWAY) -> None:
+def load(
+    model: ModelArg,
+    node: NodeOpt = None,
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
+) -> None:
     """Load MODEL (on --node, or where the gateway places it), evicting idle models if needed."""
     body: dict[str, Any] = {"model": model} | ({"node": node} if node else {})
     err = _console(stderr=True)
@@ -230,7 +269,7 @@ def load(model: ModelArg, node: NodeOpt = None, gateway: GatewayOpt = DEFAULT_GA
     with _reporting():
         try:
             with progress:
-                result = stream_load(gateway_url(gateway), body, on_progress)
+                result = stream_load(gateway_url(gateway), body, on_progress, api_key)
         except KeyboardInterrupt:
             raise GatewayError(
                 f"interrupted; the gateway may still finish loading {model} (see `cortex status`)"
@@ -245,11 +284,13 @@ def unload(
         bool, typer.Option("--force", help="Do not wait for in-flight requests.")
     ] = False,
     gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Unload MODEL from --node, or from every node it is loaded on."""
     body: dict[str, Any] = {"model": model, "force": force} | ({"node": node} if node else {})
     with _reporting():
-        result = fleet_action(gateway_url(gateway), "/fleet/unload", body, ACTION_TIMEOUT)
+        url = gateway_url(gateway)
+        result = fleet_action(url, "/fleet/unload", body, ACTION_TIMEOUT, api_key)
         _console().print(result_line(result), soft_wrap=True)
 
 
@@ -257,10 +298,12 @@ def pin(
     model: ModelArg,
     unpin: Annotated[bool, typer.Option("--unpin", help="Remove the pin instead.")] = False,
     gateway: GatewayOpt = DEFAULT_GATEWAY,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Pin MODEL so eviction never picks it (or --unpin it)."""
     with _reporting():
         body = {"model": model, "pinned": not unpin}
-        result = fleet_action(gateway_url(gateway), "/fleet/pin", body, QUICK_TIMEOUT)
+        url = gateway_url(gateway)
+        result = fleet_action(url, "/fleet/pin", body, QUICK_TIMEOUT, api_key)
         line = Text(f"{result.model} {'unpinned' if unpin else 'pinned'}")
         _console().print(with_message(line, result.message), soft_wrap=True)
