@@ -119,16 +119,19 @@ class Gateway(Process):
         *,
         strategy: str = "lru",
         extra: str = "",
+        top: str = "",
         gateway: dict[str, str] | None = None,
         neuron_keys: dict[str, dict[str, str | bool]] | None = None,
         verify: ssl.SSLContext | None = None,
     ) -> None:
-        """``gateway``: more ``[gateway]`` keys (quoted as strings), e.g. request_timeout;
+        """``top``: TOML before ``[gateway]`` (top-level keys such as keys_file, ``[[keys]]``);
+        ``gateway``: more ``[gateway]`` keys (quoted as strings), e.g. request_timeout;
         ``neuron_keys``: more keys of a ``[[neurons]]`` entry, by name, e.g. ca_file;
         ``verify``: it serves HTTPS (``gateway`` has tls_cert/tls_key): trust it so."""
         port, metrics_port = free_port(), free_port()
         self.metrics_url = f"{'https' if verify else 'http'}://127.0.0.1:{metrics_port}"
         lines = [
+            top,
             "[gateway]",
             f'listen = "127.0.0.1:{port}"',
             f'metrics_listen = "127.0.0.1:{metrics_port}"',

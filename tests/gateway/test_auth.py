@@ -22,7 +22,7 @@ from cortex.config import (
     NeuronEntry,
 )
 from cortex.errors import ConfigError, Forbidden, ModelNotFound, Overloaded, Unauthorized
-from cortex.gateway.app import GatewayApp
+from cortex.gateway.app import GatewayApp, GatewayService, is_loopback
 from cortex.gateway.auth import KeyTable, load_entries, presented_keys
 from cortex.gateway.http import HttpServer
 from tests.gateway.fakes import FakeNeurons
@@ -321,3 +321,20 @@ async def test_listings_and_operator_routes_follow_the_key(rig: Rig) -> None:
 
 def _auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
+
+
+def test_loopback_addresses() -> None:
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.4", "gateway.lan"))
+
+
+@pytest.mark.parametrize("keys", [[], [KeyEntry(name="k", key="k")]])
+async def test_an_open_gateway_off_loopback_is_warned_about(
+    keys: list[KeyEntry], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = CortexConfig(gateway=GatewaySection(poll_interval=0.05), keys=keys)
+    app = GatewayApp(config, ModelsConfig(), client=FakeNeurons({}, {}))  # type: ignore[arg-type]
+    service = GatewayService(app, ("0.0.0.0", 0), ("127.0.0.1", 0))
+    await service.start()
+    await service.stop()
+    assert ("no API keys" in caplog.text) == (not keys)
