@@ -330,6 +330,7 @@ EXPECTED_TYPES = {
     "UriTooLong": "request_too_large",
     "RequestTimeout": "invalid_request_error",
     "Unauthorized": "authentication_error",
+    "Forbidden": "permission_error",
     "NotFound": "not_found_error",
     "ModelNotFound": "not_found_error",
     "SourceNotFound": "not_found_error",
