@@ -133,7 +133,7 @@ class NeuronProcess:
         self.command = [
             sys.executable, "-m", "cortex.neuron", "serve",
             "--listen", f"127.0.0.1:{port}",
-            "--preload", f"{MODEL_ID}={model}",
+            "--preload", f"{MODEL_ID}={model}", "--allowed-path", str(model),
             "--dtype", dtype,
             "--log-level", "warning",
         ]  # fmt: skip

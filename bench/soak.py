@@ -75,6 +75,7 @@ class Fleet:
                 name,
                 [sys.executable, "-m", "cortex.neuron", "serve", "--name", name,
                  "--listen", f"127.0.0.1:{port}", "--preload", f"tiny={model}",
+                 "--allowed-path", str(model),
                  "--log-level", "warning"],
                 threads,
             )  # fmt: skip

@@ -153,6 +153,8 @@ def up(
                 "listen": f"127.0.0.1:{neuron_port}",
                 "memory_budget": memory_budget,
                 "preload": [f"{profiles[0].id}={profiles[0].load_source}"],
+                # The folders named here are the operator's choice: the neuron may read them.
+                "allowed_paths": _folders([p.load_source for p in profiles]),
             },
         )
         gateway = CortexConfig(
@@ -185,6 +187,19 @@ def up(
 def version() -> None:
     """Print the version."""
     typer.echo(f"cortex {__version__}")
+
+
+def _folders(sources: list[str]) -> list[Path]:
+    """The sources that are folders on this host (the others are repo ids or mistakes)."""
+    found = []
+    for source in sources:
+        try:
+            path = Path(source).expanduser()
+            if path.is_dir():
+                found.append(path)
+        except (OSError, ValueError, RuntimeError):  # not a usable path: the load says why
+            continue
+    return found
 
 
 def _banner(listen: str, metrics_listen: str, models: list[str]) -> None:

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -95,6 +96,13 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def check_token(value: str | None) -> str | None:
+    """A bearer token as an HTTP header carries it: visible ASCII, no spaces."""
+    if value is not None and not re.fullmatch(r"[!-~]+", value):
+        raise ValueError("a token is one or more visible ASCII characters, without spaces")
+    return value
+
+
 class NeuronConfig(BaseModel):
     """Everything ``neuron serve`` needs; every key is also a flag and a NEURON_ variable."""
 
@@ -103,9 +111,15 @@ class NeuronConfig(BaseModel):
     name: str = Field(default_factory=socket.gethostname, min_length=1)
     listen: str = "0.0.0.0:13131"
     model_dirs: list[Path] = Field(default_factory=list)
+    # Folders a source named by path may also resolve to (a model folder, or a folder of
+    # them); besides these, the model dirs and the local HF cache, every source is a 404.
+    allowed_paths: list[Path] = Field(default_factory=list)
     preload: list[str] = Field(default_factory=list)
     memory_budget: Size | None = None
     admin_token: str | None = None
+    # Which routes need admin_token: "admin" (lifecycle and admin routes) or "all" (every
+    # route but /health); "all" without a token is refused.
+    protect: Literal["admin", "all"] = "admin"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_request_bytes: Size = 32 * 1024**2
     load_wait_timeout: Duration = 600.0
@@ -134,13 +148,25 @@ class NeuronConfig(BaseModel):
         parse_listen(value)
         return value
 
-    @field_validator("model_dirs")
+    @field_validator("model_dirs", "allowed_paths")
     @classmethod
     def _check_model_dirs(cls, value: list[Path]) -> list[Path]:
         for path in value:
             if not path.expanduser().is_dir():
                 raise ValueError(f"{path} is not a directory")
         return [path.expanduser() for path in value]
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: str | None) -> str | None:
+        return check_token(value)
+
+    @field_validator("protect")
+    @classmethod
+    def _check_protect(cls, value: str, info: ValidationInfo) -> str:
+        if value == "all" and not info.data.get("admin_token"):
+            raise ValueError('protect = "all" needs an admin_token (every route asks for it)')
+        return value
 
     @property
     def host(self) -> str:
@@ -251,6 +277,7 @@ class NeuronEntry(BaseModel):
     tls_verify: bool = True
 
     _tls = field_validator("ca_file", "tls_verify")(check_neuron_tls)
+    _token = field_validator("token")(check_token)  # the neuron's admin_token
 
     @field_validator("endpoint")
     @classmethod

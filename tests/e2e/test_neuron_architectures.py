@@ -46,7 +46,9 @@ def test_llama_architecture_in_bfloat16(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _tiny_llama(tmp_path / "llama", tiny_model)
-    neuron = start_neuron("--preload", f"llama={path}", "--dtype", "bfloat16")
+    neuron = start_neuron(
+        "--preload", f"llama={path}", "--allowed-path", str(path), "--dtype", "bfloat16"
+    )
     client = OpenAI(base_url=f"{neuron.url}/v1", api_key="unused", max_retries=0)
     reply = client.chat.completions.create(
         model="llama", messages=MESSAGES, max_tokens=12, temperature=0

@@ -123,8 +123,9 @@ def test_bad_sampling_values_are_400s_naming_the_field(neuron: Neuron) -> None:
 
 def test_a_full_queue_is_a_429_with_retry_after(start_neuron: Any, tiny_model: Path) -> None:
     neuron = start_neuron(
-        "--preload", f"tiny={tiny_model}", "--max-num-seqs", "1", "--max-queue", "1"
-    )
+        "--preload", f"tiny={tiny_model}", "--allowed-path", str(tiny_model),
+        "--max-num-seqs", "1", "--max-queue", "1",
+    )  # fmt: skip
     body = {"model": "tiny", "messages": PROMPT, "max_tokens": 60000, "ignore_eos": True,
             "stream": True}  # fmt: skip
 

@@ -79,7 +79,7 @@ def test_prompt_longer_than_context_is_400_context_length_exceeded(
     config = json.loads((short / "config.json").read_text())
     config["max_position_embeddings"] = 64
     (short / "config.json").write_text(json.dumps(config))
-    neuron = start_neuron("--preload", f"short={short}")
+    neuron = start_neuron("--preload", f"short={short}", "--allowed-path", str(short))
     status, payload = _post(
         neuron, {"model": "short", "messages": [{"role": "user", "content": "word " * 200}]}
     )

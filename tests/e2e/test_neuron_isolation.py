@@ -38,7 +38,7 @@ def neuron(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Ite
     shutil.copytree(trained_model, model)
     template = model / "chat_template.jinja"
     template.write_text(_ONLY_WITH_A_USER.replace("{}", template.read_text(), 1))
-    process = Neuron(["--preload", f"trained={model}"], root / "neuron.log")
+    process = Neuron(["--model-dir", str(root), "--preload", "trained"], root / "neuron.log")
     try:
         process.wait_ready()
         yield process

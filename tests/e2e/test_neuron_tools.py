@@ -21,7 +21,8 @@ PARIS = {"city": "Paris"}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Iterator[Neuron]:
     log = tmp_path_factory.mktemp("tools-neuron") / "neuron.log"
-    neuron = Neuron(["--preload", f"trained={trained_model}", "--name", "tools"], log)
+    allowed = ["--allowed-path", str(trained_model)]  # a folder outside any model dir
+    neuron = Neuron(["--preload", f"trained={trained_model}", "--name", "tools", *allowed], log)
     try:
         neuron.wait_ready()
         neuron.post("/models/load", json={"model": "trained", "source": str(trained_model)})

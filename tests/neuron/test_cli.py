@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from cortex.config import NeuronConfig, load_neuron_config
+from cortex.errors import ConfigError
+from cortex.neuron import cli as neuron_cli
 from cortex.neuron.cli import default_cpu_threads
 
 
@@ -47,3 +51,57 @@ def test_torch_threads_default_to_every_core_but_one(monkeypatch: pytest.MonkeyP
             os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False
         )
         assert default_cpu_threads() == threads
+
+
+def test_protect_all_without_an_admin_token_is_refused() -> None:
+    result = _serve(env={"NEURON_PROTECT": "all"})
+    assert result.returncode == 2
+    assert "protect" in result.stderr
+    assert "admin_token" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "key", "reason"),
+    [
+        ('protect = "everything"', "protect", "'admin' or 'all'"),
+        ('protect = "all"', "protect", "needs an admin_token"),
+        ('admin_token = ""', "admin_token", "visible ASCII"),
+        ('admin_token = "two words"', "admin_token", "visible ASCII"),
+        ('allowed_paths = ["/does/not/exist"]', "allowed_paths", "not a directory"),
+    ],
+)
+def test_bad_access_keys_name_file_key_and_reason(
+    tmp_path: Path, content: str, key: str, reason: str
+) -> None:
+    file = tmp_path / "neuron.toml"
+    file.write_text(content + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_neuron_config(file)
+    assert str(file) in info.value.message
+    assert key in info.value.message
+    assert reason in info.value.message
+
+
+def test_access_keys_from_the_file_flags_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "neuron.toml"
+    file.write_text(f'allowed_paths = ["{tmp_path}"]\nadmin_token = "s3cret"\nprotect = "all"\n')
+    config = load_neuron_config(file)
+    assert (config.allowed_paths, config.protect) == ([tmp_path], "all")
+    assert load_neuron_config().protect == "admin"
+
+    seen: list[NeuronConfig] = []
+    monkeypatch.setattr(neuron_cli, "run", lambda config, **_: seen.append(config))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    flags = ["serve", "--allowed-path", str(tmp_path / "a"), "--allowed-path", str(tmp_path / "b")]
+    env = {"NEURON_ADMIN_TOKEN": "t0ken", "NEURON_PROTECT": "all"}
+    result = CliRunner().invoke(neuron_cli.app, flags, env=env)
+    assert result.exit_code == 0, result.output
+    env = {"NEURON_ALLOWED_PATHS": f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}"}
+    result = CliRunner().invoke(neuron_cli.app, ["serve"], env=env)
+    assert result.exit_code == 0, result.output
+    assert [c.allowed_paths for c in seen] == [[tmp_path / "a", tmp_path / "b"]] * 2
+    assert [c.protect for c in seen] == ["all", "admin"]

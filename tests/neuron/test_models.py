@@ -40,14 +40,15 @@ def slow_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def _registry(tmp_path: Path, **config: Any) -> ModelRegistry:
-    return ModelRegistry(NeuronConfig(name="t", **config), discover())
+def _registry(*allowed: Path, **config: Any) -> ModelRegistry:
+    """A registry that may also read the folders in ``allowed`` (loaded here by path)."""
+    return ModelRegistry(NeuronConfig(name="t", allowed_paths=list(allowed), **config), discover())
 
 
 async def test_requests_wait_for_a_loading_model_and_loads_join(
     tmp_path: Path, tiny_model: Path, slow_loads: list[str]
 ) -> None:
-    registry = _registry(tmp_path)
+    registry = _registry(tiny_model)
     request = LoadRequest(model="m", source=str(tiny_model))
     loads = [asyncio.create_task(registry.load(request)) for _ in range(5)]
     await asyncio.sleep(0.05)
@@ -61,7 +62,7 @@ async def test_requests_wait_for_a_loading_model_and_loads_join(
 
 
 async def test_unknown_model_and_unknown_source(tmp_path: Path) -> None:
-    registry = _registry(tmp_path, model_dirs=[tmp_path])
+    registry = _registry(model_dirs=[tmp_path])
     with pytest.raises(ModelNotFound):
         await registry.acquire("nothing")
     with pytest.raises(SourceNotFound) as info:
@@ -74,7 +75,7 @@ async def test_budget_counts_loads_in_flight(
     tiny_model: Path, tmp_path: Path, slow_loads: list[str]
 ) -> None:
     # Room for one tiny model (~0.56 MB in float32) but not two.
-    registry = _registry(tmp_path, memory_budget=900_000)
+    registry = _registry(tiny_model, memory_budget=900_000)
     first = asyncio.create_task(registry.load(LoadRequest(model="a", source=str(tiny_model))))
     await asyncio.sleep(0.05)
     with pytest.raises(InsufficientMemory) as info:
@@ -86,8 +87,8 @@ async def test_budget_counts_loads_in_flight(
     await registry.aclose()
 
 
-async def test_unload_waits_for_requests_in_flight(tiny_model: Path, tmp_path: Path) -> None:
-    registry = _registry(tmp_path)
+async def test_unload_waits_for_requests_in_flight(tiny_model: Path) -> None:
+    registry = _registry(tiny_model)
     await registry.load(LoadRequest(model="m", source=str(tiny_model)))
     model = await registry.acquire("m")
     finished: list[str] = []
@@ -134,8 +135,8 @@ async def test_broken_weights_fail_the_record_which_unloads_or_loads_again(
     await registry.aclose()
 
 
-async def test_a_wrong_request_leaves_no_record(tiny_model: Path, tmp_path: Path) -> None:
-    registry = _registry(tmp_path)
+async def test_a_wrong_request_leaves_no_record(tiny_model: Path) -> None:
+    registry = _registry(tiny_model)
     with pytest.raises(InvalidRequest) as info:
         await registry.load(LoadRequest(model="m", source=str(tiny_model), device="tpu9"))
     assert info.value.param == "device"
@@ -157,4 +158,27 @@ async def test_one_folder_however_spelled_is_loaded_once(tiny_model: Path, tmp_p
     shutil.copytree(tiny_model, other)
     with pytest.raises(Conflict, match="already loaded from"):
         await registry.load(LoadRequest(model="m", source=str(other)))
+    await registry.aclose()
+
+
+async def test_folders_outside_the_places_are_not_read(tiny_model: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "out").symlink_to(tiny_model, target_is_directory=True)
+    registry = _registry(model_dirs=[models])
+    for request in (
+        LoadRequest(model="m", source=str(tiny_model)),
+        LoadRequest(model="out"),
+        LoadRequest(model="m", source=f"../{tiny_model.name}"),
+        LoadRequest(model=str(tiny_model)),
+    ):
+        with pytest.raises(SourceNotFound) as info:
+            await registry.load(request)
+        sent = repr(request.source or request.model)  # what the client sent is said back
+        assert str(tiny_model) not in info.value.message.replace(sent, "")
+        assert registry.records() == []
+    with pytest.raises(SourceNotFound):
+        await registry.tokenizer_for("m", str(tiny_model))
+    with pytest.raises(SourceNotFound):
+        await registry.tokenizer_for("out")
     await registry.aclose()

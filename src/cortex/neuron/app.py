@@ -2,6 +2,11 @@
 
 Every error leaves through ``web.exception_handlers`` in the OpenAI envelope; an
 unexpected exception is logged with its traceback and answered with a plain 500 message.
+
+Access: with an ``admin_token``, the lifecycle and admin routes ask for it
+(``Authorization: Bearer``, compared in constant time); with ``protect = "all"`` every
+route does, but ``/health``, a liveness probe that tells nothing. A missing or wrong token
+is a 401 with ``WWW-Authenticate: Bearer``, before the body is read.
 """
 
 from __future__ import annotations
@@ -10,8 +15,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeVar
 
 import torch
 import transformers
@@ -57,6 +62,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+Handler = Callable[[Request], Awaitable[Response]]
+# Who may call a route: anyone; whoever has the token when protect = "all"; only with it.
+Access = Literal["open", "data", "admin"]
+
 
 def engine_name() -> str:
     return f"transformers {transformers.__version__}, torch {torch.__version__}"
@@ -75,21 +84,24 @@ class NeuronApp:
         self.responses = ResponsesService(self.registry)
 
     def build(self) -> Starlette:
-        routes = [
-            Route("/health", self.health, methods=["GET"]),
-            Route("/node", self.node, methods=["GET"]),
-            Route("/models", self.models, methods=["GET"]),
-            Route("/models/load", self.load, methods=["POST"]),
-            Route("/models/unload", self.unload, methods=["POST"]),
-            Route("/admin/defrag", self.defrag, methods=["POST"]),
-            Route("/tokenize", self.tokenize, methods=["POST"]),
-            Route("/metrics", self.prometheus, methods=["GET"]),
-            Route("/v1/models", self.openai_models, methods=["GET"]),
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/v1/responses", self.create_response, methods=["POST"]),
+        routes: list[tuple[str, Handler, str, Access]] = [
+            ("/health", self.health, "GET", "open"),
+            ("/node", self.node, "GET", "data"),
+            ("/models", self.models, "GET", "data"),
+            ("/models/load", self.load, "POST", "admin"),
+            ("/models/unload", self.unload, "POST", "admin"),
+            ("/admin/defrag", self.defrag, "POST", "admin"),
+            ("/tokenize", self.tokenize, "POST", "data"),
+            ("/metrics", self.prometheus, "GET", "data"),
+            ("/v1/models", self.openai_models, "GET", "data"),
+            ("/v1/chat/completions", self.chat_completions, "POST", "data"),
+            ("/v1/responses", self.create_response, "POST", "data"),
         ]
         return Starlette(
-            routes=routes,
+            routes=[
+                Route(path, self._guarded(handler, access), methods=[method])
+                for path, handler, method, access in routes
+            ],
             lifespan=self._lifespan,
             exception_handlers=exception_handlers(),
         )
@@ -135,7 +147,7 @@ class NeuronApp:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def models(self, request: Request) -> Response:
-        found = await asyncio.to_thread(sources.available, self.config.model_dirs)
+        found = await asyncio.to_thread(sources.available, self.registry.places)
         return json_response(ModelsView(loaded=self.registry.records(), available=found))
 
     async def openai_models(self, request: Request) -> Response:
@@ -149,7 +161,6 @@ class NeuronApp:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def load(self, request: Request) -> Response:
-        self._authorize(request)
         load = openai.parse_request(LoadRequest, await self._body(request))
         if "text/event-stream" not in request.headers.get("accept", ""):
             return json_response(await self.registry.load(load))
@@ -158,12 +169,10 @@ class NeuronApp:
         return sse_response(progress_events(work, progress, _loaded))
 
     async def unload(self, request: Request) -> Response:
-        self._authorize(request)
         unload = openai.parse_request(UnloadRequest, await self._body(request))
         return json_response(await self.registry.unload(unload.model, force=unload.force))
 
     async def defrag(self, request: Request) -> Response:
-        self._authorize(request)
         freed = await asyncio.to_thread(defrag.release_caches, self.registry.devices)
         return json_response(DefragResult(freed_bytes=freed, devices=self.registry.device_infos()))
 
@@ -222,16 +231,30 @@ class NeuronApp:
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.config.max_request_bytes)
 
-    def _authorize(self, request: Request) -> None:
+    def _guarded(self, handler: Handler, access: Access) -> Handler:
+        """``handler``, asking for the admin token first where ``access`` and the config say."""
         token = self.config.admin_token
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-            raise Unauthorized(
-                "This route needs the neuron's admin token as 'Authorization: Bearer <token>'"
-            )
+        if token is None or access == "open" or (access == "data" and self.config.protect != "all"):
+            return handler
+        expected = token.encode()
+
+        async def guarded(request: Request) -> Response:
+            _authorize(request, expected)
+            return await handler(request)
+
+        return guarded
+
+
+def _authorize(request: Request, expected: bytes) -> None:
+    """Raise 401 unless the request carries ``Authorization: Bearer <expected>``."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Header values arrive as latin-1 text: these are the bytes the client sent.
+    sent = given.strip().encode("latin-1", "replace")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent, expected):
+        raise Unauthorized(
+            "This route needs the neuron's admin token as 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def _loaded(record: ModelRecord) -> tuple[str, ModelRecord]:

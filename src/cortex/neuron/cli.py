@@ -102,6 +102,14 @@ def serve(
         list[Path] | None,
         typer.Option("--model-dir", envvar="NEURON_MODEL_DIR", help="Folder of model folders"),
     ] = None,
+    allowed_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allowed-path",
+            envvar="NEURON_ALLOWED_PATHS",
+            help="Another folder a model may be loaded from by path (a model or a folder of them)",
+        ),
+    ] = None,
     preload: Annotated[
         list[str] | None,
         typer.Option(
@@ -114,6 +122,13 @@ def serve(
     admin_token: Annotated[
         str | None,
         typer.Option(envvar="NEURON_ADMIN_TOKEN", help="Bearer token for lifecycle/admin routes"),
+    ] = None,
+    protect: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NEURON_PROTECT",
+            help="Routes needing the admin token: admin (lifecycle/admin) or all (all but /health)",
+        ),
     ] = None,
     dtype: Annotated[
         str | None, typer.Option(envvar="NEURON_DTYPE", help="auto|float32|bfloat16|float16")
@@ -157,9 +172,11 @@ def serve(
         "listen": listen,
         "name": name,
         "model_dirs": model_dir,
+        "allowed_paths": allowed_path,
         "preload": preload,
         "memory_budget": memory_budget,
         "admin_token": admin_token,
+        "protect": protect,
         "dtype": dtype,
         "cpu_threads": cpu_threads,
         "max_num_seqs": max_num_seqs,
@@ -180,7 +197,10 @@ def demo(listen: ListenOpt = "127.0.0.1:13131", log_level: LogOpt = "warning") -
 
     typer.echo("Preparing the tiny demo model (built once, then cached)…")
     path = cached_model(trained=True)
-    config = _load(None, {"listen": listen, "preload": [f"{DEMO_MODEL}={path}"], "name": "demo"})
+    preload = [f"{DEMO_MODEL}={path}"]  # outside any model dir: an allowed path
+    config = _load(
+        None, {"listen": listen, "preload": preload, "allowed_paths": [path], "name": "demo"}
+    )
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{host}:{config.port}"
     body = json.dumps(

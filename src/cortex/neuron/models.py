@@ -76,6 +76,7 @@ class ModelRegistry:
         self.config = config
         self.devices = devices
         self.metrics = metrics or NeuronMetrics()
+        self.places = sources.Places(tuple(config.model_dirs), tuple(config.allowed_paths))
         self._records: dict[str, ModelRecord] = {}
         self._ready: dict[str, LoadedModel] = {}
         self._loads: dict[str, _Load] = {}
@@ -141,7 +142,7 @@ class ModelRegistry:
             # its path, a trailing slash, a link to it): answered as loaded.
             named = request.source or (source if source != model_id else None)
             if named is not None and not await asyncio.to_thread(
-                sources.same_folder, named, ready.record, self.config.model_dirs
+                sources.same_folder, named, ready.record, self.places
             ):
                 raise Conflict(
                     f"The model {model_id!r} is already loaded from {ready.record.source}; "
@@ -190,7 +191,7 @@ class ModelRegistry:
         progress = self._progress_publisher(model_id)
         progress("resolving", f"looking for {source}")
         param = "source" if request.source else "model"
-        path = await asyncio.to_thread(sources.resolve, source, self.config.model_dirs, param)
+        path = await asyncio.to_thread(sources.resolve, source, self.places, param)
         record.path = str(path)
         device = self._pick_device(request.device)
         dtype = loader.choose_dtype(request.dtype or self.config.dtype, device)
@@ -299,7 +300,7 @@ class ModelRegistry:
         record = self._records.get(model_id)
         param = "source" if source and record is None else "model"
         source = record.source if record else (source or model_id)
-        path = await asyncio.to_thread(sources.resolve, source, self.config.model_dirs, param)
+        path = await asyncio.to_thread(sources.resolve, source, self.places, param)
         return await asyncio.to_thread(self._tokenizers.get, path)
 
     # --- internals -----------------------------------------------------------------
@@ -394,6 +395,4 @@ class ModelRegistry:
 def _load_result(error: BaseException) -> str:
     if isinstance(error, InsufficientMemory):
         return "no_memory"
-    if isinstance(error, NotFound):
-        return "not_found"
-    return "failed"
+    return "not_found" if isinstance(error, NotFound) else "failed"

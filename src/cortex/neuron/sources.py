@@ -4,9 +4,15 @@ Owns resolving a source to a folder (never downloading: the hub is used offline
 only), estimating a model's bytes from its safetensors headers before loading, and
 listing what this host could load.
 
+The neuron reads only what it was given (``Places``): a source resolves to a folder
+under a model dir, an allowed path or the local Hugging Face cache, links and ``..``
+followed first; any other folder is a 404 like a missing one, and the message names
+nothing outside the configured folders (the same answer whether or not it exists there).
+
 A name the filesystem refuses (too long, a NUL byte, ``~user`` of no such user) is a 400
-naming the field; a folder that cannot be read is a 404 with the reason; weights that do
-not parse raise ``ValueError`` naming the file (the load then fails with that reason).
+naming the field; a folder under a root that cannot be read is a 404 with the reason;
+weights that do not parse raise ``ValueError`` naming the file (the load then fails with
+that reason).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import errno
 import json
 import os
 import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cortex.errors import CortexError, InvalidRequest, SourceNotFound
@@ -44,6 +52,61 @@ _MAX_HEADER = 100 * 1024**2
 
 # What path operations raise for a name the filesystem refuses.
 _REFUSED = (OSError, ValueError, RuntimeError)
+# What says "no such folder" while resolving, rather than "cannot read it".
+_ABSENT = (errno.ENOENT, errno.ENOTDIR)
+
+
+@dataclass(frozen=True, slots=True)
+class Places:
+    """Where this neuron may read models: names are looked up under ``model_dirs``; a folder
+    named by path must lie under a model dir, an allowed path or the local HF cache."""
+
+    model_dirs: tuple[Path, ...] = ()
+    allowed_paths: tuple[Path, ...] = ()
+
+    def roots(self) -> list[Path]:
+        """Every place, resolved; those that do not exist are left out."""
+        roots = []
+        for place in (*self.model_dirs, *self.allowed_paths, hf_cache_root()):
+            try:
+                roots.append(place.expanduser().resolve(strict=True))
+            except _REFUSED:
+                continue
+        return roots
+
+
+def hf_cache_root() -> Path:
+    """The local Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/…/hub)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def confined(path: Path, roots: Iterable[Path]) -> Path | None:
+    """``path`` with its links and ``..`` resolved, if that lies under one of ``roots``
+    (resolved); None if it lies elsewhere or does not exist.
+
+    Only a path under a root may say why it cannot be read (an ``OSError`` propagates);
+    anywhere else is None whatever the reason, so an answer reveals nothing about the
+    file system outside the roots. A name too long for any filesystem still raises."""
+    roots = list(roots)
+    try:
+        real = path.resolve(strict=True)
+    except OSError as exc:
+        if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL):
+            raise
+        if exc.errno in _ABSENT or not _under(Path(os.path.realpath(path)), roots):
+            return None
+        raise
+    except RuntimeError:  # a symlink loop (pathlib before 3.13)
+        if not _under(Path(os.path.realpath(path)), roots):
+            return None
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
+    return real if _under(real, roots) else None
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
 
 
 def is_model_dir(path: Path) -> bool:
@@ -56,13 +119,14 @@ def looks_like_path(source: str) -> bool:
     )
 
 
-def resolve(source: str, model_dirs: list[Path], param: str = "source") -> Path:
-    """The folder holding ``source`` (resolved: one folder, one path, however it is spelled).
+def resolve(source: str, places: Places, param: str = "source") -> Path:
+    """The folder holding ``source`` (resolved: one folder, one path, however it is spelled),
+    which lies under one of ``places``.
 
-    Raises SourceNotFound naming where it looked, or InvalidRequest naming ``param`` for a
-    name no filesystem takes."""
+    Raises SourceNotFound naming the configured places it looked in, or InvalidRequest
+    naming ``param`` for a name no filesystem takes."""
     try:
-        found = _find(source, model_dirs)
+        found = _find(source, places)
     except _REFUSED as exc:
         if isinstance(exc, OSError) and exc.errno not in (errno.ENAMETOOLONG, errno.EINVAL):
             raise SourceNotFound(
@@ -74,31 +138,32 @@ def resolve(source: str, model_dirs: list[Path], param: str = "source") -> Path:
         ) from None
     if found is not None:
         return found
-    places = ", ".join(str(d) for d in model_dirs) or "no model dirs configured"
+    dirs = ", ".join(str(d) for d in places.model_dirs) or "none configured"
     raise SourceNotFound(
-        f"Model source {_shown(source)} was not found: not a model folder, not under the "
-        f"model dirs ({places}) and not in the local Hugging Face cache (nothing is "
-        "downloaded)",
+        f"The source {_shown(source)} is not a model under the neuron's model folders: "
+        f"the model dirs ({dirs}), its allowed paths and the local Hugging Face cache "
+        "(nothing is downloaded)",
         param=param,
     )
 
 
-def _find(source: str, model_dirs: list[Path]) -> Path | None:
-    candidate = Path(source).expanduser()
-    if is_model_dir(candidate):
-        return candidate.resolve()
-    for model_dir in model_dirs:
-        if is_model_dir(model_dir / source):
-            return (model_dir / source).resolve()
-    return _hf_cache_snapshot(source)
+def _find(source: str, places: Places) -> Path | None:
+    roots = places.roots()
+    candidates = [Path(source).expanduser(), *(d / source for d in places.model_dirs)]
+    for candidate in candidates:
+        real = confined(candidate, roots)
+        if real is not None and is_model_dir(real):
+            return real
+    snapshot = _hf_cache_snapshot(source)
+    return confined(snapshot, roots) if snapshot is not None else None
 
 
-def same_folder(source: str, record: ModelRecord, model_dirs: list[Path]) -> bool:
+def same_folder(source: str, record: ModelRecord, places: Places) -> bool:
     """Whether ``source`` names the folder ``record`` was loaded from, however it is spelled."""
     if source == record.source:
         return True
     try:
-        return record.path is not None and resolve(source, model_dirs) == Path(record.path)
+        return record.path is not None and resolve(source, places) == Path(record.path)
     except CortexError:
         return False
 
@@ -177,16 +242,27 @@ def _hf_cache_snapshot(repo_id: str) -> Path | None:
     return path if is_model_dir(path) else None
 
 
-def available(model_dirs: list[Path]) -> list[AvailableModel]:
-    """Models this host could load: folders under the model dirs and cached HF repos."""
+def available(places: Places) -> list[AvailableModel]:
+    """Models this host could load by name: folders under the model dirs and cached HF repos,
+    each only where it resolves under the places (a link out of a model dir is not listed)."""
+    roots = places.roots()
     found: dict[str, AvailableModel] = {}
-    for model_dir in model_dirs:
+    for model_dir in places.model_dirs:
         for child in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
-            if is_model_dir(child):
+            if _loadable(child, roots):
                 found.setdefault(child.name, _available(child.name, child.name, child))
     for repo_id, path in _hf_cache_models():
-        found.setdefault(repo_id, _available(repo_id, repo_id, path))
+        if _loadable(path, roots):
+            found.setdefault(repo_id, _available(repo_id, repo_id, path))
     return list(found.values())
+
+
+def _loadable(path: Path, roots: list[Path]) -> bool:
+    try:
+        real = confined(path, roots)
+        return real is not None and is_model_dir(real)
+    except _REFUSED:  # unreadable: not listed
+        return False
 
 
 def _available(model_id: str, source: str, path: Path) -> AvailableModel:
