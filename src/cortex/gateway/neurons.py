@@ -2,10 +2,16 @@
 
 Not the hot path (requests are relayed by ``proxy`` over ``upstream``); this uses
 httpx and turns every failure into a ``CortexError`` the fleet can act on.
+
+Every call to a neuron carries its ``token`` (``[[neurons]] token``) as
+``Authorization: Bearer``: these calls, and the relayed ones (``relay_headers``), so a
+neuron with ``protect = "all"`` serves the gateway. A client's own credentials are never
+relayed: a relayed request has these headers and no others.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 from collections.abc import Callable, Mapping
@@ -145,6 +151,16 @@ class NeuronClient:
     @staticmethod
     def _auth(node: NodeState) -> dict[str, str]:
         return {"Authorization": f"Bearer {node.token}"} if node.token else {}
+
+
+@functools.cache
+def relay_headers(token: str | None) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers of a JSON request relayed to a neuron with ``token``: built once per
+    token, not per request."""
+    headers = ((b"content-type", b"application/json"),)
+    if token is None:
+        return headers
+    return (*headers, (b"authorization", b"Bearer " + token.encode()))
 
 
 def _json(content: bytes) -> dict[str, Any]:

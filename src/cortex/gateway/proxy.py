@@ -49,6 +49,7 @@ from cortex.gateway.auth import Key
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.http import HttpRequest, Responder
 from cortex.gateway.metrics import GatewayMetrics, RequestRecorder
+from cortex.gateway.neurons import relay_headers
 from cortex.gateway.router import pick_ready
 from cortex.gateway.state import Snapshot
 from cortex.gateway.upstream import UpstreamConnectError, UpstreamPool, UpstreamResponse
@@ -213,15 +214,14 @@ class Proxy:
         started: bool,
     ) -> Outcome:
         """Send to ``node`` (already counted in flight there); once more elsewhere if it fails."""
-        headers = [(b"content-type", b"application/json")]
         held: str | None = node  # the node this request is counted on
         try:
             for attempt in (0, 1):
-                endpoint = self.fleet.snapshot.nodes[node].endpoint
+                target = self.fleet.snapshot.nodes[node]
                 try:
                     response = await self.pool.request(
-                        endpoint, "POST", request.path, headers, request.body,
-                        timeout=self.config.request_timeout,
+                        target.endpoint, "POST", request.path, relay_headers(target.token),
+                        request.body, timeout=self.config.request_timeout,
                     )  # fmt: skip
                 except UpstreamConnectError as exc:
                     self.fleet.node_failed(node, exc.message)

@@ -31,6 +31,7 @@ from cortex.gateway.dialects.anthropic_stream import Event, StreamTranslator
 from cortex.gateway.dialects.relay import count_usage, parse_event, upstream_events
 from cortex.gateway.http import HttpRequest, Responder
 from cortex.gateway.metrics import RequestRecorder
+from cortex.gateway.neurons import relay_headers
 from cortex.gateway.proxy import Outcome, Routed, dump_body, send_error
 from cortex.gateway.state import Snapshot
 from cortex.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
@@ -231,10 +232,10 @@ async def count_tokens(
             raise NeuronUnavailable(f"No node that can count tokens for {model!r} is up")
         profile = snapshot.profile(model)
         body = to_tokenize(parsed, model, profile.load_source if profile else None)
-        endpoint = snapshot.nodes[nodes[0]].endpoint
-        headers = [(b"content-type", b"application/json")]
+        target = snapshot.nodes[nodes[0]]
+        headers = relay_headers(target.token)  # the neuron's token, never the client's
         async with await pool.request(
-            endpoint, "POST", "/tokenize", headers, dump_body(body), timeout=60.0
+            target.endpoint, "POST", "/tokenize", headers, dump_body(body), timeout=60.0
         ) as response:
             data = await response.read()
             if response.status != 200:
