@@ -23,7 +23,7 @@ from cortex.config import (
 )
 from cortex.errors import ConfigError, Forbidden, ModelNotFound, Overloaded, Unauthorized
 from cortex.gateway.app import GatewayApp, GatewayService, is_loopback
-from cortex.gateway.auth import KeyTable, load_entries, presented_keys
+from cortex.gateway.auth import KeyTable, load_entries
 from cortex.gateway.http import HttpServer
 from tests.gateway.fakes import FakeNeurons
 from tests.gateway.test_proxy import HELLO, FakeChat
@@ -53,7 +53,8 @@ def test_a_key_comes_as_bearer_or_x_api_key() -> None:
     # Both sent (an SDK with a stale environment variable): the one that is a key counts.
     both = [(b"x-api-key", b"sk-one"), (b"authorization", b"Bearer old")]
     assert table.authenticate(both).name == "laptop"
-    assert presented_keys([(b"authorization", b"Basic abc")]) == []
+    with pytest.raises(Unauthorized, match="Missing API key"):
+        table.authenticate([(b"authorization", b"Basic abc")])
 
 
 def test_missing_and_unknown_keys_are_refused_without_echoing_them() -> None:
@@ -114,7 +115,7 @@ def test_model_globs_match_the_name_sent_or_the_model_it_resolves_to() -> None:
     assert key.may_use("fast", "qwen3-0.6b")  # the model an alias leads to
     assert not key.may_use("coder", "coder")
     with pytest.raises(ModelNotFound, match="'coder' does not exist"):
-        key.check_model("coder", "coder")
+        key.admit("coder", "coder")
     assert key.may_list("coder", ["claude-*"])
     assert not key.may_list("llama", ["fast-llama"])
     unlimited = _table(KeyEntry(name="all", key="a")).authenticate(_bearer("a"))
@@ -126,45 +127,50 @@ def test_requests_per_minute_is_a_sliding_window_with_retry_after() -> None:
     key = _table(KeyEntry(name="k", key="k", requests_per_minute=2), clock=clock).authenticate(
         _bearer("k")
     )
-    key.admit()
+    key.admit("m", "m")
     clock.now += 20
-    key.admit()
+    key.admit("m", "m")
     clock.now += 10  # 30 s after the first: two in the window
     with pytest.raises(Overloaded) as refused:
-        key.admit()
+        key.admit("m", "m")
     assert refused.value.status == 429
     assert refused.value.headers == {"Retry-After": "30"}  # when the first leaves the window
     clock.now += 29.5
     with pytest.raises(Overloaded) as again:
-        key.admit()
+        key.admit("m", "m")
     assert again.value.headers == {"Retry-After": "1"}
     clock.now += 0.5
-    key.admit()  # the first left the window
+    key.admit("m", "m")  # the first left the window
     with pytest.raises(Overloaded) as third:
-        key.admit()
+        key.admit("m", "m")
     assert third.value.headers == {"Retry-After": "20"}
+    clock.now += 3600  # an idle hour empties the window
+    key.admit("m", "m")
+    key.admit("m", "m")
+    with pytest.raises(Overloaded):
+        key.admit("m", "m")
 
 
 def test_max_concurrent_counts_until_released() -> None:
     key = _table(KeyEntry(name="k", key="k", max_concurrent=2)).authenticate(_bearer("k"))
-    key.admit()
-    key.admit()
+    key.admit("m", "m")
+    key.admit("m", "m")
     with pytest.raises(Overloaded) as refused:
-        key.admit()
+        key.admit("m", "m")
     assert refused.value.headers == {"Retry-After": "1"}
     key.release()
-    key.admit()
+    key.admit("m", "m")
 
 
 def test_a_refusal_for_concurrency_does_not_spend_the_rate() -> None:
     key = _table(KeyEntry(name="k", key="k", max_concurrent=1, requests_per_minute=2)).authenticate(
         _bearer("k")
     )
-    key.admit()
+    key.admit("m", "m")
     with pytest.raises(Overloaded):
-        key.admit()
+        key.admit("m", "m")
     key.release()
-    key.admit()  # the second of two per minute, not refused by the window
+    key.admit("m", "m")  # the second of two per minute, not refused by the window
 
 
 def _write_keys(path: Path, *blocks: str) -> None:
@@ -183,7 +189,7 @@ def test_reload_takes_new_keys_and_keeps_the_old_on_a_bad_file(
     _write_keys(path, _block("laptop", "sk-1", "max_concurrent = 1"))
     table = KeyTable(CortexConfig(keys_file=path), Clock())
     laptop = table.authenticate(_bearer("sk-1"))
-    laptop.admit()  # one in flight across the reload
+    laptop.admit("m", "m")  # one in flight across the reload
 
     _write_keys(path, _block("laptop", "sk-1", "max_concurrent = 1"), "[[keys]]\nname = 'x'\n")
     assert not table.reload()
@@ -195,9 +201,9 @@ def test_reload_takes_new_keys_and_keeps_the_old_on_a_bad_file(
     assert table.reload()
     assert table.authenticate(_bearer("sk-2")).name == "phone"
     with pytest.raises(Overloaded):  # the laptop's request in flight still counts
-        table.authenticate(_bearer("sk-1")).admit()
+        table.authenticate(_bearer("sk-1")).admit("m", "m")
     laptop.release()
-    table.authenticate(_bearer("sk-1")).admit()
+    table.authenticate(_bearer("sk-1")).admit("m", "m")
 
     path.unlink()
     assert not table.reload()

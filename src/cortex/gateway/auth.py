@@ -14,10 +14,12 @@ Contracts:
   models.toml, say) and against the model id it resolves to: either may match. A model the
   key may not use is refused exactly as a model that does not exist (404
   ``model_not_found``), so a key learns nothing about models outside its patterns.
-* ``requests_per_minute`` is a sliding window: at most that many requests admitted in any
-  60 seconds; past it, 429 with ``Retry-After`` = the seconds until the oldest leaves the
-  window. ``max_concurrent`` counts requests admitted and not yet released; past it, 429
-  with ``Retry-After: 1``. Whoever ``admit``s releases, in a ``finally``.
+* ``requests_per_minute`` is a sliding window of 60 one-second buckets: at most that many
+  requests admitted in the last 60 seconds; past it, 429 with ``Retry-After`` = the seconds
+  until enough of the oldest leave the window. O(1) per request and 60 counters per key,
+  whatever the rate (a log of admission times would grow with it). ``max_concurrent``
+  counts requests admitted and not yet released; past it, 429 with ``Retry-After: 1``.
+  Whoever ``admit``s releases, in a ``finally``.
 * Everything runs on the event loop: no locks. ``reload`` (SIGHUP) swaps the table in
   one assignment; a key file that does not load leaves the old table and logs why. A
   key's window and in-flight count belong to its name and survive reloads.
@@ -29,7 +31,6 @@ import hashlib
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 
@@ -38,19 +39,46 @@ from cortex.errors import ConfigError, Forbidden, ModelNotFound, Overloaded, Una
 
 log = logging.getLogger(__name__)
 
-RATE_WINDOW = 60.0  # seconds: requests_per_minute counts requests admitted in this window
+RATE_WINDOW = 60  # one-second buckets: requests_per_minute counts those admitted in them
 MAX_CACHED = 4096  # (name, model) verdicts kept per key; a client sending random names resets it
 Headers = Iterable[tuple[bytes, bytes]]  # names lower-cased, as both HTTP servers give them
+_sha256 = hashlib.sha256
 
 
 class Usage:
     """What a key name has in flight and admitted lately; survives reloads."""
 
-    __slots__ = ("admitted", "in_flight")
+    __slots__ = ("admitted", "buckets", "in_flight", "second")
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self.admitted: deque[float] = deque()  # admission times inside the window, oldest first
+        self.buckets = [0] * RATE_WINDOW  # admissions in second s at [s % RATE_WINDOW]
+        self.second = 0  # the latest second counted in buckets
+        self.admitted = 0  # the buckets' sum: admissions in the window
+
+    def advance(self, second: int) -> None:
+        """Empty the buckets of the seconds that left the window by ``second``."""
+        gap = second - self.second
+        if gap <= 0:
+            return
+        if gap >= RATE_WINDOW:
+            self.buckets = [0] * RATE_WINDOW
+            self.admitted = 0
+        else:
+            buckets = self.buckets
+            for past in range(self.second + 1, second + 1):
+                self.admitted -= buckets[past % RATE_WINDOW]
+                buckets[past % RATE_WINDOW] = 0
+        self.second = second
+
+    def wait(self, now: float, limit: int) -> float:
+        """Seconds until fewer than ``limit`` admissions are left in the window."""
+        left = self.admitted
+        for oldest in range(self.second - RATE_WINDOW + 1, self.second + 1):
+            left -= self.buckets[oldest % RATE_WINDOW]
+            if left < limit:
+                return oldest + RATE_WINDOW - now
+        return RATE_WINDOW  # unreachable while admitted >= limit > 0
 
 
 class Key:
@@ -94,12 +122,11 @@ class Key:
         """Whether ``/v1/models`` shows ``model`` (reached by itself or by an alias)."""
         return self.may_use(model, model) or any(self.may_use(a, model) for a in aliases)
 
-    def check_model(self, name: str, model: str) -> None:
-        if not self.may_use(name, model):
+    def admit(self, name: str, model: str) -> None:
+        """Count a request for ``name`` (resolved to ``model``) in, or raise ``ModelNotFound``
+        (outside the key's patterns) or ``Overloaded``; once in, the caller ``release``s."""
+        if self.patterns is not None and not self.may_use(name, model):
             raise ModelNotFound(f"The model {name!r} does not exist", param="model")
-
-    def admit(self) -> None:
-        """Count one request in, or raise ``Overloaded``; the caller then ``release``s."""
         usage = self.usage
         if self.max_concurrent is not None and usage.in_flight >= self.max_concurrent:
             raise Overloaded(
@@ -109,33 +136,20 @@ class Key:
             )
         if self.rpm is not None:
             now = self._clock()
-            admitted = usage.admitted
-            while admitted and admitted[0] <= now - RATE_WINDOW:
-                admitted.popleft()
-            if len(admitted) >= self.rpm:
-                wait = admitted[-self.rpm] + RATE_WINDOW - now
+            second = int(now)
+            usage.advance(second)
+            if usage.admitted >= self.rpm:
+                wait = max(1, math.ceil(usage.wait(now, self.rpm)))
                 raise Overloaded(
-                    f"This key may make {self.rpm} requests per minute; retry in {wait:.0f}s",
-                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                    f"This key may make {self.rpm} requests per minute; retry in {wait}s",
+                    headers={"Retry-After": str(wait)},
                 )
-            admitted.append(now)
+            usage.buckets[second % RATE_WINDOW] += 1
+            usage.admitted += 1
         usage.in_flight += 1
 
     def release(self) -> None:
         self.usage.in_flight -= 1
-
-
-def presented_keys(headers: Headers) -> list[bytes]:
-    """The keys a request carries: a Bearer token, then ``x-api-key``."""
-    found: list[bytes] = []
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                found.insert(0, token.strip())
-        elif name == b"x-api-key" and value.strip():
-            found.append(value.strip())
-    return found
 
 
 class KeyTable:
@@ -149,16 +163,28 @@ class KeyTable:
         self._by_digest = self._build(load_entries(config))
 
     def authenticate(self, headers: Headers) -> Key:
-        """The key a request presents, or ``Unauthorized``."""
-        presented = presented_keys(headers)
+        """The key a request presents (a Bearer token or ``x-api-key``; of both, the first
+        that is a key), or ``Unauthorized``. One pass over the headers, one hash per key."""
+        presented = False
+        for name, value in headers:
+            if name == b"authorization":
+                scheme, _, secret = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    continue
+            elif name == b"x-api-key":
+                secret = value
+            else:
+                continue
+            secret = secret.strip()
+            if secret:
+                presented = True
+                key = self._by_digest.get(_sha256(secret).digest())
+                if key is not None:
+                    return key
         if not presented:
             raise Unauthorized(
                 "Missing API key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`"
             )
-        for secret in presented:
-            key = self._by_digest.get(hashlib.sha256(secret).digest())
-            if key is not None:
-                return key
         raise Unauthorized("Invalid API key")
 
     def operator(self, headers: Headers) -> Key:

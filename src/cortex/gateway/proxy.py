@@ -128,25 +128,19 @@ class Proxy:
         try:
             if key is None:
                 outcome = await self._serve(responder, routed, recorder, dialect)
-            else:
-                outcome = await self._serve_key(responder, routed, recorder, dialect, key)
+                return
+            try:
+                key.admit(routed.client_model, routed.model)
+            except CortexError as err:
+                dialect.send_error(responder, err)
+                outcome = Outcome(err.status)
+                return
+            try:
+                outcome = await self._serve(responder, routed, recorder, dialect)
+            finally:
+                key.release()
         finally:
             recorder.finish(outcome.status, outcome.prompt_tokens, outcome.completion_tokens)
-
-    async def _serve_key(
-        self, responder: Responder, request: Routed, recorder: RequestRecorder, dialect: Dialect,
-        key: Key,
-    ) -> Outcome:  # fmt: skip
-        try:
-            key.check_model(request.client_model, request.model)
-            key.admit()
-        except CortexError as err:
-            dialect.send_error(responder, err)
-            return Outcome(err.status)
-        try:
-            return await self._serve(responder, request, recorder, dialect)
-        finally:
-            key.release()
 
     async def _serve(
         self, responder: Responder, request: Routed, recorder: RequestRecorder, dialect: Dialect
