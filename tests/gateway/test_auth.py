@@ -205,6 +205,9 @@ def test_reload_takes_new_keys_and_keeps_the_old_on_a_bad_file(
     laptop.release()
     table.authenticate(_bearer("sk-1")).admit("m", "m")
 
+    path.write_bytes(b"\xff\xfe[[keys]]\n")
+    assert not table.reload()
+    assert "not UTF-8" in caplog.text
     path.unlink()
     assert not table.reload()
     assert table.authenticate(_bearer("sk-2")).name == "phone"

@@ -216,7 +216,10 @@ def load_entries(config: CortexConfig) -> list[KeyEntry]:
     """``[[keys]]`` and the entries of ``keys_file``, read now; names and secrets unique,
     else ``ConfigError``."""
     path = config.keys_file
-    entries = [*config.keys, *(read_keys_file(path) if path is not None else [])]
+    try:
+        entries = [*config.keys, *(read_keys_file(path) if path is not None else [])]
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", file=str(path)) from None
     names: set[str] = set()
     digests: set[bytes] = set()
     for entry in entries:
