@@ -139,3 +139,13 @@ def test_available_lists_only_folders_under_the_places(layout: Path) -> None:
     assert listed == {"tiny"}
     allowed = {m.id for m in sources.available(_places(layout, layout / "outside"))}
     assert allowed == {"tiny", "link"}
+
+
+def test_an_id_from_a_path_does_not_follow_a_link_out(layout: Path) -> None:
+    places = _places(layout)
+    link = layout / "models" / "escape"
+    link.symlink_to(layout / "outside" / "tiny", target_is_directory=True)
+    assert sources.default_id(str(link), places) == "escape"
+    assert sources.default_id(f"{layout}/models/tiny/", places) == "tiny"
+    assert sources.default_id(str(layout / "outside" / "tiny" / ".."), places) == "outside"
+    assert sources.default_id(str(link)) == "tiny"  # the operator's own names (cortex up)

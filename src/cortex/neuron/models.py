@@ -132,7 +132,7 @@ class ModelRegistry:
         if request.source:
             model_id = request.model
         else:
-            model_id = await asyncio.to_thread(sources.default_id, request.model)
+            model_id = await asyncio.to_thread(sources.default_id, request.model, self.places)
         current = self._records.get(model_id)
         if current is not None and current.state == "unloading":
             raise Conflict(f"The model {model_id!r} is being unloaded; load it again after that")

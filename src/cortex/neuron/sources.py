@@ -168,11 +168,14 @@ def same_folder(source: str, record: ModelRecord, places: Places) -> bool:
         return False
 
 
-def default_id(source: str) -> str:
-    """The id a model gets when only a source is named: a folder's name, else the source."""
+def default_id(source: str, places: Places | None = None) -> str:
+    """The id a model gets when only a source is named: a folder's name, else the source.
+    With ``places``, a link that leads outside them is not followed (its name is kept)."""
     try:
         if looks_like_path(source):
-            return Path(source).expanduser().resolve().name or source
+            path = Path(source).expanduser()
+            real = path.resolve() if places is None else confined(path, places.roots())
+            return (real or Path(os.path.normpath(path))).name or source
     except _REFUSED:  # resolving the source says what is wrong with it
         pass
     return source
