@@ -5,8 +5,14 @@ the gateway (``cortex serve``, routing and metrics on) sits in front of it. The 
 is the fake neuron straight: the same requests without the gateway, in the same run.
 
     .venv/bin/python bench/gateway.py [--requests 3000] [--duration 5] [--connections 64]
+    .venv/bin/python bench/gateway.py --keys [--rounds 3]
 
-Prints one line per figure with the direct figure and the ratio. ``wrk`` (Debian
+Prints one line per figure with the direct figure and the ratio. ``--keys`` measures
+instead what API keys cost: a gateway with a key (model glob, requests_per_minute and
+max_concurrent, all far above the load) against one without keys, in turns (``--rounds``
+each), and prints the medians and their ratio; then the gateway's CPU time per request
+(its user+system seconds over the requests it counted), which 2 shared cores disturb less
+than requests/s. ``wrk`` (Debian
 package ``wrk``) is used for throughput when present, else a multi-process Python
 load generator (slower: it competes with the gateway for the same 2 cores).
 """
@@ -14,7 +20,9 @@ load generator (slower: it competes with the gateway for the same 2 cores).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -33,10 +42,22 @@ BODY = json.dumps(
 ).encode()
 
 
-def start_gateway(neuron_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+BENCH_KEY = "sk-cortex-bench-0123456789"
+KEYS = (
+    '[[keys]]\nname = "bench"\n'
+    f'key_sha256 = "{hashlib.sha256(BENCH_KEY.encode()).hexdigest()}"\n'
+    'models = ["bench-*"]\nrequests_per_minute = 100000000\nmax_concurrent = 100000\n'
+)
+
+
+def start_gateway(
+    neuron_port: int, workdir: Path, top: str = "", headers: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``top``: TOML before [gateway] ([[keys]]); ``headers``: what its /v1/models needs."""
+    workdir.mkdir(parents=True, exist_ok=True)
     port, metrics_port = fake_neuron.free_port(), fake_neuron.free_port()
     (workdir / "cortex.toml").write_text(
-        "[gateway]\n"
+        top + "[gateway]\n"
         f'listen = "127.0.0.1:{port}"\n'
         f'metrics_listen = "127.0.0.1:{metrics_port}"\n'
         'poll_interval = "2s"\n'
@@ -53,7 +74,8 @@ def start_gateway(neuron_port: int, workdir: Path) -> tuple[subprocess.Popen[byt
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/v1/models", timeout=1).json()["data"][0]["state"] == "ready":
+            listing = httpx.get(f"{url}/v1/models", headers=headers, timeout=1).json()
+            if listing["data"][0]["state"] == "ready":
                 return process, url
         except (httpx.HTTPError, KeyError, IndexError, ValueError):
             pass
@@ -62,10 +84,13 @@ def start_gateway(neuron_port: int, workdir: Path) -> tuple[subprocess.Popen[byt
     raise SystemExit("the gateway did not come up")
 
 
-def line(name: str, ours: float, peer: float, unit: str, fmt: str = "{:.3f}") -> None:
+def line(
+    name: str, ours: float, peer: float, unit: str, fmt: str = "{:.3f}", peer_name: str = "direct"
+) -> None:
     ratio = ours / peer if peer else float("inf")
     print(
-        f"{name}: {fmt.format(ours)} {unit} (direct {fmt.format(peer)} {unit}, ratio {ratio:.2f})"
+        f"{name}: {fmt.format(ours)} {unit} "
+        f"({peer_name} {fmt.format(peer)} {unit}, ratio {ratio:.2f})"
     )
 
 
@@ -74,7 +99,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="sequential requests")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per throughput run")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--keys", action="store_true", help="with API keys vs without")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each, with --keys")
     args = parser.parse_args()
+    if args.keys:
+        keys_cost(args.connections, args.duration, args.rounds)
+        return
 
     neuron, neuron_port = fake_neuron.spawn()
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,6 +146,72 @@ def main() -> None:
             gateway.wait(10)
             neuron.terminate()
             neuron.wait(10)
+
+
+def keys_cost(connections: int, duration: float, rounds: int) -> None:
+    """Throughput with a key against without keys: two gateways on one fake neuron, in turns."""
+    neuron, neuron_port = fake_neuron.spawn()
+    auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        gateways: list[subprocess.Popen[bytes]] = []
+        try:
+            plain, plain_url = start_gateway(neuron_port, Path(tmp) / "plain")
+            gateways.append(plain)
+            keyed, keyed_url = start_gateway(neuron_port, Path(tmp) / "keyed", KEYS, auth)
+            gateways.append(keyed)
+            path = "/v1/chat/completions"
+            sides = {
+                False: (plain, plain_url, None, Path(tmp) / "plain"),
+                True: (keyed, keyed_url, auth, Path(tmp) / "keyed"),
+            }
+            rps: dict[bool, list[float]] = {False: [], True: []}
+            cpu: dict[bool, list[float]] = {False: [], True: []}  # µs per request
+            for turn in range(rounds):  # which goes first alternates: no side gains by order
+                for keys in (False, True) if turn % 2 == 0 else (True, False):
+                    process, url, headers, workdir = sides[keys]
+                    gauge = psutil.Process(process.pid)
+                    before, served = _cpu_seconds(gauge), _served(workdir)
+                    rps[keys].append(
+                        loadgen.throughput(url + path, BODY, connections, duration, headers)
+                    )
+                    requests = _served(workdir) - served
+                    cpu[keys].append((_cpu_seconds(gauge) - before) / requests * 1e6)
+                print(
+                    f"round {turn + 1}: no keys {rps[False][-1]:,.0f} req/s "
+                    f"({cpu[False][-1]:.1f} µs CPU each), keys {rps[True][-1]:,.0f} req/s "
+                    f"({cpu[True][-1]:.1f} µs CPU each)"
+                )
+            line(
+                f"throughput with keys @{connections} connections (median of {rounds})",
+                statistics.median(rps[True]), statistics.median(rps[False]), "req/s", "{:,.0f}",
+                peer_name="no keys",
+            )  # fmt: skip
+            line(
+                f"gateway CPU per request with keys (median of {rounds})",
+                statistics.median(cpu[True]), statistics.median(cpu[False]), "µs", "{:.1f}",
+                peer_name="no keys",
+            )  # fmt: skip
+        finally:
+            for process in gateways:
+                process.terminate()
+                process.wait(10)
+            neuron.terminate()
+            neuron.wait(10)
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _served(workdir: Path) -> float:
+    """The gateway's cortex_requests_total, summed over its label sets."""
+    metrics = httpx.get(f"http://127.0.0.1:{_metrics_port(workdir)}/metrics", timeout=10)
+    return sum(
+        float(row.rsplit(" ", 1)[1])
+        for row in metrics.text.splitlines()
+        if row.startswith("cortex_requests_total{")
+    )
 
 
 def _metrics_port(workdir: Path) -> int:

@@ -31,12 +31,18 @@ import httptools
 JSON = b"application/json"
 
 
-def _request(url: str, body: bytes | None) -> tuple[str, int, bytes]:
+Headers = dict[str, str]
+
+
+def _request(
+    url: str, body: bytes | None, headers: Headers | None = None
+) -> tuple[str, int, bytes]:
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
     method = "GET" if body is None else "POST"
     head = f"{method} {path} HTTP/1.1\r\nHost: {u.netloc}\r\n".encode()
+    head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items()).encode()
     if body is not None:
         head += b"Content-Type: %s\r\nContent-Length: %d\r\n" % (JSON, len(body))
     return host, port, head + b"\r\n" + (body or b"")
@@ -53,9 +59,11 @@ class _Reader(asyncio.Protocol):
         self.complete += 1
 
 
-def latency(url: str, body: bytes | None, n: int, warmup: int = 200) -> list[float]:
+def latency(
+    url: str, body: bytes | None, n: int, warmup: int = 200, headers: Headers | None = None
+) -> list[float]:
     """Seconds per request, n sequential requests on one keep-alive connection."""
-    host, port, req = _request(url, body)
+    host, port, req = _request(url, body, headers)
     reader = _Reader()
     out: list[float] = []
     with socket.create_connection((host, port)) as sock:
@@ -77,7 +85,9 @@ def latency(url: str, body: bytes | None, n: int, warmup: int = 200) -> list[flo
 # -- throughput -------------------------------------------------------------------------
 
 
-def _wrk(url: str, body: bytes | None, connections: int, duration: float) -> float:
+def _wrk(
+    url: str, body: bytes | None, connections: int, duration: float, headers: Headers | None
+) -> float:
     threads = max(1, min(connections, os.cpu_count() or 1))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         if body is not None:
@@ -85,6 +95,10 @@ def _wrk(url: str, body: bytes | None, connections: int, duration: float) -> flo
                 'wrk.method = "POST"\n'
                 f"wrk.body = {_lua_string(body)}\n"
                 'wrk.headers["Content-Type"] = "application/json"\n'
+            )
+        for name, value in (headers or {}).items():
+            script.write(
+                f"wrk.headers[{_lua_string(name.encode())}] = {_lua_string(value.encode())}\n"
             )
     try:
         cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s"]
@@ -132,10 +146,17 @@ class _Client(asyncio.Protocol):
             self.transport.write(self.req)
 
 
-def _worker(url: str, body: bytes | None, conns: int, duration: float, q: mp.Queue[int]) -> None:
+def _worker(
+    url: str,
+    body: bytes | None,
+    conns: int,
+    duration: float,
+    q: mp.Queue[int],
+    headers: Headers | None = None,
+) -> None:
     import uvloop
 
-    host, port, req = _request(url, body)
+    host, port, req = _request(url, body, headers)
 
     async def run() -> int:
         loop = asyncio.get_running_loop()
@@ -158,13 +179,15 @@ def _worker(url: str, body: bytes | None, conns: int, duration: float, q: mp.Que
     q.put(uvloop.run(run()))
 
 
-def _python(url: str, body: bytes | None, connections: int, duration: float) -> float:
+def _python(
+    url: str, body: bytes | None, connections: int, duration: float, headers: Headers | None = None
+) -> float:
     procs_n = max(1, min(connections, os.cpu_count() or 1))
     print(f"loadgen: python fallback, {procs_n} processes")
     ctx = mp.get_context("spawn")
     q: mp.Queue[int] = ctx.Queue()
     shares = [connections // procs_n + (i < connections % procs_n) for i in range(procs_n)]
-    procs = [ctx.Process(target=_worker, args=(url, body, s, duration, q)) for s in shares]
+    procs = [ctx.Process(target=_worker, args=(url, body, s, duration, q, headers)) for s in shares]
     for p in procs:
         p.start()
     total = sum(q.get(timeout=duration + 30) for _ in procs)
@@ -173,12 +196,19 @@ def _python(url: str, body: bytes | None, connections: int, duration: float) -> 
     return total / duration
 
 
-def throughput(url: str, body: bytes | None, connections: int = 64, duration: float = 5.0) -> float:
-    """Requests/s with ``connections`` keep-alive connections, each one request in flight."""
+def throughput(
+    url: str,
+    body: bytes | None,
+    connections: int = 64,
+    duration: float = 5.0,
+    headers: Headers | None = None,
+) -> float:
+    """Requests/s with ``connections`` keep-alive connections, each one request in flight;
+    ``headers`` go with every request (an API key, say)."""
     if shutil.which("wrk"):
         print(f"loadgen: wrk, {connections} connections")
-        return _wrk(url, body, connections, duration)
-    return _python(url, body, connections, duration)
+        return _wrk(url, body, connections, duration, headers)
+    return _python(url, body, connections, duration, headers)
 
 
 def summary(samples: list[float]) -> tuple[float, float]:
