@@ -137,7 +137,8 @@ class Key:
         if self.rpm is not None:
             now = self._clock()
             second = int(now)
-            usage.advance(second)
+            if second != usage.second:
+                usage.advance(second)
             if usage.admitted >= self.rpm:
                 wait = max(1, math.ceil(usage.wait(now, self.rpm)))
                 raise Overloaded(
