@@ -10,10 +10,9 @@ is the fake neuron straight: the same requests without the gateway, in the same 
 Prints one line per figure with the direct figure and the ratio. ``--keys`` measures
 instead what API keys cost: a gateway with a key (model glob, requests_per_minute and
 max_concurrent, all far above the load) against one without keys, in turns (``--rounds``
-each), and prints the medians and their ratio; then the gateway's CPU time per request
-(its user+system seconds over the requests it counted), which 2 shared cores disturb less
-than requests/s. ``wrk`` (Debian
-package ``wrk``) is used for throughput when present, else a multi-process Python
+each, one gateway at a time), and prints the medians and their ratio; then the gateway's
+CPU time per request (its user+system seconds over the requests it counted). ``wrk``
+(Debian package ``wrk``) is used for throughput when present, else a multi-process Python
 load generator (slower: it competes with the gateway for the same 2 cores).
 """
 
@@ -149,54 +148,53 @@ def main() -> None:
 
 
 def keys_cost(connections: int, duration: float, rounds: int) -> None:
-    """Throughput with a key against without keys: two gateways on one fake neuron, in turns."""
+    """Throughput with a key against without keys, on one fake neuron. One gateway runs at
+    a time, started afresh for each turn: with two long-lived gateways, the one started
+    second measured up to a fifth slower than its identical twin on 2 shared cores."""
     neuron, neuron_port = fake_neuron.spawn()
     auth = {"Authorization": f"Bearer {BENCH_KEY}"}
-    with tempfile.TemporaryDirectory() as tmp:
-        gateways: list[subprocess.Popen[bytes]] = []
-        try:
-            plain, plain_url = start_gateway(neuron_port, Path(tmp) / "plain")
-            gateways.append(plain)
-            keyed, keyed_url = start_gateway(neuron_port, Path(tmp) / "keyed", KEYS, auth)
-            gateways.append(keyed)
-            path = "/v1/chat/completions"
-            sides = {
-                False: (plain, plain_url, None, Path(tmp) / "plain"),
-                True: (keyed, keyed_url, auth, Path(tmp) / "keyed"),
-            }
-            rps: dict[bool, list[float]] = {False: [], True: []}
-            cpu: dict[bool, list[float]] = {False: [], True: []}  # µs per request
+    rps: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}  # µs per request
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
             for turn in range(rounds):  # which goes first alternates: no side gains by order
                 for keys in (False, True) if turn % 2 == 0 else (True, False):
-                    process, url, headers, workdir = sides[keys]
-                    gauge = psutil.Process(process.pid)
-                    before, served = _cpu_seconds(gauge), _served(workdir)
-                    rps[keys].append(
-                        loadgen.throughput(url + path, BODY, connections, duration, headers)
+                    workdir = Path(tmp) / f"{turn}-{'keys' if keys else 'plain'}"
+                    headers = auth if keys else None
+                    process, url = start_gateway(
+                        neuron_port, workdir, KEYS if keys else "", headers
                     )
-                    requests = _served(workdir) - served
-                    cpu[keys].append((_cpu_seconds(gauge) - before) / requests * 1e6)
+                    try:
+                        gauge = psutil.Process(process.pid)
+                        before, served = _cpu_seconds(gauge), _served(workdir)
+                        rps[keys].append(
+                            loadgen.throughput(
+                                url + "/v1/chat/completions", BODY, connections, duration, headers
+                            )
+                        )
+                        requests = _served(workdir) - served
+                        cpu[keys].append((_cpu_seconds(gauge) - before) / requests * 1e6)
+                    finally:
+                        process.terminate()
+                        process.wait(10)
                 print(
                     f"round {turn + 1}: no keys {rps[False][-1]:,.0f} req/s "
                     f"({cpu[False][-1]:.1f} µs CPU each), keys {rps[True][-1]:,.0f} req/s "
                     f"({cpu[True][-1]:.1f} µs CPU each)"
                 )
-            line(
-                f"throughput with keys @{connections} connections (median of {rounds})",
-                statistics.median(rps[True]), statistics.median(rps[False]), "req/s", "{:,.0f}",
-                peer_name="no keys",
-            )  # fmt: skip
-            line(
-                f"gateway CPU per request with keys (median of {rounds})",
-                statistics.median(cpu[True]), statistics.median(cpu[False]), "µs", "{:.1f}",
-                peer_name="no keys",
-            )  # fmt: skip
-        finally:
-            for process in gateways:
-                process.terminate()
-                process.wait(10)
-            neuron.terminate()
-            neuron.wait(10)
+    finally:
+        neuron.terminate()
+        neuron.wait(10)
+    line(
+        f"throughput with keys @{connections} connections (median of {rounds})",
+        statistics.median(rps[True]), statistics.median(rps[False]), "req/s", "{:,.0f}",
+        peer_name="no keys",
+    )  # fmt: skip
+    line(
+        f"gateway CPU per request with keys (median of {rounds})",
+        statistics.median(cpu[True]), statistics.median(cpu[False]), "µs", "{:.1f}",
+        peer_name="no keys",
+    )  # fmt: skip
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
