@@ -222,3 +222,31 @@ def test_neuron_tls_from_flags_or_file(pem: Path, monkeypatch: pytest.MonkeyPatc
         load_neuron_config(pem / "neuron.toml")
     with pytest.raises(ConfigError, match=r"flags/environment: tls_key: .*does not belong"):
         load_neuron_config(None, {"tls_cert": "cert.pem", "tls_key": "other-key.pem"})
+
+
+def test_keys_and_a_keys_file_beside_cortex_toml(tmp_path: Path) -> None:
+    (tmp_path / "cortex.toml").write_text(
+        'keys_file = "keys.toml"\n[[keys]]\nname = "laptop"\nkey = "sk-1"\n'
+        'models = ["qwen3-*"]\nrequests_per_minute = 120\nmax_concurrent = 8\n'
+    )
+    cortex, _ = load_gateway_config(tmp_path / "cortex.toml")
+    assert cortex.keys_file == tmp_path / "keys.toml"
+    assert cortex.keys[0].models == ["qwen3-*"]
+    assert cortex.has_keys
+    assert not load_gateway_config(None)[0].has_keys
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ('name = "a"\n', "exactly one of key and key_sha256"),
+        ('name = "a"\nkey = "k"\nkey_sha256 = "' + "0" * 64 + '"\n', "exactly one"),
+        ('name = "a"\nkey_sha256 = "abc"\n', "keys.0.key_sha256"),
+        ('key = "k"\n', "keys.0.name"),
+        ('name = "a"\nkey = "k"\nrequests_per_minute = 0\n', "keys.0.requests_per_minute"),
+    ],
+)
+def test_bad_keys_are_refused_naming_the_key(tmp_path: Path, entry: str, reason: str) -> None:
+    (tmp_path / "cortex.toml").write_text("[[keys]]\n" + entry)
+    with pytest.raises(ConfigError, match=reason):
+        load_gateway_config(tmp_path / "cortex.toml")
