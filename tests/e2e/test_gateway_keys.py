@@ -219,3 +219,14 @@ def test_requests_and_tokens_are_counted_per_key(fleet: Fleet) -> None:
     for secret in (ALICE, LIMITED, OPS, FILED):
         assert secret not in text
         assert secret not in fleet.gateway.log()
+
+
+def test_sighup_without_a_key_file_does_not_stop_the_gateway(
+    start_neuron: Any, start_gateway: Any, fleet_dir: Path
+) -> None:
+    neuron = start_neuron("--model-dir", str(fleet_dir), "--name", "a")
+    gateway = start_gateway({"a": neuron}, "")
+    gateway.process.send_signal(signal.SIGHUP)
+    _eventually(lambda: "nothing to read again" in gateway.log())
+    assert gateway.process.poll() is None
+    assert gateway.get("/health").status_code == 200

@@ -302,16 +302,22 @@ class GatewayService:
                 "routes; add [[keys]] or keys_file to cortex.toml (see `cortex keys add`)",
                 *self.listen,
             )
-        if self.app.config.keys_file is not None:  # SIGHUP: read the key file again
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.app.keys.reload)
+        # SIGHUP reads the key file again; without one it is logged, never the end of the
+        # process (systemd's ExecReload and a stray `kill -HUP` must not stop the gateway).
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload)
+
+    def _reload(self) -> None:
+        if self.app.config.keys_file is None:
+            log.info("SIGHUP: nothing to read again (cortex.toml names no keys_file)")
+        else:
+            self.app.keys.reload()
 
     def finished(self) -> asyncio.Future[None]:
         return asyncio.get_running_loop().create_future()  # runs until stopped
 
     async def stop(self) -> None:
         """Stop accepting; requests in flight get ``shutdown_grace`` to finish."""
-        if self.app.config.keys_file is not None:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.http.stop(grace=self.app.config.gateway.shutdown_grace)
         await self.metrics_http.stop()
         await self.app.aclose()
