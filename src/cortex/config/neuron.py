@@ -52,6 +52,15 @@ class NeuronConfig(BaseModel):
     max_num_seqs: int = Field(default=32, ge=1)
     max_queue: int = Field(default=256, ge=0)
     max_prefill_tokens: int = Field(default=8192, ge=1)
+    # The paged KV cache, per model: its memory is kv_cache_bytes when set (a load's own
+    # kv_cache_bytes wins), else kv_cache_fraction of what the device budget has left once
+    # the weights are in, never more than max_num_seqs full contexts need. Blocks hold
+    # kv_block_size tokens; full blocks are shared by prompts with the same prefix unless
+    # prefix_caching is off.
+    kv_cache_bytes: Size | None = None
+    kv_cache_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    kv_block_size: int = Field(default=16, ge=1, le=1024)
+    prefix_caching: bool = True
     # Whether a request may bring its own chat template (chat_template_kwargs.chat_template).
     # Off: such a request is a 400. On: it renders in a sandbox bounded in time and work.
     allow_client_chat_template: bool = False

@@ -87,6 +87,14 @@ class ModelRecord(BaseModel):
     queue_wait: float = 0.0  # seconds the oldest queued request has waited
     tp: int = 1
     quant: str | None = None
+    # The paged KV cache (as of the engine's last step): its memory (also counted in
+    # memory_bytes), its blocks of kv_block_size tokens, those live sequences use, and
+    # the share of prompt tokens found in the prefix cache since load.
+    kv_cache_bytes: int = 0
+    kv_block_size: int = 0
+    kv_blocks_total: int = 0
+    kv_blocks_used: int = 0
+    prefix_cache_hit_ratio: float = 0.0
     capabilities: Capabilities = Field(default_factory=Capabilities)
     error: str | None = None
 
@@ -125,6 +133,9 @@ class LoadRequest(BaseModel):
     tp: int = Field(default=1, ge=1, le=1)
     quant: Literal["none"] | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    # Memory for the model's KV cache; unset: the neuron's kv_cache_bytes, else its
+    # kv_cache_fraction of what the device budget has left after the weights.
+    kv_cache_bytes: int | None = Field(default=None, ge=0)
 
 
 class UnloadRequest(BaseModel):

@@ -22,8 +22,33 @@ class EngineStatus:
 
     num_running: int = 0
     num_waiting: int = 0
-    cached_tokens: int = 0  # real tokens in the KV cache (padding not counted)
+    cached_tokens: int = 0  # tokens whose KV the running sequences hold
     oldest_arrival: float | None = None  # monotonic arrival of the first waiting sequence
+    # The paged KV cache: blocks of ``kv_block_size`` token slots, ``kv_blocks_total`` in
+    # all; used ones belong to live sequences, cached ones are free but still hold a prefix
+    # a new prompt may reuse (they are handed out last). ``kv_cache_bytes``: the whole
+    # cache's memory; a block's is ``kv_cache_bytes // kv_blocks_total``.
+    kv_block_size: int = 0
+    kv_blocks_total: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_cached: int = 0
+    kv_cache_bytes: int = 0
+    # Since load, cumulative: prompt tokens looked up in the prefix cache, those found
+    # there (their KV reused, not computed), prompt tokens computed (recomputations after
+    # a preemption included), and sequences preempted for lack of KV blocks.
+    prefix_queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    prefill_tokens: int = 0
+    preemptions: int = 0
+
+    @property
+    def prefix_hit_ratio(self) -> float:
+        """The share of prompt tokens found in the prefix cache (0 before any prompt)."""
+        return (
+            self.prefix_hit_tokens / self.prefix_queried_tokens
+            if self.prefix_queried_tokens
+            else 0.0
+        )
 
 
 class EngineStats:
