@@ -105,3 +105,74 @@ def test_access_keys_from_the_file_flags_and_environment(
     assert result.exit_code == 0, result.output
     assert [c.allowed_paths for c in seen] == [[tmp_path / "a", tmp_path / "b"]] * 2
     assert [c.protect for c in seen] == ["all", "admin"]
+
+
+def test_kv_cache_keys_from_the_file_flags_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = load_neuron_config()
+    assert (default.kv_cache_bytes, default.kv_cache_fraction) == (None, 0.5)
+    assert (default.kv_block_size, default.prefix_caching) == (16, True)
+    file = tmp_path / "neuron.toml"
+    file.write_text(
+        'kv_cache_bytes = "1GiB"\nkv_cache_fraction = 0.25\nkv_block_size = 32\n'
+        "prefix_caching = false\n"
+    )
+    config = load_neuron_config(file)
+    assert (config.kv_cache_bytes, config.kv_cache_fraction) == (1024**3, 0.25)
+    assert (config.kv_block_size, config.prefix_caching) == (32, False)
+
+    seen: list[NeuronConfig] = []
+    monkeypatch.setattr(neuron_cli, "run", lambda config, **_: seen.append(config))
+    flags = ["serve", "--config", str(file), "--kv-cache-bytes", "2GiB", "--kv-block-size", "8"]
+    flags += ["--kv-cache-fraction", "0.75", "--prefix-caching"]
+    result = CliRunner().invoke(neuron_cli.app, flags)
+    assert result.exit_code == 0, result.output
+    env = {
+        "NEURON_KV_CACHE_BYTES": "512MiB",
+        "NEURON_KV_CACHE_FRACTION": "0.9",
+        "NEURON_KV_BLOCK_SIZE": "64",
+        "NEURON_PREFIX_CACHING": "false",
+    }
+    result = CliRunner().invoke(neuron_cli.app, ["serve"], env=env)
+    assert result.exit_code == 0, result.output
+    got = [(c.kv_cache_bytes, c.kv_cache_fraction, c.kv_block_size, c.prefix_caching) for c in seen]
+    assert got == [(2 * 1024**3, 0.75, 8, True), (512 * 1024**2, 0.9, 64, False)]
+
+
+@pytest.mark.parametrize(
+    ("content", "key", "reason"),
+    [
+        ("kv_cache_fraction = 0", "kv_cache_fraction", "greater than 0"),
+        ("kv_cache_fraction = 1.5", "kv_cache_fraction", "less than or equal to 1"),
+        ("kv_block_size = 0", "kv_block_size", "greater than or equal to 1"),
+        ('kv_cache_bytes = "heaps"', "kv_cache_bytes", "not a size"),
+        ('prefix_caching = "sometimes"', "prefix_caching", "boolean"),
+    ],
+)
+def test_bad_kv_cache_keys_name_file_key_and_reason(
+    tmp_path: Path, content: str, key: str, reason: str
+) -> None:
+    file = tmp_path / "neuron.toml"
+    file.write_text(content + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_neuron_config(file)
+    assert f"{file}: {key}: " in info.value.message
+    assert reason in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("flags", "key"),
+    [
+        (["--kv-cache-fraction", "0"], "kv_cache_fraction"),
+        (["--kv-cache-fraction", "1.5"], "kv_cache_fraction"),
+        (["--kv-block-size", "0"], "kv_block_size"),
+    ],
+)
+def test_bad_kv_cache_flags_are_refused_naming_the_key(
+    flags: list[str], key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(neuron_cli, "run", lambda config, **_: pytest.fail("ran"))
+    result = CliRunner().invoke(neuron_cli.app, ["serve", *flags])
+    assert result.exit_code == 2
+    assert f"flags/environment: {key}: " in result.output

@@ -148,6 +148,29 @@ def serve(
             envvar="NEURON_SHUTDOWN_GRACE", help="On SIGTERM, time to finish requests, e.g. 30s"
         ),
     ] = None,
+    kv_cache_bytes: Annotated[
+        str | None,
+        typer.Option(envvar="NEURON_KV_CACHE_BYTES", help="KV cache memory per model, e.g. 2GiB"),
+    ] = None,
+    kv_cache_fraction: Annotated[
+        float | None,
+        typer.Option(
+            envvar="NEURON_KV_CACHE_FRACTION",
+            help="Without --kv-cache-bytes: share of the budget left after the weights [0.5]",
+        ),
+    ] = None,
+    kv_block_size: Annotated[
+        int | None,
+        typer.Option(envvar="NEURON_KV_BLOCK_SIZE", help="Tokens per KV cache block [16]"),
+    ] = None,
+    prefix_caching: Annotated[
+        bool | None,
+        typer.Option(
+            "--prefix-caching/--no-prefix-caching",
+            envvar="NEURON_PREFIX_CACHING",
+            help="Reuse the KV of prompts' shared prefixes [on]",
+        ),
+    ] = None,
     allow_client_chat_template: Annotated[
         bool | None,
         typer.Option(
@@ -183,6 +206,10 @@ def serve(
         "max_queue": max_queue,
         "allow_client_chat_template": allow_client_chat_template,
         "shutdown_grace": shutdown_grace,
+        "kv_cache_bytes": kv_cache_bytes,
+        "kv_cache_fraction": kv_cache_fraction,
+        "kv_block_size": kv_block_size,
+        "prefix_caching": prefix_caching,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
     }
