@@ -94,7 +94,8 @@ def test_gateway_files_with_models_beside_them(tmp_path: Path) -> None:
     (tmp_path / "cortex.toml").write_text(CORTEX_TOML)
     (tmp_path / "models.toml").write_text(
         '[[models]]\nid = "qwen3-8b"\nsource = "Qwen/Qwen3-8B"\nneurons = ["beast"]\n'
-        'memory = "17GiB"\n[aliases]\n"claude-sonnet-4-5" = "qwen3-8b"\n'
+        'memory = "17GiB"\nkv_cache_bytes = "2GiB"\n[[models]]\nid = "other"\n'
+        '[aliases]\n"claude-sonnet-4-5" = "qwen3-8b"\n'
     )
     cortex, models = load_gateway_config(tmp_path / "cortex.toml", None, {"listen": "127.0.0.1:9"})
     assert cortex.gateway.poll_interval == 0.5
@@ -103,6 +104,10 @@ def test_gateway_files_with_models_beside_them(tmp_path: Path) -> None:
     profile = models.profile("qwen3-8b")
     assert profile is not None
     assert profile.memory == 17 * 1024**3
+    assert profile.kv_cache_bytes == 2 * 1024**3
+    other = models.profile("other")
+    assert other is not None
+    assert other.kv_cache_bytes is None  # the neuron's own choice
     assert models.aliases == {"claude-sonnet-4-5": "qwen3-8b"}
 
 
@@ -116,6 +121,8 @@ def test_gateway_files_with_models_beside_them(tmp_path: Path) -> None:
          "models.0.neurons", "ghost"),
         (CORTEX_TOML, '[[models]]\nid = "m"\npriority = "high"\n', "models.toml",
          "models.0.priority", "integer"),
+        (CORTEX_TOML, '[[models]]\nid = "m"\nkv_cache_bytes = "lots"\n', "models.toml",
+         "models.0.kv_cache_bytes", "not a size"),
     ],
 )  # fmt: skip
 def test_bad_gateway_files_name_file_key_and_reason(

@@ -33,6 +33,7 @@ class FakeNeurons:
         self.loading: dict[str, int] = {}  # model → loads running right now, fleet-wide
         self.max_parallel_loads: dict[str, int] = {}
         self.loads: list[tuple[str, str]] = []
+        self.kv_cache_bytes: list[int | None] = []  # what each load asked for, in order
         self.unloads: list[tuple[str, str]] = []
         self.over_budget: list[str] = []
         self.random = random.Random(seed)
@@ -62,9 +63,16 @@ class FakeNeurons:
         return []
 
     async def load(
-        self, node: NodeState, model: str, source: str, progress: ProgressCallback | None = None
+        self,
+        node: NodeState,
+        model: str,
+        source: str,
+        progress: ProgressCallback | None = None,
+        *,
+        kv_cache_bytes: int | None = None,
     ) -> ModelRecord:
         fake = self._reach(node)
+        self.kv_cache_bytes.append(kv_cache_bytes)
         if model not in self.sizes:
             raise SourceNotFound(f"no source {source}")
         self.loading[model] = self.loading.get(model, 0) + 1

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cortex import sse
 from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
 from cortex.errors import CortexError, NeuronUnavailable, NoCapacity
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.inflight import InFlight
 from cortex.gateway.metrics import GatewayMetrics
-from cortex.gateway.state import ModelState
+from cortex.gateway.neurons import NeuronClient
+from cortex.gateway.state import ModelState, NodeState
 from cortex.protocol.fleet import FleetProgress
+from cortex.protocol.lifecycle import ModelRecord
 from tests.gateway.fakes import FakeNeurons
 
 SIZES = {"m0": 300, "m1": 300, "m2": 400, "m3": 200, "big": 5000}
@@ -137,9 +142,11 @@ class DyingNeurons(FakeNeurons):
         self.stay_up = stay_up
         self.failed: list[str] = []
 
-    async def load(self, node: Any, model: str, source: str, progress: Any = None) -> Any:
+    async def load(
+        self, node: Any, model: str, source: str, progress: Any = None, **kwargs: Any
+    ) -> Any:
         if node.name not in self.dying:
-            return await super().load(node, model, source, progress)
+            return await super().load(node, model, source, progress, **kwargs)
         await asyncio.sleep(0.05)
         self.failed.append(node.name)
         self.nodes[node.name].up = self.stay_up
@@ -299,3 +306,44 @@ async def _until(condition: Any, timeout: float = 5.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+async def test_a_profiles_kv_cache_bytes_goes_with_its_loads() -> None:
+    fakes = FakeNeurons({"a": 1000}, SIZES)
+    profiles = [ModelProfile(id="m0", kv_cache_bytes=64), ModelProfile(id="m3")]
+    fleet = _fleet(fakes, profiles)
+
+    async def work() -> None:
+        await fleet.ensure("m0", lease=False)
+        await fleet.ensure("m3", lease=False)
+
+    await _with_fleet(fleet, work)
+    assert fakes.loads == [("a", "m0"), ("a", "m3")]
+    assert fakes.kv_cache_bytes == [64, None]
+
+
+@pytest.mark.parametrize("kv_cache_bytes", [None, 2 * 1024**3])
+async def test_the_load_body_names_kv_cache_bytes_only_when_set(
+    kv_cache_bytes: int | None,
+) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        record = ModelRecord(id="m0", state="ready", source="org/m0")
+        content = sse.frame(record.model_dump_json().encode(), "record")
+        return httpx.Response(200, content=content, headers={"content-type": "text/event-stream"})
+
+    client = NeuronClient(poll_timeout=1, load_timeout=1)
+    await client.aclose()
+    client._http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    try:
+        node = NodeState("a", "http://a:1")
+        record = await client.load(node, "m0", "org/m0", kv_cache_bytes=kv_cache_bytes)
+    finally:
+        await client.aclose()
+    assert record.id == "m0"
+    expected: dict[str, Any] = {"model": "m0", "source": "org/m0"}
+    if kv_cache_bytes is not None:
+        expected["kv_cache_bytes"] = kv_cache_bytes
+    assert bodies == [expected]

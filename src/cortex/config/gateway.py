@@ -161,6 +161,9 @@ class ModelProfile(BaseModel):
     quant: str | None = None
     tp: int = Field(default=1, ge=1)
     memory: Size | None = None  # estimate used for placement before the neuron knows better
+    # Memory for its KV cache, sent with each load; unset: the neuron's own choice
+    # (its kv_cache_bytes, else kv_cache_fraction of what is left after the weights).
+    kv_cache_bytes: Size | None = None
 
     @property
     def load_source(self) -> str:

@@ -78,17 +78,30 @@ class NeuronClient:
         return int(data.get("freed_bytes", 0))
 
     async def load(
-        self, node: NodeState, model: str, source: str, progress: ProgressCallback | None = None
+        self,
+        node: NodeState,
+        model: str,
+        source: str,
+        progress: ProgressCallback | None = None,
+        *,
+        kv_cache_bytes: int | None = None,
     ) -> ModelRecord:
-        """Load and wait until ready, relaying the neuron's progress events."""
+        """Load and wait until ready, relaying the neuron's progress events.
+
+        ``kv_cache_bytes`` (the profile's) goes in the body only when set: unset, the
+        neuron sizes the model's KV cache itself.
+        """
         headers = {**self._auth(node), "Accept": "text/event-stream"}
+        body: dict[str, Any] = {"model": model, "source": source}
+        if kv_cache_bytes is not None:
+            body["kv_cache_bytes"] = kv_cache_bytes
         url = f"{node.endpoint}/models/load"
         timeout = httpx.Timeout(self._load_timeout, connect=5.0)
         try:
             async with self._http.stream(
                 "POST",
                 url,
-                json={"model": model, "source": source},
+                json=body,
                 headers=headers,
                 timeout=timeout,
             ) as response:
