@@ -21,8 +21,10 @@ from cortex.errors import (
 )
 from cortex.neuron import loader
 from cortex.neuron.devices import discover
+from cortex.neuron.engine.stats import EngineStatus
+from cortex.neuron.loaded import LoadedModel
 from cortex.neuron.models import ModelRegistry
-from cortex.protocol.lifecycle import LoadRequest
+from cortex.protocol.lifecycle import LoadRequest, ModelRecord
 
 
 @pytest.fixture
@@ -182,3 +184,39 @@ async def test_folders_outside_the_places_are_not_read(tiny_model: Path, tmp_pat
     with pytest.raises(SourceNotFound):
         await registry.tokenizer_for("out")
     await registry.aclose()
+
+
+class _FiguresOnly:
+    """A harness reduced to the figures the registry's views read, as the test sets them."""
+
+    def __init__(self, status: EngineStatus) -> None:
+        self.status = status
+        self.num_running = status.num_running
+        self.num_waiting = status.num_waiting
+        self.cached_tokens = status.cached_tokens
+
+    def queue_wait(self) -> float:
+        return 0.0
+
+
+def test_records_and_metrics_carry_the_kv_cache_figures() -> None:
+    registry = _registry()
+    status = EngineStatus(
+        num_running=1, cached_tokens=20, kv_block_size=16, kv_blocks_total=64, kv_blocks_used=5,
+        kv_blocks_cached=9, kv_cache_bytes=1 << 20, prefix_queried_tokens=80,
+        prefix_hit_tokens=60, prefill_tokens=20, preemptions=2,
+    )  # fmt: skip
+    record = ModelRecord(id="m", state="ready", source="s", memory_bytes=2 << 20)
+    harness: Any = _FiguresOnly(status)
+    weights: Any = None
+    registry._records["m"] = record
+    registry._ready["m"] = LoadedModel(record, registry.devices[0], weights, harness)
+
+    got = registry.record("m")
+    assert (got.kv_cache_bytes, got.kv_block_size) == (1 << 20, 16)
+    assert (got.kv_blocks_total, got.kv_blocks_used) == (64, 5)
+    assert got.prefix_cache_hit_ratio == 0.75
+    assert record.kv_blocks_total == 0  # the stored record is left as it was
+    text = registry.metrics.render().decode()
+    assert 'cortex_neuron_kv_blocks{model="m",state="free"} 50.0' in text
+    assert 'cortex_neuron_preemptions_total{model="m"} 2.0' in text

@@ -3,24 +3,25 @@
 Names are ``cortex_neuron_…``, labelled by ``model``: lifecycle (loads, unloads),
 what the engine did (tokens, requests by finish reason, latency histograms: TTFT,
 inter-token, queue time, end to end) and what it holds now (running and waiting
-sequences, the oldest wait, KV cache use — read at scrape time from the plain figures
-each engine's worker publishes after every step, so a scrape never waits for a device).
-Kept per app instance so tests can run several.
+sequences, the oldest wait, the paged KV cache's blocks and memory, the prefix cache's
+hits, preemptions — read at scrape time from the plain figures each engine's worker
+publishes after every step, so a scrape never waits for a device). Kept per app instance
+so tests can run several.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from cortex.neuron.engine.sequence import Sequence
-from cortex.neuron.engine.stats import EngineStats
+from cortex.neuron.engine.stats import EngineStats, EngineStatus
 
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -30,13 +31,40 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 @dataclass(slots=True, frozen=True)
 class LiveFigures:
-    """What one model holds right now."""
+    """What one model holds right now; ``status`` (as of the engine's last step) carries
+    its KV cache's figures and the cumulative prefix-cache and preemption counts."""
 
     model: str
     running: int
     waiting: int
     oldest_wait: float
     cached_tokens: int
+    status: EngineStatus = field(default_factory=EngineStatus)
+
+
+# Counters read from the engine's cumulative figures: (name without _total, help, field).
+_COUNTERS = (
+    (
+        "cortex_neuron_prefix_cache_queried_tokens",
+        "Prompt tokens looked up in the prefix cache",
+        "prefix_queried_tokens",
+    ),
+    (
+        "cortex_neuron_prefix_cache_hit_tokens",
+        "Prompt tokens found in the prefix cache (their KV reused, not computed)",
+        "prefix_hit_tokens",
+    ),
+    (
+        "cortex_neuron_prefill_tokens",
+        "Prompt tokens computed (recomputations after preemption included)",
+        "prefill_tokens",
+    ),
+    (
+        "cortex_neuron_preemptions",
+        "Sequences preempted for lack of KV cache blocks",
+        "preemptions",
+    ),
+)
 
 
 class _Live(Collector):
@@ -44,6 +72,12 @@ class _Live(Collector):
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
+        live = list(self._read())
+        yield from self._gauges(live)
+        yield from self._kv(live)
+
+    @staticmethod
+    def _gauges(live: list[LiveFigures]) -> Iterator[Metric]:
         families = {
             "running": GaugeMetricFamily(
                 "cortex_neuron_requests_running", "Sequences in the batch", labels=["model"]
@@ -60,10 +94,46 @@ class _Live(Collector):
                 "cortex_neuron_kv_cache_tokens", "Tokens held in the KV cache", labels=["model"]
             ),
         }
-        for figures in self._read():
+        for figures in live:
             for key, family in families.items():
                 family.add_metric([figures.model], float(getattr(figures, key)))
         yield from families.values()
+
+    @staticmethod
+    def _kv(live: list[LiveFigures]) -> Iterator[Metric]:
+        blocks = GaugeMetricFamily(
+            "cortex_neuron_kv_blocks",
+            "KV cache blocks: used by live sequences, cached (free, holding a reusable "
+            "prefix), free",
+            labels=["model", "state"],
+        )
+        memory = GaugeMetricFamily(
+            "cortex_neuron_kv_cache_bytes", "Memory of the KV cache", labels=["model"]
+        )
+        block_size = GaugeMetricFamily(
+            "cortex_neuron_kv_block_size_tokens", "Tokens per KV cache block", labels=["model"]
+        )
+        ratio = GaugeMetricFamily(
+            "cortex_neuron_prefix_cache_hit_ratio",
+            "Share of prompt tokens found in the prefix cache since load",
+            labels=["model"],
+        )
+        counters = [
+            (CounterMetricFamily(name, doc, labels=["model"]), key) for name, doc, key in _COUNTERS
+        ]
+        for figures in live:
+            s, model = figures.status, figures.model
+            free = max(0, s.kv_blocks_total - s.kv_blocks_used - s.kv_blocks_cached)
+            for state, count in (("used", s.kv_blocks_used), ("cached", s.kv_blocks_cached)):
+                blocks.add_metric([model, state], float(count))
+            blocks.add_metric([model, "free"], float(free))
+            memory.add_metric([model], float(s.kv_cache_bytes))
+            block_size.add_metric([model], float(s.kv_block_size))
+            ratio.add_metric([model], s.prefix_hit_ratio)
+            for family, key in counters:
+                family.add_metric([model], float(getattr(s, key)))
+        yield from (blocks, memory, block_size, ratio)
+        yield from (family for family, _ in counters)
 
 
 class NeuronMetrics:

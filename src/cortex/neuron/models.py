@@ -320,6 +320,7 @@ class ModelRegistry:
                 waiting=m.harness.num_waiting,
                 oldest_wait=m.harness.queue_wait(),
                 cached_tokens=m.harness.cached_tokens,
+                status=m.harness.status,
             )
             for model_id, m in list(self._ready.items())
         ]
@@ -364,7 +365,17 @@ class ModelRegistry:
         harness = loaded.harness
         queued = harness.num_waiting
         in_flight = max(loaded.active - queued, harness.num_running)
-        update = {"in_flight": in_flight, "queued": queued, "queue_wait": harness.queue_wait()}
+        status = harness.status
+        update = {
+            "in_flight": in_flight,
+            "queued": queued,
+            "queue_wait": harness.queue_wait(),
+            "kv_cache_bytes": status.kv_cache_bytes,
+            "kv_block_size": status.kv_block_size,
+            "kv_blocks_total": status.kv_blocks_total,
+            "kv_blocks_used": status.kv_blocks_used,
+            "prefix_cache_hit_ratio": status.prefix_hit_ratio,
+        }
         return record.model_copy(update=update)
 
     def _used(self, device: Device) -> int:

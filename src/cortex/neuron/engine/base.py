@@ -16,18 +16,21 @@ A ``Harness`` owns one loaded model's generation. Contract:
 * ``aclose()`` on the harness cancels every sequence, returns once the worker has
   let them all go, and leaves the worker.
 * The status figures (``num_running``, ``num_waiting``, ``queue_wait``,
-  ``cached_tokens``) are cheap to read on the event loop: plain numbers the worker
-  published at its last step (plus what was submitted since), never a device sync.
+  ``cached_tokens``, ``status``) are cheap to read on the event loop: plain numbers the
+  worker published at its last step (plus what was submitted since), never a device sync.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cortex.neuron.wire.events import InferenceEvent
 from cortex.neuron.wire.output import OutputProcessor
+
+if TYPE_CHECKING:  # stats imports sequence, which imports this module
+    from cortex.neuron.engine.stats import EngineStatus
 
 # Below this a temperature is greedy: the limit of sampling as the temperature falls to 0,
 # reached without dividing logits by a number so small that they overflow (1e-320 → inf).
@@ -110,6 +113,12 @@ class Harness(Protocol):
     @property
     def cached_tokens(self) -> int:
         """Tokens held in the KV cache."""
+        ...
+
+    @property
+    def status(self) -> EngineStatus:
+        """The engine's figures as of its worker's last step (the paged KV cache's blocks,
+        the prefix cache's hits, preemptions); submissions since are not counted."""
         ...
 
     @property
