@@ -60,6 +60,11 @@ FLEET: dict[str, Any] = {
                     "last_used_at": NOW - 12,
                     "in_flight": 2,
                     "queued": 1,
+                    "kv_cache_bytes": 256 * MiB,
+                    "kv_block_size": 16,
+                    "kv_blocks_total": 512,
+                    "kv_blocks_used": 12,
+                    "prefix_cache_hit_ratio": 0.753,
                     "capabilities": {
                         "tools": True,
                         "reasoning": True,
@@ -257,20 +262,26 @@ def test_status_rendering_shows_nodes_memory_and_models() -> None:
         "2",
         "1",
         "1.0 GiB",
+        "12/512",
         "12s ago",
         "yes",
         "5",
     ]
     # The formats the neuron found, under the model's name; none for a model without them.
-    assert "tools: hermes · reasoning: think" in lines[lines.index(row(text, "qwen-7b")) + 1]
+    # Under the KV blocks in use, the prefix cache's hit ratio.
+    below_qwen = [c.strip() for c in lines[lines.index(row(text, "qwen-7b")) + 1].split("│")]
+    assert below_qwen[1] == "tools: hermes · reasoning: think"
+    assert below_qwen[7] == "hit 75%"
     tiny_at = lines.index(row(text, "tiny"))
     assert "tools:" not in lines[tiny_at + 1]
     tiny = [c.strip() for c in row(text, "tiny").split("│")[1:-1]]
     assert tiny[2] == "ready"
-    assert tiny[6] == "never"
-    assert tiny[7] == ""
+    assert tiny[6] == "—"  # no paged KV cache reported: no blocks, no hit ratio
+    assert tiny[7] == "never"
+    assert tiny[8] == ""
+    assert "hit" not in lines[tiny_at + 1]
     llama = [c.strip() for c in row(text, "llama-8b").split("│")[1:-1]]
-    assert llama[2:6] == ["loading", "0", "0", "—"]
+    assert llama[2:7] == ["loading", "0", "0", "—", "—"]
     assert "Loads in progress" in text
     assert "4s ago" in text.split("Loads in progress")[1]
     assert "eviction strategy: lru" in text

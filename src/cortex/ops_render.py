@@ -114,8 +114,8 @@ def render_loaded(view: FleetView, now: float) -> RenderableType:
         return Text("No models loaded.", style="dim")
     catalogue = {entry.id: entry for entry in view.models}
     # Short headers: at 80 columns the names must fit whole; "Last used" folds instead.
-    numeric = ("Running", "Waiting", "Memory", "Prio")
-    columns = ("Model", "Node", "State", *numeric[:3], "Last used", "Pin", "Prio")
+    numeric = ("Running", "Waiting", "Memory", "KV", "Prio")
+    columns = ("Model", "Node", "State", *numeric[:4], "Last used", "Pin", "Prio")
     table = _table("Models", *columns, right=numeric, whole=("Model", "Node", "State"))
     for record, node_name in rows:
         entry = catalogue.get(record.id)
@@ -125,9 +125,20 @@ def render_loaded(view: FleetView, now: float) -> RenderableType:
         figures = (record.in_flight, record.queued, human_bytes(record.memory_bytes or None))
         pinned = ("yes" if entry.pinned else "", entry.priority) if entry else ("", "")
         last_used = ago(record.last_used_at, now)
-        cells = map(Text, map(str, (*figures, last_used, *pinned)))
+        cells = [*map(Text, map(str, figures)), kv_text(record)]
+        cells += map(Text, map(str, (last_used, *pinned)))
         table.add_row(model_text(record), Text(node_name), state, *cells)
     return table
+
+
+def kv_text(record: ModelRecord) -> Text:
+    """``12/512`` KV cache blocks in use, and under it the prefix cache's hit ratio
+    (``hit 75%``); ``—`` for a model without a paged cache (yet)."""
+    if record.kv_blocks_total <= 0:
+        return Text("—")
+    text = Text(f"{record.kv_blocks_used}/{record.kv_blocks_total}")
+    text.append(f"\nhit {record.prefix_cache_hit_ratio:.0%}", style="dim")
+    return text
 
 
 def model_text(record: ModelRecord) -> Text:

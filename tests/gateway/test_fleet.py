@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 from cortex import sse
 from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
 from cortex.errors import CortexError, NeuronUnavailable, NoCapacity
+from cortex.gateway.catalogue import fleet_view
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.inflight import InFlight
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
 from cortex.gateway.state import ModelState, NodeState
-from cortex.protocol.fleet import FleetProgress
+from cortex.protocol.fleet import FleetProgress, FleetView
 from cortex.protocol.lifecycle import ModelRecord
 from tests.gateway.fakes import FakeNeurons
 
@@ -347,3 +348,23 @@ async def test_the_load_body_names_kv_cache_bytes_only_when_set(
     if kv_cache_bytes is not None:
         expected["kv_cache_bytes"] = kv_cache_bytes
     assert bodies == [expected]
+
+
+async def test_the_neurons_kv_figures_reach_the_fleet_view() -> None:
+    fakes = FakeNeurons({"a": 1000}, SIZES)
+    fleet = _fleet(fakes, [ModelProfile(id="m0")])
+    kv = {
+        "kv_cache_bytes": 96, "kv_block_size": 16, "kv_blocks_total": 64,
+        "kv_blocks_used": 5, "prefix_cache_hit_ratio": 0.75,
+    }  # fmt: skip
+
+    async def work() -> FleetView:
+        await fleet.ensure("m0", lease=False)
+        models = fakes.nodes["a"].models
+        models["m0"] = models["m0"].model_copy(update=kv)  # the neuron's next /node says so
+        await _until(lambda: fleet.snapshot.nodes["a"].record("m0").kv_blocks_total == 64)  # type: ignore[union-attr]
+        return FleetView.model_validate_json(fleet_view(fleet.snapshot).model_dump_json())
+
+    view = await _with_fleet(fleet, work)
+    (record,) = view.nodes[0].models
+    assert {key: getattr(record, key) for key in kv} == kv
