@@ -26,9 +26,9 @@ streams) until ``--min-seconds`` have passed. The streaming clients run in this 
 a small machine they take some CPU from the neuron (the TTFT line says how much). Each line
 gives the neuron's figure, the peers' figures from the same run and the ratios (neuron / peer).
 
-    .venv/bin/python bench/engine.py [--model PATH] [--n 1,4,16,32] [--tokens 64]
-        [--trained] [--cpu-threads N] [--neuron-threads N] [--min-seconds 3] [--timeout 300]
-        [--gpu] [--quick]
+    .venv/bin/python bench/engine.py [--model PATH | --trained | --shape tiny|0.44b]
+        [--n 1,4,16,32] [--tokens 64] [--cpu-threads N] [--neuron-threads N]
+        [--min-seconds 3] [--timeout 300] [--gpu] [--gpu-only] [--quick]
 
 The default model is the tiny local Qwen3 (``cortex.testing.cached_model(trained=False)``),
 float32 on the CPU; it writes only newlines, which the neuron streams once text follows, so
@@ -36,8 +36,38 @@ its TTFT is the whole stream's. ``--trained`` takes the trained tiny model inste
 shape, it writes a sentence first, so TTFT is the first token's (and the clients, parsing a
 chunk a token, take more of a small machine's CPU). ``--quick`` measures N=1,16 with 16
 tokens, 1 s a figure. ``--gpu`` then repeats everything on one CUDA GPU with a randomly
-initialised Qwen3-0.6B-shaped model (bfloat16, the tiny tokenizer) built into a temp folder;
-without CUDA it says so and skips.
+initialised Qwen3-0.6B-shaped model (bfloat16, the tiny tokenizer, so 0.44B parameters: the
+``--shape 0.44b`` model) built into a temp folder; without CUDA it says so and skips.
+``--gpu-only`` skips the CPU suite (and implies ``--gpu``).
+
+``--shape 0.44b`` replaces the tiny model of the CPU suite by that random 0.44B Qwen3 (hidden
+1024, 28 layers, 16 heads of 128, 8 key/value heads, intermediate 3072, 65,536 positions, the
+tiny tokenizer and chat template), float32, built into a temp folder; ``--shape tiny`` (the
+default) keeps the tiny model, whose context is 65,536 tokens too.
+
+Issue 14's figures, each its own mode; either or both replace the N figures above (the
+modules named say exactly what is measured and how):
+
+    .venv/bin/python bench/engine.py --prefix [--prefix-rounds 3] [--shape tiny|0.44b]
+    .venv/bin/python bench/engine.py --mixed [--mixed-tokens 64] [--shape tiny|0.44b]
+    .venv/bin/python bench/engine.py --prefix --mixed --shape 0.44b --gpu-only
+
+- ``--prefix`` (``bench/engine_prefix.py``): an agent's conversation, a 12,000 ± 500-token
+  first turn, then a second turn with the reply and ~100 new tokens, against a neuron with
+  its prefix cache and one started with ``--no-prefix-caching``. TTFT of turn 2 (a one-token
+  stream: to the first chunk after the role chunk), median of ``--prefix-rounds``:
+  ``prefix TTFT turn 2 (12,0xx-token prompt, +1xx new): cached X s vs uncached Y s, ratio
+  X/Y (goal <= 0.10)``, then each neuron's prefix-cache counters from ``/metrics``.
+- ``--mixed`` (``bench/engine_mixed.py``): one 12k-token prompt decoding among 15 short ones,
+  16 streams together: aggregate tok/s against transformers' padded static batch over the
+  same prompts, and the KV memory the neuron holds (from ``/node``) against the real tokens'
+  (goal: at most 1.2 times) and today's padded cache.
+
+For smoke runs, ``--prefix-tokens N`` sizes the long prompt of both modes, and
+``--prefix-new-tokens N`` and ``--mixed-short N`` the rest (not in ``--help``), e.g.
+``bench/engine.py --prefix --mixed --prefix-tokens 2000 --prefix-rounds 2 --mixed-tokens 8``.
+On a small CPU the 0.44B shape's 12k-token prefill takes minutes (raise ``--timeout``); its
+figures are meant for ``--gpu-only``.
 The neuron is stopped at the end, also on errors, Ctrl-C and SIGTERM (and, on Linux, when
 this process is killed outright).
 """
@@ -46,187 +76,47 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
+import json
 import math
-import os
-import platform
 import resource
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import httpx
 import openai
 import torch
 import transformers
 from openai import AsyncOpenAI
+from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cortex.neuron.cli import default_cpu_threads as neuron_default_threads
 from cortex.neuron.cli import usable_cores
-from engine_peers import MESSAGES, WARMUP_TOKENS, PeerError, Peers, build_gpu_model
+from engine_mixed import MIXED_SHORT, MIXED_TOKENS, run_mixed
+from engine_neuron import (
+    MODEL_ID,
+    STREAM_OPTIONS,
+    BenchError,
+    NeuronProcess,
+    Suite,
+    device_name,
+    progress,
+)
+from engine_peers import MESSAGES, WARMUP_TOKENS, PeerError, Peers, build_shaped_model
+from engine_prefix import LONG_TOKENS, NEW_TOKENS, PREFIX_ROUNDS, ModeOptions, run_prefix
 
-MODEL_ID = "bench"
 DEFAULT_N = "1,4,16,32"
 DEFAULT_TOKENS = 64
 QUICK_N = "1,16"
 QUICK_TOKENS = 16
 DEFAULT_SECONDS = 3.0  # each figure repeats its unit at least this long
 QUICK_SECONDS = 1.0
-# continuous_usage_stats (vLLM's) puts the usage so far in every chunk: it tells whether the
-# first text came with the first token or was held back.
-STREAM_OPTIONS: Any = {"include_usage": True, "continuous_usage_stats": True}
-
-
-class BenchError(RuntimeError):
-    """A benchmark step failed; the message says which and why."""
-
-
-def progress(message: str) -> None:
-    print(f"  … {message}", file=sys.stderr, flush=True)
-
-
-# --- the neuron process ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child: Linux sends it SIGTERM if the benchmark dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class NeuronProcess:
-    """``neuron serve`` with the model preloaded as ``bench``; stopped when the block exits."""
-
-    def __init__(
-        self,
-        model: Path,
-        *,
-        threads: int | None,
-        dtype: str,
-        cuda: bool,
-        log: Path,
-        timeout: float,
-    ) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.device = "cuda" if cuda else "cpu"
-        self.dtype = dtype
-        self.log_path = log
-        self.timeout = timeout
-        self.command = [
-            sys.executable, "-m", "cortex.neuron", "serve",
-            "--listen", f"127.0.0.1:{port}",
-            "--preload", f"{MODEL_ID}={model}", "--allowed-path", str(model),
-            "--dtype", dtype,
-            "--log-level", "warning",
-        ]  # fmt: skip
-        if threads is not None:
-            self.command += ["--cpu-threads", str(threads)]
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        if cuda:
-            # The one GPU the peers use (cuda:0), even where the neuron could use more.
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-            self.env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0] if visible else "0"
-        else:
-            self.env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU run stays on the CPU
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> NeuronProcess:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        try:
-            self._wait_ready(self.timeout)
-        except BaseException:
-            self.__exit__(*sys.exc_info())
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Read the log before stopping: what the neuron writes as it stops would bury the cause.
-        tail = self.log_tail()
-        exited = self.process.poll() if self.process is not None else None
-        self.stop()
-        if exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
-            if exited is not None:
-                print(f"the neuron had exited with status {exited}", file=sys.stderr)
-            print(f"neuron log, last lines before it was stopped:\n{tail}", file=sys.stderr)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within 15 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _wait_ready(self, timeout: float) -> None:
-        """Until the preloaded model is ready on the expected device and dtype."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        answered_without_it: float | None = None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"the neuron exited with status {self.process.returncode}")
-            listening, record = self._record()
-            if listening and record is None:
-                # The preload registers its record as it starts; none for a while: it failed.
-                answered_without_it = answered_without_it or time.monotonic()
-                if time.monotonic() - answered_without_it > 10:
-                    raise BenchError(f"the neuron lists no model {MODEL_ID!r}: its preload failed")
-            if record is not None and record["state"] == "failed":
-                raise BenchError(f"the neuron could not load the model: {record.get('error')}")
-            if record is not None and record["state"] == "ready":
-                devices = record.get("devices") or []
-                if not devices or not all(d.startswith(self.device) for d in devices):
-                    raise BenchError(f"the neuron put the model on {devices}, not {self.device}")
-                if record.get("dtype") != self.dtype:
-                    raise BenchError(f"the neuron loaded {record.get('dtype')}, not {self.dtype}")
-                return
-            time.sleep(0.2)
-        raise BenchError(f"the neuron did not have the model ready within {timeout:g} s")
-
-    def _record(self) -> tuple[bool, dict[str, Any] | None]:
-        """(whether the neuron answered, its record of the benchmark's model)."""
-        try:
-            loaded = httpx.get(f"{self.url}/models", timeout=2.0).json()["loaded"]
-        except (httpx.TransportError, ValueError, KeyError, TypeError):
-            return False, None  # not listening yet
-        return True, next((r for r in loaded if r.get("id") == MODEL_ID), None)
 
 
 # --- the neuron's streaming clients ----------------------------------------------------
@@ -373,15 +263,6 @@ def ttft_line(n: int, figures: NeuronFigures) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Suite:
-    """What one suite measures, and where."""
-
-    model: Path
-    device: torch.device
-    dtype: str  # as the neuron's --dtype spells it
-
-
-@dataclass(frozen=True, slots=True)
 class Plan:
     """How every suite measures."""
 
@@ -391,16 +272,6 @@ class Plan:
     neuron_threads: int | None  # None: the neuron's default
     min_seconds: float
     timeout: float
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    with contextlib.suppress(OSError):
-        for row in Path("/proc/cpuinfo").read_text().splitlines():
-            if row.startswith("model name"):
-                return f"cpu ({row.split(':', 1)[1].strip()}, {os.cpu_count()} cores)"
-    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
 
 def run_suite(suite: Suite, plan: Plan) -> None:
@@ -478,13 +349,19 @@ def _counts(text: str) -> list[int]:
     return ns
 
 
-def _plan() -> tuple[argparse.Namespace, Plan]:
+def _plan() -> tuple[argparse.Namespace, Plan, ModeOptions]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a Hugging Face model folder (default: tiny)")
     parser.add_argument(
         "--trained",
         action="store_true",
         help="the trained tiny model: it writes text, so TTFT is the first token's",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=("tiny", "0.44b"),
+        default="tiny",
+        help="the CPU suite's model: tiny, or a random Qwen3 of 0.44B params [tiny]",
     )
     parser.add_argument("--n", type=_counts, help=f"concurrent requests [{DEFAULT_N}]")
     parser.add_argument("--tokens", type=int, help=f"tokens per request [{DEFAULT_TOKENS}]")
@@ -498,12 +375,36 @@ def _plan() -> tuple[argparse.Namespace, Plan]:
         help=f"measure each figure at least this long [{DEFAULT_SECONDS:g}]",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per step [300]")
-    parser.add_argument("--gpu", action="store_true", help="also a 0.6B-shaped model on CUDA")
+    parser.add_argument("--gpu", action="store_true", help="also a 0.44B-param model on CUDA")
+    parser.add_argument("--gpu-only", action="store_true", help="--gpu without the CPU suite")
     parser.add_argument(
         "--quick",
         action="store_true",
         help=f"N={QUICK_N}, {QUICK_TOKENS} tokens, {QUICK_SECONDS:g} s a figure",
     )
+    parser.add_argument(
+        "--prefix", action="store_true", help="TTFT of turn 2 with the prefix cache and without"
+    )
+    parser.add_argument(
+        "--prefix-rounds",
+        type=int,
+        default=PREFIX_ROUNDS,
+        help=f"turn-2 measurements per neuron [{PREFIX_ROUNDS}]",
+    )
+    parser.add_argument(
+        "--mixed", action="store_true", help="a long prompt among short ones: tok/s and KV held"
+    )
+    parser.add_argument(
+        "--mixed-tokens",
+        type=int,
+        default=MIXED_TOKENS,
+        help=f"tokens per sequence in --mixed [{MIXED_TOKENS}]",
+    )
+    # For smoke runs: the long prompt of both modes, turn 2's new message, --mixed's shorts.
+    hidden = argparse.SUPPRESS
+    parser.add_argument("--prefix-tokens", type=int, default=LONG_TOKENS, help=hidden)
+    parser.add_argument("--prefix-new-tokens", type=int, default=NEW_TOKENS, help=hidden)
+    parser.add_argument("--mixed-short", type=int, default=MIXED_SHORT, help=hidden)
     args = parser.parse_args()
 
     def pick(given: Any, quick: Any, default: Any) -> Any:
@@ -519,37 +420,102 @@ def _plan() -> tuple[argparse.Namespace, Plan]:
         min_seconds=pick(args.min_seconds, QUICK_SECONDS, DEFAULT_SECONDS),
         timeout=args.timeout,
     )
+    modes = ModeOptions(
+        long_tokens=args.prefix_tokens,
+        new_tokens=args.prefix_new_tokens,
+        rounds=args.prefix_rounds,
+        short=args.mixed_short,
+        mixed_tokens=args.mixed_tokens,
+        threads=args.cpu_threads,
+        neuron_threads=args.neuron_threads,
+        timeout=args.timeout,
+    )
     if plan.neuron_threads is not None and plan.neuron_threads < 1:
         parser.error("--neuron-threads must be positive")
     if plan.tokens < 1 or plan.threads < 1 or plan.timeout <= 0 or plan.min_seconds <= 0:
         parser.error("--tokens, --cpu-threads, --min-seconds and --timeout must be positive")
-    return args, plan
+    if min(modes.long_tokens, modes.new_tokens, modes.rounds, modes.short) < 1:
+        parser.error("--prefix-tokens, --prefix-new-tokens, --prefix-rounds, --mixed-short >= 1")
+    if modes.mixed_tokens < 1:
+        parser.error("--mixed-tokens must be positive")
+    if args.shape != "tiny" and (args.model or args.trained):
+        parser.error("--shape 0.44b builds its own model: not with --model or --trained")
+    args.gpu = args.gpu or args.gpu_only
+    return args, plan, modes
+
+
+def run_modes(suite: Suite, args: argparse.Namespace, modes: ModeOptions) -> None:
+    """--prefix and/or --mixed on one suite, after a header line."""
+    config = json.loads((suite.model / "config.json").read_text())
+    context = config.get("max_position_embeddings") or 0
+    need = modes.long_tokens + LONG_TOKENS // 20 + max(modes.new_tokens, modes.mixed_tokens) * 2
+    if context < need:
+        raise BenchError(f"{suite.model.name}: a context of {context} tokens, {need} needed")
+    names = [flag for flag, on in (("--prefix", args.prefix), ("--mixed", args.mixed)) if on]
+    print(
+        f"engine bench {' '.join(names)}: model {suite.model.name} "
+        f"({parameter_count(suite.model) / 1e6:,.1f}M params, {suite.dtype}, context "
+        f"{context:,}) on {device_name(suite.device)}, neuron threads "
+        f"{modes.neuron_threads or 'its default, ' + str(neuron_default_threads())}"
+        f"{f', peers {modes.threads} threads' if args.mixed else ''}; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}",
+        flush=True,
+    )
+    if args.prefix:
+        run_prefix(suite, modes)
+    if args.mixed:
+        run_mixed(suite, modes)
+
+
+def parameter_count(model: Path) -> int:
+    total = 0
+    for weights in model.glob("*.safetensors"):
+        with safe_open(weights, "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                total += math.prod(handle.get_slice(key).get_shape())
+    return total
 
 
 def main() -> None:
-    args, plan = _plan()
+    args, plan, modes = _plan()
     # SIGTERM unwinds like Ctrl-C (which asyncio.run turns into a clean cancellation), so the
     # neuron is stopped on the way out; SIGINT too where the shell started this ignoring it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     transformers.utils.logging.disable_progress_bar()
     started = time.monotonic()
+
+    def run(suite: Suite) -> None:
+        if args.prefix or args.mixed:
+            run_modes(suite, args, modes)
+        else:
+            run_suite(suite, plan)
+
     try:
         from cortex.testing import cached_model
 
-        model = args.model or cached_model(trained=args.trained)
-        if not (model / "config.json").is_file():
-            raise BenchError(f"{model} is not a Hugging Face model folder (no config.json)")
-        run_suite(Suite(model.resolve(), torch.device("cpu"), "float32"), plan)
+        tiny = cached_model(trained=False)
+        if not args.gpu_only:
+            with tempfile.TemporaryDirectory(prefix="engine-bench-cpu-") as tmp:
+                if args.shape == "0.44b":
+                    progress("building a random 0.44B Qwen3 (float32) on cpu")
+                    cpu = torch.device("cpu")
+                    path = Path(tmp) / "qwen3-0.44b-random"
+                    model = build_shaped_model(tiny, path, cpu, torch.float32)
+                else:
+                    model = args.model or cached_model(trained=args.trained)
+                if not (model / "config.json").is_file():
+                    raise BenchError(f"{model} is not a Hugging Face model folder (no config.json)")
+                run(Suite(model.resolve(), torch.device("cpu"), "float32"))
         if args.gpu and not torch.cuda.is_available():
             print(f"--gpu: skipped, CUDA is not available (torch {torch.__version__})")
         elif args.gpu:
             with tempfile.TemporaryDirectory(prefix="engine-bench-gpu-") as tmp:
-                progress("building a random Qwen3-0.6B-shaped model on cuda")
+                progress("building a random Qwen3-0.6B-shaped (0.44B) model on cuda")
                 cuda = torch.device("cuda")
-                tiny = cached_model(trained=False)
-                gpu_model = build_gpu_model(tiny, Path(tmp) / "qwen3-0.6b-random", cuda)
-                run_suite(Suite(gpu_model, cuda, "bfloat16"), plan)
+                path = Path(tmp) / "qwen3-0.6b-random"
+                gpu_model = build_shaped_model(tiny, path, cuda, torch.bfloat16)
+                run(Suite(gpu_model, cuda, "bfloat16"))
     except BenchError as exc:
         print(f"engine bench failed: {exc}", file=sys.stderr)
         sys.exit(1)

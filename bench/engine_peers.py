@@ -7,8 +7,11 @@ server does). ``Peers.static_batch``: one ``generate`` over a batch of N prompts
 shapes are checked. Each figure follows one untimed warm-up of the same shape, and repeats
 its unit (the N requests, the one batch) until ``min_seconds`` have passed.
 
-``build_gpu_model`` writes a randomly initialised Qwen3 shaped like Qwen3-0.6B, with the
-tiny model's tokenizer files beside it.
+``Peers.distinct_batch``: one ``generate`` over a batch of different prompts (left-padded to
+the longest), timed once: the padded-batch peer of ``bench/engine.py --mixed``.
+
+``build_shaped_model`` writes a randomly initialised Qwen3 of Qwen3-0.6B's shape with the tiny
+model's tokenizer files beside it: with the tiny vocabulary that is 0.44B parameters.
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ PROMPT = "Write a short poem about the sea."
 MESSAGES = [{"role": "user", "content": PROMPT}]
 WARMUP_TOKENS = 8
 
-# Qwen3-0.6B's shape; the vocabulary stays the tiny tokenizer's.
-GPU_SHAPE: dict[str, Any] = {
+# Qwen3-0.6B's shape; the vocabulary stays the tiny tokenizer's (0.44B parameters in all).
+SHAPE_0_44B: dict[str, Any] = {
     "hidden_size": 1024,
     "num_hidden_layers": 28,
     "num_attention_heads": 16,
     "num_key_value_heads": 8,
     "head_dim": 128,
     "intermediate_size": 3072,
+    "max_position_embeddings": 65536,
 }
 
 
@@ -84,6 +88,15 @@ class Peers:
         self._generate(n, min(tokens, WARMUP_TOKENS))
         return tokens_per_s(lambda: self._generate(n, tokens), n * tokens, min_seconds)
 
+    def distinct_batch(self, texts: list[str], tokens: int) -> float:
+        """Generated tokens/s of one ``generate`` over ``texts`` (rendered prompts), timed once
+        (a long prompt makes it costly), after an untimed warm-up of the same batch size over
+        the plain prompt with fewer tokens."""
+        self._generate(len(texts), min(tokens, WARMUP_TOKENS))
+        start = time.perf_counter()
+        self._generate_texts(texts, tokens)
+        return len(texts) * tokens / (time.perf_counter() - start)
+
     def close(self) -> None:
         """Free the model (and the GPU memory it held) before the neuron runs."""
         del self.model
@@ -92,8 +105,12 @@ class Peers:
             torch.cuda.empty_cache()
 
     def _generate(self, batch: int, tokens: int) -> None:
+        self._generate_texts([self.text] * batch, tokens)
+
+    def _generate_texts(self, texts: list[str], tokens: int) -> None:
+        batch = len(texts)
         inputs = self.tokenizer(
-            [self.text] * batch, padding=True, add_special_tokens=False, return_tensors="pt"
+            texts, padding=True, add_special_tokens=False, return_tensors="pt"
         ).to(self.device)
         config = GenerationConfig(
             max_new_tokens=tokens,
@@ -126,8 +143,10 @@ def tokens_per_s(unit: Callable[[], None], tokens: int, min_seconds: float) -> f
             return generated / elapsed
 
 
-def build_gpu_model(tokenizer_dir: Path, out_dir: Path, device: torch.device) -> Path:
-    """A random bfloat16 Qwen3 of ``GPU_SHAPE`` at ``out_dir``, built on ``device``.
+def build_shaped_model(
+    tokenizer_dir: Path, out_dir: Path, device: torch.device, dtype: torch.dtype
+) -> Path:
+    """A random Qwen3 of ``SHAPE_0_44B`` in ``dtype`` at ``out_dir``, built on ``device``.
 
     The config (special token ids, context length) and tokenizer files come from
     ``tokenizer_dir``, the tiny model's folder.
@@ -135,10 +154,10 @@ def build_gpu_model(tokenizer_dir: Path, out_dir: Path, device: torch.device) ->
     tiny = AutoConfig.from_pretrained(tokenizer_dir)
     # A fresh config, not setattr: derived fields (one layer_types entry a layer) must follow.
     fields = {k: v for k, v in tiny.to_dict().items() if k != "layer_types"}
-    config = type(tiny)(**(fields | GPU_SHAPE))
+    config = type(tiny)(**(fields | SHAPE_0_44B))
     torch.manual_seed(0)
     with device:
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.generation_config = GenerationConfig.from_pretrained(tokenizer_dir)
     model.save_pretrained(out_dir)
     written_above = {"config.json", "generation_config.json"}
