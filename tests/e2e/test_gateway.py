@@ -19,8 +19,12 @@ from tests.e2e.procs import Gateway
 
 pytestmark = pytest.mark.e2e
 
-# The tiny model takes 558,656 bytes in float32: a 1.2 MB budget holds two, not three.
-TWO_MODELS = "1200000"
+# The tiny model takes 558,656 bytes in float32, and these neurons give each model a KV cache
+# of 128 KiB (256 tokens): 689,728 bytes a model. A 1.45 MB budget holds two, not three;
+# 2.2 MB holds three, not four.
+KV = ("--kv-cache-bytes", "128KiB")
+TWO_MODELS = "1450000"
+THREE_MODELS = "2200000"
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
@@ -57,8 +61,12 @@ def _profile(model: str, *, neurons: str = '["a"]', **fields: Any) -> str:
 def test_catalogue_cold_load_single_flight_and_streaming(
     start_neuron: Any, start_gateway: Any, fleet_dir: Path
 ) -> None:
-    a = start_neuron("--model-dir", str(fleet_dir), "--memory-budget", TWO_MODELS, "--name", "a")
-    b = start_neuron("--model-dir", str(fleet_dir), "--memory-budget", TWO_MODELS, "--name", "b")
+    a = start_neuron(
+        "--model-dir", str(fleet_dir), "--memory-budget", TWO_MODELS, "--name", "a", *KV
+    )
+    b = start_neuron(
+        "--model-dir", str(fleet_dir), "--memory-budget", TWO_MODELS, "--name", "b", *KV
+    )
     models = _profiles(
         _profile("m1", neurons='["a", "b"]'),
         _profile("m2", neurons='["b", "a"]'),
@@ -128,7 +136,9 @@ def test_catalogue_cold_load_single_flight_and_streaming(
 def test_lru_evicts_the_least_recently_used_and_never_the_pinned(
     start_neuron: Any, start_gateway: Any, fleet_dir: Path
 ) -> None:
-    a = start_neuron("--model-dir", str(fleet_dir), "--memory-budget", "1800000", "--name", "a")
+    a = start_neuron(
+        "--model-dir", str(fleet_dir), "--memory-budget", THREE_MODELS, "--name", "a", *KV
+    )
     models = _profiles(_profile("m1", pinned=True), _profile("m2"), _profile("m3"), _profile("m4"))
     gateway = start_gateway({"a": a}, models)
     _wait(lambda: gateway.loaded("a") == {"m1"})  # pinned: loaded at start
@@ -146,7 +156,9 @@ def test_lru_evicts_the_least_recently_used_and_never_the_pinned(
 def test_priority_evicts_the_lowest_priority_even_if_recent(
     start_neuron: Any, start_gateway: Any, fleet_dir: Path
 ) -> None:
-    a = start_neuron("--model-dir", str(fleet_dir), "--memory-budget", TWO_MODELS, "--name", "a")
+    a = start_neuron(
+        "--model-dir", str(fleet_dir), "--memory-budget", TWO_MODELS, "--name", "a", *KV
+    )
     models = _profiles(
         _profile("m1", priority=1), _profile("m2", priority=10), _profile("m3", priority=5)
     )
@@ -185,7 +197,7 @@ def test_a_killed_neuron_is_marked_down_and_the_other_serves(
 
 
 def test_errors_name_the_problem(start_neuron: Any, start_gateway: Any, fleet_dir: Path) -> None:
-    a = start_neuron("--model-dir", str(fleet_dir), "--memory-budget", "300000", "--name", "a")
+    a = start_neuron("--model-dir", str(fleet_dir), "--memory-budget", "300000", "--name", "a", *KV)
     models = _profiles(_profile("m1"), _profile("ghost", source='"/nowhere/at/all"'))
     gateway = start_gateway({"a": a}, models)
     unknown = httpx.post(

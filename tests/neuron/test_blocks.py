@@ -27,6 +27,8 @@ def check(manager: BlockManager, tables: list[BlockTable]) -> None:
         assert (block.ref_count > 0) == (block.block_id in manager.used)
     for hashed, block_id in manager.by_hash.items():
         assert manager.blocks[block_id].hash == hashed
+    cached = sum(1 for b in manager.free if manager.blocks[b].hash != -1)
+    assert manager.num_cached_free == cached
 
 
 prompts = st.lists(st.integers(0, 3), min_size=1, max_size=40)  # few ids: prefixes repeat
@@ -127,3 +129,33 @@ def test_hashes_are_the_same_in_another_process() -> None:
     assert int(there) == here
     assert prefix_hash([1, 2, 3]) != prefix_hash([1, 2, 4])
     assert prefix_hash([5, 6, 7], prefix_hash([1, 2, 3])) != prefix_hash([5, 6, 7])
+
+
+def test_without_prefix_caching_every_prompt_is_computed_whole() -> None:
+    manager = BlockManager(num_blocks=8, block_size=4, prefix_caching=False)
+    prompt = list(range(10))
+    first = manager.allocate(prompt)
+    second = manager.allocate(prompt)
+    assert len(first.block_ids) == len(second.block_ids) == 3
+    assert (first.cached_tokens, second.cached_tokens) == (0, 0)
+    assert not set(first.block_ids) & set(second.block_ids)
+    check(manager, [first, second])
+    manager.free_table(first)
+    assert manager.allocate(prompt).cached_tokens == 0
+
+
+def test_a_failed_step_unseals_what_it_was_to_write() -> None:
+    """Blocks sealed at allocation are not reused once the pass that should have filled
+    them failed; committed ones are."""
+    manager = BlockManager(num_blocks=8, block_size=4)
+    prompt = list(range(9))
+    table = manager.allocate(prompt)
+    manager.forget_pending()  # the prefill failed
+    manager.free_table(table)
+    again = manager.allocate(prompt)
+    assert again.cached_tokens == 0
+    manager.commit()  # this time it ran
+    manager.free_table(again)
+    assert manager.num_cached_free == 2
+    assert manager.allocate(prompt).cached_tokens == 8
+    assert manager.cached_prefix(prompt) == 8

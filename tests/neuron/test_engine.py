@@ -375,23 +375,39 @@ async def test_a_request_the_engine_must_not_run_ends_alone_at_submit(
 
 async def test_a_prompt_that_fails_its_prefill_fails_alone(weights: loader.LoadedWeights) -> None:
     """The batched prefill fails (a token id past the embedding); the joining sequences are
-    prefilled one by one, the culprit gets no row and the others decode as they would alone."""
+    prefilled one by one in blocks allocated afresh, the culprit's blocks are freed and the
+    others decode as they would alone."""
     from cortex.neuron.engine.isolation import prefill_rows
-    from cortex.neuron.engine.runner import ModelRunner
+    from cortex.neuron.engine.runner import Runner, make_runner
+    from cortex.neuron.engine.scheduler import Scheduler
     from cortex.neuron.engine.sequence import Sequence
 
     class _Sink:
         def put(self, events: list[InferenceEvent], completion_tokens: int) -> None:
             pass
 
-    def greedy(runner: ModelRunner, seqs: list[Sequence], logits: torch.Tensor) -> list[list[int]]:
-        out = []
+    def engine() -> tuple[Runner, Scheduler]:
+        runner, blocks, _ = make_runner(
+            weights.model,
+            torch.device("cpu"),
+            max_model_len=weights.context_length,
+            max_num_seqs=8,
+            kv_cache_bytes=None,
+            block_size=16,
+            prefix_caching=True,
+        )
+        return runner, Scheduler(8, 8192, blocks)
+
+    def greedy(runner: Runner, scheduler: Scheduler, logits: torch.Tensor) -> list[list[int]]:
+        seqs, out = list(scheduler.running), []
         for _ in range(6):
             tokens = logits.argmax(dim=-1).tolist()
-            for seq, token in zip(seqs, tokens, strict=True):
-                seq.output_ids.append(int(token))
+            for s, token in zip(seqs, tokens, strict=True):
+                s.output_ids.append(int(token))
             out.append(tokens)
+            assert scheduler.schedule().decode == seqs
             logits = runner.decode(seqs)
+            scheduler.blocks.commit()
         return [[step[i] for step in out] for i in range(len(seqs))]
 
     def seq(prompt: str) -> Sequence:
@@ -399,18 +415,25 @@ async def test_a_prompt_that_fails_its_prefill_fails_alone(weights: loader.Loade
 
     bad = seq(PROMPTS[1])
     bad.request.prompt_ids = [*bad.request.prompt_ids, 10**6]
-    runner = ModelRunner(weights.model, torch.device("cpu"))
+    runner, scheduler = engine()
     batch = [seq(PROMPTS[0]), bad, seq(PROMPTS[2])]
     with torch.inference_mode():
-        joined, logits, failed = prefill_rows(runner, batch)
-        assert joined == [batch[0], batch[2]]
+        for s in batch:
+            scheduler.add(s)
+        assert scheduler.schedule().prefill == batch
+        joined, logits, failed = prefill_rows(runner, scheduler, batch)
+        assert joined == [batch[0], batch[2]] == scheduler.running
         assert [s for s, _ in failed] == [bad]
         assert isinstance(failed[0][1], IndexError)
+        assert bad.table is None
+        assert not scheduler.blocks.pending
         assert logits is not None
-        assert runner.num_rows == 2
-        together = greedy(runner, joined, logits)
+        together = greedy(runner, scheduler, logits)
         alone = []
         for s in (seq(PROMPTS[0]), seq(PROMPTS[2])):
-            single = ModelRunner(weights.model, torch.device("cpu"))
-            alone += greedy(single, [s], single.prefill([s]))
+            single, alone_scheduler = engine()
+            alone_scheduler.add(s)
+            alone_scheduler.schedule()
+            first = single.prefill([s])
+            alone += greedy(single, alone_scheduler, first)
     assert together == alone

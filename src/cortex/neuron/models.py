@@ -217,7 +217,10 @@ class ModelRegistry:
         allowed = self.config.allow_client_chat_template
         weights.template = weights.template.allowing_client_templates(allowed)
         try:
-            harness = TransformersHarness(
+            kv_cache_bytes = self._kv_budget(request, device, weights.memory_bytes)
+            progress("loading", f"a KV cache of up to {kv_cache_bytes} bytes", needed)
+            harness = await asyncio.to_thread(
+                TransformersHarness,
                 weights.model,
                 device.torch_device,
                 self._worker(device),
@@ -225,6 +228,9 @@ class ModelRegistry:
                 max_num_seqs=self.config.max_num_seqs,
                 max_queue=self.config.max_queue,
                 max_prefill_tokens=self.config.max_prefill_tokens,
+                kv_cache_bytes=kv_cache_bytes,
+                block_size=self.config.kv_block_size,
+                prefix_caching=self.config.prefix_caching,
                 stats=self.metrics.engine_stats(model_id),
                 name=model_id,
             )
@@ -233,8 +239,8 @@ class ModelRegistry:
             raise
         now = time.time()
         record.state, record.error = "ready", None
-        record.memory_bytes = weights.memory_bytes
-        record.context_length = weights.context_length
+        record.memory_bytes = weights.memory_bytes + harness.kv_cache_bytes
+        record.context_length = harness.max_model_len
         fmt = weights.template.format
         record.capabilities = Capabilities(
             tools=fmt.can_call_tools,
@@ -251,6 +257,25 @@ class ModelRegistry:
             "loaded %s from %s on %s (%d bytes)", model_id, path, device.label, weights.memory_bytes
         )
         return loaded
+
+    def _kv_budget(self, request: LoadRequest, device: Device, weights_bytes: int) -> int:
+        """The KV cache's memory: the load's or the neuron's ``kv_cache_bytes``, else
+        ``kv_cache_fraction`` of what the device budget has left with the weights in (the
+        engine takes no more than ``max_num_seqs`` full contexts need). ``InsufficientMemory``
+        when an explicit size does not fit."""
+        free = max(0, self.free_bytes(device) - weights_bytes)
+        explicit = request.kv_cache_bytes
+        if explicit is None:
+            explicit = self.config.kv_cache_bytes
+        if explicit is None:
+            return int(free * self.config.kv_cache_fraction)
+        if explicit > free:
+            raise InsufficientMemory(
+                f"Not enough memory for a KV cache of {explicit} bytes for {request.model!r} "
+                f"on {device.label}: {free} bytes free within the budget after the weights",
+                extra={"needed_bytes": explicit, "free_bytes": free, "device": device.label},
+            )
+        return explicit
 
     async def unload(self, model_id: str, *, force: bool = False) -> ModelRecord:
         record = self._records.get(model_id)
@@ -379,7 +404,7 @@ class ModelRegistry:
         return record.model_copy(update=update)
 
     def _used(self, device: Device) -> int:
-        return sum(m.weights.memory_bytes for m in self._ready.values() if m.device == device)
+        return sum(m.record.memory_bytes for m in self._ready.values() if m.device == device)
 
     def _pick_device(self, wanted: str | None) -> Device:
         if wanted is not None:

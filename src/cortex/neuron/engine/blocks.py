@@ -17,7 +17,11 @@ Contracts:
   the runner prefills only the rest. At least the last prompt token is always computed,
   since its logits start the generation (when the whole prompt was cached, its KV is
   written again, the same values, into a block that may be shared).
-* Not yet used by the runner: the padded cache still serves every batch (issue 14).
+* A block is sealed when it is planned full, before the step that writes its keys and
+  values has run, so that sequences admitted together share it at once. Those seals are
+  pending until ``commit()`` (the step's forward pass succeeded); ``forget_pending()`` (it
+  failed) unseals them, so no prompt ever reuses a block whose content was not computed.
+* With ``prefix_caching`` off nothing is hashed or shared: every prompt is computed whole.
 * A freed block keeps its hash and content until it is handed out again: free blocks are
   reused least recently freed first, so the prefixes used last stay cached longest.
 * Everything here runs on the engine's worker thread: no locks.
@@ -62,18 +66,49 @@ class BlockTable:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, *, prefix_caching: bool = True) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("a block manager needs at least one block of at least one slot")
         self.block_size = block_size
+        self.prefix_caching = prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.used: set[int] = set()
         self.by_hash: dict[int, int] = {}  # sealed hash → block id (free or used)
+        self.num_cached_free = 0  # free blocks that still hold a sealed prefix
+        self.pending: list[int] = []  # sealed since the last commit, content not yet computed
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
 
     @property
     def num_free(self) -> int:
         return len(self.free)
+
+    @property
+    def num_used(self) -> int:
+        return len(self.used)
+
+    def cached_prefix(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of a prompt ``allocate`` would find cached now."""
+        cached = sum(len(tokens) for tokens, _, hit in self._plan(token_ids) if hit is not None)
+        return min(cached, len(token_ids) - 1) if cached else 0
+
+    def commit(self) -> None:
+        """The step's forward pass wrote every pending block: their seals hold."""
+        self.pending.clear()
+
+    def forget_pending(self) -> None:
+        """The step's forward pass failed: unseal what it was to write."""
+        for block_id in self.pending:
+            block = self.blocks[block_id]
+            if block.hash != NO_HASH and self.by_hash.get(block.hash) == block_id:
+                del self.by_hash[block.hash]
+            if block.hash != NO_HASH and block_id in self.free:
+                self.num_cached_free -= 1
+            block.hash, block.token_ids = NO_HASH, ()
+        self.pending.clear()
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -118,7 +153,7 @@ class BlockManager:
                 raise MemoryError("no free block for the next token")
             table.block_ids.append(self._fresh().block_id)
         table.num_tokens += 1
-        if table.num_tokens % self.block_size == 0:  # the last block is full: seal it
+        if table.num_tokens % self.block_size == 0 and self.prefix_caching:  # full: seal it
             start = table.num_tokens - self.block_size
             block = self.blocks[table.block_ids[-1]]
             tokens = tuple(token_ids[start : table.num_tokens])
@@ -132,6 +167,8 @@ class BlockManager:
             if block.ref_count == 0:
                 self.used.discard(block_id)
                 self.free[block_id] = None
+                if block.hash != NO_HASH:
+                    self.num_cached_free += 1
         table.block_ids.clear()
         table.num_tokens = 0
 
@@ -147,6 +184,9 @@ class BlockManager:
             if len(tokens) < self.block_size:
                 plan.append((tokens, NO_HASH, None))
                 break
+            if not self.prefix_caching:
+                plan.append((tokens, NO_HASH, None))
+                continue
             previous = prefix_hash(tokens, previous)
             found = self.by_hash.get(previous) if hits else None
             hits = found is not None and self.blocks[found].token_ids == tokens
@@ -163,13 +203,17 @@ class BlockManager:
         if block.ref_count == 0:
             del self.free[block_id]
             self.used.add(block_id)
+            if block.hash != NO_HASH:
+                self.num_cached_free -= 1
         block.ref_count += 1
 
     def _fresh(self) -> Block:
         block_id, _ = self.free.popitem(last=False)  # the least recently freed
         block = self.blocks[block_id]
-        if block.hash != NO_HASH and self.by_hash.get(block.hash) == block_id:
-            del self.by_hash[block.hash]  # its content is about to be overwritten
+        if block.hash != NO_HASH:
+            self.num_cached_free -= 1
+            if self.by_hash.get(block.hash) == block_id:
+                del self.by_hash[block.hash]  # its content is about to be overwritten
         block.hash, block.token_ids, block.ref_count = NO_HASH, (), 1
         self.used.add(block_id)
         return block
@@ -178,3 +222,4 @@ class BlockManager:
         """Mark a full block as holding ``tokens`` after the prefix hashed into ``hashed``."""
         block.hash, block.token_ids = hashed, tokens
         self.by_hash[hashed] = block.block_id
+        self.pending.append(block.block_id)

@@ -46,7 +46,7 @@ from cortex.neuron.engine.isolation import (
     prefill_rows,
     sample_rows,
 )
-from cortex.neuron.engine.runner import ModelRunner, can_batch
+from cortex.neuron.engine.runner import PagedRunner, make_runner
 from cortex.neuron.engine.sampling import make_generator
 from cortex.neuron.engine.scheduler import Batch, Scheduler
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
@@ -71,18 +71,32 @@ class TransformersHarness:
         max_num_seqs: int = 32,
         max_queue: int = 256,
         max_prefill_tokens: int = 8192,
+        kv_cache_bytes: int | None = None,
+        block_size: int = 16,
+        prefix_caching: bool = True,
         stats: EngineStats | None = None,
         name: str = "model",
     ) -> None:
         self.name = name
-        self.max_model_len = max_model_len
         self.max_queue = max_queue
         self.stats = stats or EngineStats()
         self._device = device
         self._worker = worker
-        self._runner = ModelRunner(model, device)
-        # Models whose caches cannot be padded and moved run one sequence at a time.
-        self._scheduler = Scheduler(max_num_seqs if can_batch(model) else 1, max_prefill_tokens)
+        self._runner, blocks, self.max_model_len = make_runner(
+            model,
+            device,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            kv_cache_bytes=kv_cache_bytes,
+            block_size=block_size,
+            prefix_caching=prefix_caching,
+        )
+        # A model the paged cache cannot serve runs one sequence at a time.
+        seqs = max_num_seqs if self._runner.paged else 1
+        self._scheduler = Scheduler(seqs, max_prefill_tokens, blocks)
+        self.kv_cache_bytes = (
+            self._runner.cache.nbytes if isinstance(self._runner, PagedRunner) else 0
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: str | None = None
         self._idle = threading.Event()  # set while the worker holds no sequence
@@ -94,6 +108,7 @@ class TransformersHarness:
         self._inbox: deque[Sequence] = deque()  # submitted, not yet taken by the worker
         self._closing = False
         self._status = EngineStatus()
+        self._publish()
         worker.add(self)
 
     # --- status (any thread; as of the worker's last step) -------------------------------
@@ -117,6 +132,10 @@ class TransformersHarness:
     @property
     def cached_tokens(self) -> int:
         return self._status.cached_tokens
+
+    @property
+    def status(self) -> EngineStatus:
+        return self._status
 
     @property
     def failure(self) -> str | None:
@@ -143,7 +162,7 @@ class TransformersHarness:
         seq = Sequence(request=request, sink=stream)
         stream.seq = seq
         refused = self._failure or ("the model is being unloaded" if self._closing else None)
-        refused = refused or check_request(request, self._runner.vocab_size)
+        refused = refused or check_request(request, self._runner.vocab_size, self.max_model_len)
         if refused is not None:
             stream.put([Error(refused)], 0)
             return stream
@@ -165,7 +184,7 @@ class TransformersHarness:
         self._worker.wake()
         await asyncio.to_thread(self._idle.wait, 30)
         self._worker.remove(self)
-        self._runner.model = None  # the worker has let go of this harness
+        self._runner.close()  # the worker has let go of this harness
 
     # --- the worker's side -----------------------------------------------------------------
 
@@ -179,21 +198,23 @@ class TransformersHarness:
         posts: Posts = []
         for seq in batch.cancelled:
             self._finish(seq, "cancelled", posts)
-        self._runner.keep(batch.kept)
         try:
             with torch.inference_mode():  # sampling edits the model's logits in place
                 self._run(batch, posts)
         except torch.OutOfMemoryError as exc:
+            self._scheduler.blocks.forget_pending()
             self._fail_running(f"generation ran out of memory: {exc}", posts)
         except Exception as exc:
+            self._scheduler.blocks.forget_pending()
             if self._device.type == "cuda":
                 raise  # the worker fails the whole device
             log.exception("a step of %s failed", self.name)
             self._fail_running(f"generation failed: {type(exc).__name__}: {exc}", posts)
-        self._runner.keep(self._scheduler.retire())
-        cached_tokens = self._runner.count_cached_tokens()
+        self._scheduler.retire()
+        if not self._scheduler.running:
+            self._runner.release()
         with self._lock:
-            self._publish(cached_tokens)
+            self._publish()
         self._post(posts)
         with self._lock:  # with the inbox, so a sequence submitted meanwhile keeps it clear
             if not self._inbox and not self._scheduler.has_work:
@@ -209,36 +230,52 @@ class TransformersHarness:
             if self._closing:
                 self._scheduler.cancel_all()
             batch = self._scheduler.schedule()
-            self._publish(self._status.cached_tokens)  # the cache is as the last step left it
+            self._publish()
         return batch
 
-    def _publish(self, cached_tokens: int) -> None:
-        """Replace the status the event loop reads; call under the lock."""
-        s = self._scheduler
-        self._status = EngineStatus(s.num_running, s.num_waiting, cached_tokens, s.oldest_arrival)
+    def _publish(self) -> None:
+        """Replace the status the event loop reads; call under the lock (or before the
+        worker knows the harness)."""
+        s, blocks, figures = self._scheduler, self._scheduler.blocks, self._scheduler.figures
+        self._status = EngineStatus(
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            cached_tokens=s.held_tokens,
+            oldest_arrival=s.oldest_arrival,
+            kv_block_size=blocks.block_size,
+            kv_blocks_total=blocks.num_blocks,
+            kv_blocks_used=blocks.num_used,
+            kv_blocks_cached=blocks.num_cached_free,
+            kv_cache_bytes=self.kv_cache_bytes,
+            prefix_queried_tokens=figures.queried_tokens,
+            prefix_hit_tokens=figures.hit_tokens,
+            prefill_tokens=figures.prefill_tokens,
+            preemptions=figures.preemptions,
+        )
 
     def _run(self, batch: Batch, posts: Posts) -> None:
-        """One decode for every running row, then one prefill for the joining ones: together,
-        else one by one, so that a prompt that fails fails alone."""
+        """One decode for every running sequence, then one prefill for the joining ones:
+        together, else one by one, so that a prompt that fails fails alone."""
         if batch.decode:
             logits = self._runner.decode(batch.decode)
+            self._scheduler.blocks.commit()
             self._sample_and_post(logits, batch.decode, posts)
         if batch.prefill:
             now = time.monotonic()
             joining: list[Sequence] = []
             for seq in batch.prefill:
-                self.stats.queued(now - seq.arrival_time)
+                if seq.preemptions == 0:
+                    self.stats.queued(now - seq.arrival_time)
                 try:
-                    if not seq.request.params.is_greedy:
+                    if not seq.request.params.is_greedy and seq.generator is None:
                         seq.generator = make_generator(seq.request.params.seed, self._device)
                 except Exception as exc:
                     self._seq_failed(seq, "its seed", exc, posts)
                     continue
                 joining.append(seq)
-            joined, prefilled, failed = prefill_rows(self._runner, joining)
+            joined, prefilled, failed = prefill_rows(self._runner, self._scheduler, joining)
             for seq, error in failed:
                 self._seq_failed(seq, "its prompt", error, posts)
-            self._scheduler.unadmit([seq for seq in batch.prefill if seq not in joined])
             if joined and prefilled is not None:
                 self._sample_and_post(prefilled, joined, posts)
 
@@ -253,15 +290,15 @@ class TransformersHarness:
         for seq in seqs:
             if not seq.is_finished:
                 self._error(seq, reason, posts)
-        self._runner.keep([])  # drops the cache without a tensor op on the broken device
+        self._runner.release()
         with self._lock:
-            self._publish(0)
+            self._publish()
         self._post(posts)
         self._idle.set()
 
     def _sample_and_post(self, logits: torch.Tensor, seqs: list[Sequence], posts: Posts) -> None:
         """Sample, steer, take logprobs and postprocess; a sequence whose own part of this
-        fails ends with an Error, the others go on.
+        fails ends with an Error (and leaves at ``retire``), the others go on.
 
         ``logits``: [B, V] for ``seqs`` in order (one cancelled since the schedule is
         decoded once more and dropped at the next step)."""

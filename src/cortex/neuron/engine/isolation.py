@@ -10,7 +10,9 @@ its batch:
 * ``per_row``, for sampling and logprobs: when the batch's call raises, each row is run
   alone, so the rows that fail it are known; the others keep their results.
 * ``prefill_rows``: when the batched prefill of the joining sequences raises, each is
-  prefilled alone; the ones that fail get no cache row, the others join.
+  prefilled alone, in blocks allocated afresh (what the failed pass was to write is
+  unsealed first, so nobody reuses it); the ones that fail lose their blocks, the others
+  join.
 
 A device error (a CUDA error, a device-side assert: the device's context may be broken) is
 never one sequence's: ``is_device_error`` says so, and it is raised on for the worker to
@@ -31,14 +33,17 @@ from cortex.neuron.engine.base import InferenceRequest
 from cortex.neuron.engine.sampling import sample_next, token_logprobs
 
 if TYPE_CHECKING:
-    from cortex.neuron.engine.runner import ModelRunner
+    from cortex.neuron.engine.runner import Runner
+    from cortex.neuron.engine.scheduler import Scheduler
     from cortex.neuron.engine.sequence import Sequence
 
 T = TypeVar("T")
 Logprobs = tuple[float, list[tuple[int, float]]] | None
 
 
-def check_request(request: InferenceRequest, vocab_size: int | None) -> str | None:
+def check_request(
+    request: InferenceRequest, vocab_size: int | None, max_model_len: int | None = None
+) -> str | None:
     """Why the engine must not run ``request`` (the message of its stream's Error), or None.
 
     Cheap enough for the event loop: constant work per field, and one C-speed pass over
@@ -49,6 +54,8 @@ def check_request(request: InferenceRequest, vocab_size: int | None) -> str | No
         return "the prompt is empty: the chat template rendered no tokens"
     if min(ids) < 0 or (vocab_size is not None and max(ids) >= vocab_size):
         return f"the prompt holds a token id outside the model's vocabulary ({vocab_size} ids)"
+    if max_model_len is not None and len(ids) >= max_model_len:
+        return f"the prompt's {len(ids)} tokens leave no room in the context of {max_model_len}"
     p = request.params
     checks = (
         ("max_tokens", p.max_tokens, p.max_tokens >= 1),
@@ -127,29 +134,41 @@ def logprob_rows(
 
 
 def prefill_rows(
-    runner: ModelRunner, seqs: list[Sequence]
+    runner: Runner, scheduler: Scheduler, seqs: list[Sequence]
 ) -> tuple[list[Sequence], torch.Tensor | None, list[tuple[Sequence, Exception]]]:
-    """Prefill ``seqs`` together, else one by one: the sequences that joined (their rows
-    appended in this order), their next-token logits ``[N, V]``, and the ones that failed
-    with why (they hold no row)."""
+    """Prefill ``seqs`` together, else one by one: the sequences that joined (in this
+    order), their next-token logits ``[N, V]``, and the ones that failed with why (their
+    blocks freed, they leave ``running``). A sequence whose blocks no longer fit alone goes
+    back to the front of ``waiting``."""
     if not seqs:
         return [], None, []
+    blocks = scheduler.blocks
     try:
-        return seqs, runner.prefill(seqs), []
+        logits = runner.prefill(seqs)
+        blocks.commit()
+        return seqs, logits, []
     except Exception as exc:
+        blocks.forget_pending()
         if is_device_error(exc, runner.device):
             raise
         if len(seqs) == 1:
+            scheduler.unadmit(seqs)
             return [], None, [(seqs[0], exc)]
+    scheduler.requeue(seqs)
     joined: list[Sequence] = []
-    logits: list[torch.Tensor] = []
+    found: list[torch.Tensor] = []
     failed: list[tuple[Sequence, Exception]] = []
     for seq in seqs:
+        if not scheduler.readmit(seq):
+            continue
         try:
-            logits.append(runner.prefill([seq]))
+            found.append(runner.prefill([seq]))
+            blocks.commit()
             joined.append(seq)
         except Exception as exc:
+            blocks.forget_pending()
             if is_device_error(exc, runner.device):
                 raise
+            scheduler.unadmit([seq])
             failed.append((seq, exc))
-    return joined, torch.cat(logits) if logits else None, failed
+    return joined, torch.cat(found) if found else None, failed

@@ -1,167 +1,105 @@
-"""The transformers model on its device, running every live sequence in one batch.
+"""The transformers model on its device: a forward pass over the sequences of one step.
 
-One KV cache holds all running sequences as rows, left-padded to a common length,
-with a 2-D attention mask marking the padding — the layout transformers' own batched
-``generate`` uses, made dynamic: rows join (a new prompt is prefilled, then padded
-and concatenated) and leave (rows are selected away, and columns that are padding
-in every row are trimmed) between steps. Keys are cached with their rotary position
-already applied, so moving a row inside the buffer changes nothing it attends to.
+``PagedRunner`` serves every model whose attention ``paged.probe_layout`` can take over:
+the KV cache is a pool of fixed-size blocks (``paged.PagedKV``) and each sequence's
+``BlockTable`` (kept by the scheduler's ``BlockManager``) says which blocks hold its
+tokens, so a batch costs what its sequences' real lengths cost — no padding — and a
+prompt whose leading blocks are cached computes only the rest. A step packs the tokens to
+compute of all its sequences into one row and calls the model once
+(``prefill``: each sequence's uncached tokens; ``decode``: one token each).
 
-The runner holds tensors only — the cache and its mask — not the sequences. Which
-sequence each row belongs to is the scheduler's ``running`` list, the one source of
-truth: ``prefill`` appends rows in the order given, ``decode`` takes the running
-sequences in row order, and ``keep`` is told which rows stay when some leave.
+``DenseRunner`` is the fallback for models the paged attention cannot serve (attention
+sinks, soft-capped logits, linear-attention layers): transformers' own ``DynamicCache``,
+one sequence at a time, its whole prompt computed (its blocks are still counted, so the
+KV budget holds).
 
-Only the worker thread calls a runner. Logits are computed for the last position
-only, so a long prompt costs no ``[S, V]`` tensor.
+Only the worker thread calls a runner. Logits are computed for each sequence's last
+position only, so a long prompt costs no ``[S, V]`` tensor.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence as Seq
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
 
+from cortex.errors import InsufficientMemory
+from cortex.neuron.engine.blocks import BlockManager
+from cortex.neuron.engine.paged import (
+    NO_MASK,
+    Chunk,
+    LayerShape,
+    PagedKV,
+    StepPlan,
+    bytes_per_token,
+    decode_groups,
+    probe_layout,
+)
 from cortex.neuron.engine.sequence import Sequence
 
-
-def can_batch(model: Any) -> bool:
-    """Rows can be padded and moved only in caches of plain full-attention layers."""
-    cache = DynamicCache(config=model.config)
-    return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+# The KV cache of an engine made without a budget (tests, tools): never more than its
+# sequences can use.
+DEFAULT_KV_CACHE_BYTES = 256 * 1024**2
 
 
-def cache_keyword(model: Any) -> str:
-    """The forward argument that takes the KV cache: ``cache`` from transformers 5.24
-    (which deprecates ``past_key_values``), ``past_key_values`` before and in models that
-    still name it so."""
-    parameters = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
+class Runner(Protocol):
+    model: Any
+    device: torch.device
+    vocab_size: int | None
+    paged: bool
 
-
-def _returned_cache(out: Any) -> Any:
-    cache = out.get("cache")  # read past_key_values only where it is still the name
-    return cache if cache is not None else out.past_key_values
-
-
-class ModelRunner:
-    def __init__(self, model: Any, device: torch.device) -> None:
-        self.model = model
-        self.device = device
-        self._cache_keyword = cache_keyword(model)
-        self.vocab_size = input_vocab_size(model)
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None  # [B, T] 1 = real token, 0 = padding
-
-    @property
-    def num_rows(self) -> int:
-        return 0 if self._mask is None else self._mask.shape[0]
-
-    def count_cached_tokens(self) -> int:
-        """Real tokens held in the KV cache (padding not counted); waits for the device."""
-        return 0 if self._mask is None else int(self._mask.sum())
-
-    @property
-    def cache_bytes(self) -> int:
-        if self._cache is None:
-            return 0
-        return sum(
-            layer.keys.numel() * layer.keys.element_size() * 2
-            for layer in self._cache.layers
-            if layer.keys is not None
-        )
-
-    @torch.inference_mode()
     def prefill(self, seqs: Seq[Sequence]) -> torch.Tensor:
-        """Run new prompts and add them as rows after those held; next-token logits ``[N, V]``."""
-        longest = max(seq.num_prompt_tokens for seq in seqs)
-        # input_ids, mask: [N, L], left-padded
-        ids = torch.zeros(len(seqs), longest, dtype=torch.long)
-        mask = torch.zeros(len(seqs), longest, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            prompt = seq.request.prompt_ids
-            ids[row, longest - len(prompt) :] = torch.tensor(prompt)
-            mask[row, longest - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_keyword: cache},
+        """Compute the uncached tokens of new (or preempted) sequences; logits ``[N, V]``."""
+        ...
+
+    def decode(self, seqs: Seq[Sequence]) -> torch.Tensor:
+        """One token for each running sequence; logits ``[N, V]``."""
+        ...
+
+    def release(self) -> None:
+        """Nothing runs any more: drop what is held for the last sequences."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the model and the cache (the engine is being unloaded)."""
+        ...
+
+
+def make_runner(
+    model: Any,
+    device: torch.device,
+    *,
+    max_model_len: int,
+    max_num_seqs: int,
+    kv_cache_bytes: int | None,
+    block_size: int,
+    prefix_caching: bool,
+) -> tuple[Runner, BlockManager, int]:
+    """The runner for a model, its block manager, and the context it can hold: the
+    model's own, or less when the KV cache holds fewer tokens (one sequence must fit).
+    The cache takes ``kv_cache_bytes``, but never more than ``max_num_seqs`` full contexts
+    need."""
+    per_sequence = -(-max_model_len // block_size)
+    layers = probe_layout(model, device)
+    if layers is None:
+        blocks = BlockManager(per_sequence, block_size, prefix_caching=False)
+        return DenseRunner(model, device), blocks, max_model_len
+    dtype = model.dtype
+    block_bytes = bytes_per_token(layers, dtype) * block_size
+    budget = DEFAULT_KV_CACHE_BYTES if kv_cache_bytes is None else kv_cache_bytes
+    num_blocks = min(budget // block_bytes, max_num_seqs * per_sequence)
+    if num_blocks < 1:
+        raise InsufficientMemory(
+            f"A KV cache of {budget} bytes holds no block of {block_size} tokens "
+            f"({block_bytes} bytes); give the model more memory (kv_cache_bytes)",
+            extra={"needed_bytes": block_bytes, "free_bytes": budget},
         )
-        self._join(_returned_cache(out), mask)
-        logits: torch.Tensor = out.logits[:, -1, :]
-        return logits
-
-    @torch.inference_mode()
-    def decode(self, rows: Seq[Sequence]) -> torch.Tensor:
-        """One token for every row; ``rows`` are the sequences in row order; logits ``[B, V]``."""
-        if self._mask is None or len(rows) != self._mask.shape[0]:
-            raise RuntimeError(f"decode of {len(rows)} sequences over {self.num_rows} rows")
-        # input_ids: [B, 1] the token each row sampled last; positions: real tokens so far
-        ids = torch.tensor([[seq.last_token_id] for seq in rows], device=self.device)
-        positions = self._mask.sum(dim=-1, keepdim=True)
-        self._mask = torch.cat([self._mask, torch.ones_like(positions)], dim=-1)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=self._mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_keyword: self._cache},
-        )
-        self._cache = _returned_cache(out)
-        logits: torch.Tensor = out.logits[:, -1, :]
-        return logits
-
-    def keep(self, rows: Seq[int]) -> None:
-        """Keep the rows at these positions (ascending), drop the others and the padding
-        they leave (rows of finished or cancelled sequences)."""
-        if len(rows) == self.num_rows:
-            return
-        if not rows:
-            self._cache = self._mask = None
-            return
-        if self._mask is None or self._cache is None:
-            raise RuntimeError(f"keep {len(rows)} rows of none")
-        index = torch.tensor(rows, device=self.device)
-        self._mask = self._mask.index_select(0, index)
-        # Columns that are padding in every remaining row can go.
-        start = int(self._mask.any(dim=0).nonzero()[0])
-        self._mask = self._mask[:, start:]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
-            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
-
-    def _join(self, cache: Any, mask: torch.Tensor) -> None:
-        """Append the rows of a prefill's cache (``mask``: [N, L]) after the ones held.
-
-        All or nothing: every tensor is built before any is stored, so a failure leaves
-        the rows held as they were (and a failed prefill is then retried row by row)."""
-        if self._cache is None or self._mask is None:
-            self._cache, self._mask = cache, mask
-            return
-        width = max(self._mask.shape[1], mask.shape[1])
-        old_pad, new_pad = width - self._mask.shape[1], width - mask.shape[1]
-        joined_mask = torch.cat([_pad_left(self._mask, old_pad), _pad_left(mask, new_pad)])
-        # keys, values: [B, H, T, D]; pad T on the left, then stack the rows
-        joined = [
-            tuple(
-                torch.cat([_pad_left(o, old_pad, -2), _pad_left(n, new_pad, -2)])
-                for o, n in ((old.keys, new.keys), (old.values, new.values))
-            )
-            for old, new in zip(self._cache.layers, cache.layers, strict=True)
-        ]
-        for layer, (keys, values) in zip(self._cache.layers, joined, strict=True):
-            layer.keys, layer.values = keys, values
-        self._mask = joined_mask
+    runner = PagedRunner(model, device, layers, num_blocks, block_size, dtype)
+    blocks = BlockManager(num_blocks, block_size, prefix_caching=prefix_caching)
+    return runner, blocks, min(max_model_len, num_blocks * block_size)
 
 
 def input_vocab_size(model: Any) -> int | None:
@@ -173,9 +111,144 @@ def input_vocab_size(model: Any) -> int | None:
     return int(rows)
 
 
-def _pad_left(tensor: torch.Tensor, size: int, dim: int = -1) -> torch.Tensor:
-    if size == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = size
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+def _slots(seq: Sequence, block_size: int, device: torch.device) -> torch.Tensor:
+    """The cache slot of each of the sequence's tokens held (``[num_tokens]``)."""
+    table = seq.table
+    if table is None:
+        raise RuntimeError(f"request {seq.request.request_id} runs without KV blocks")
+    blocks = torch.tensor(table.block_ids, dtype=torch.long, device=device)
+    offsets = torch.arange(block_size, dtype=torch.long, device=device)
+    return (blocks[:, None] * block_size + offsets[None, :]).flatten()[: table.num_tokens]
+
+
+class PagedRunner:
+    paged = True
+
+    def __init__(
+        self,
+        model: Any,
+        device: torch.device,
+        layers: list[LayerShape],
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.vocab_size = input_vocab_size(model)
+        self.block_size = block_size
+        self.cache = PagedKV(layers, num_blocks, block_size, dtype, device)
+        self._no_mask = NO_MASK.to(device)
+
+    @torch.inference_mode()
+    def prefill(self, seqs: Seq[Sequence]) -> torch.Tensor:
+        chunks: list[Chunk] = []
+        ids: list[int] = []
+        positions: list[int] = []
+        start = 0
+        for seq in seqs:
+            table = seq.table
+            assert table is not None
+            tokens = seq.token_ids[table.cached_tokens : table.num_tokens]
+            slots = _slots(seq, self.block_size, self.device)
+            chunks.append(Chunk(start, len(tokens), table.num_tokens, slots))
+            ids.extend(tokens)
+            positions.extend(range(table.cached_tokens, table.num_tokens))
+            start += len(tokens)
+        write = torch.cat([c.slots[c.context - c.length :] for c in chunks])
+        return self._forward(ids, positions, StepPlan(self.cache, write, chunks))
+
+    @torch.inference_mode()
+    def decode(self, seqs: Seq[Sequence]) -> torch.Tensor:
+        chunks: list[Chunk] = []
+        ids: list[int] = []
+        positions: list[int] = []
+        for row, seq in enumerate(seqs):
+            table = seq.table
+            assert table is not None
+            slots = _slots(seq, self.block_size, self.device)
+            chunks.append(Chunk(row, 1, table.num_tokens, slots))
+            ids.append(seq.last_token_id)
+            positions.append(table.num_tokens - 1)
+        write = torch.stack([c.slots[-1] for c in chunks])
+        plan = StepPlan(self.cache, write, chunks, decode_groups(chunks, self.device))
+        return self._forward(ids, positions, plan)
+
+    def _forward(self, ids: list[int], positions: list[int], plan: StepPlan) -> torch.Tensor:
+        last = torch.tensor([c.start + c.length - 1 for c in plan.chunks], device=self.device)
+        out = self.model(
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=torch.tensor([positions], device=self.device),
+            attention_mask=self._no_mask,
+            use_cache=False,
+            logits_to_keep=last,
+            cortex_plan=plan,
+        )
+        logits: torch.Tensor = out.logits[0]
+        return logits
+
+    def release(self) -> None:
+        """The blocks stay: a finished sequence's prefix is there for the next prompt."""
+
+    def close(self) -> None:
+        self.model = None
+        self.cache.keys.clear()
+        self.cache.values.clear()
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward argument that takes the KV cache: ``cache`` from transformers 5.24
+    (which deprecates ``past_key_values``), ``past_key_values`` before and in models that
+    still name it so."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+class DenseRunner:
+    """One sequence at a time in transformers' own cache (the scheduler runs one)."""
+
+    paged = False
+
+    def __init__(self, model: Any, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.vocab_size = input_vocab_size(model)
+        self._keyword = cache_keyword(model)
+        self._cache: Any = None
+        self._seq: Sequence | None = None
+
+    @torch.inference_mode()
+    def prefill(self, seqs: Seq[Sequence]) -> torch.Tensor:
+        if len(seqs) != 1:
+            raise RuntimeError(f"a dense runner prefills one sequence, not {len(seqs)}")
+        ids = torch.tensor([seqs[0].token_ids], device=self.device)
+        self._cache, self._seq = DynamicCache(config=self.model.config), seqs[0]
+        return self._forward(ids, None)
+
+    @torch.inference_mode()
+    def decode(self, seqs: Seq[Sequence]) -> torch.Tensor:
+        if len(seqs) != 1 or seqs[0] is not self._seq:
+            raise RuntimeError("a dense runner decodes the one sequence it prefilled")
+        seq = seqs[0]
+        ids = torch.tensor([[seq.last_token_id]], device=self.device)
+        return self._forward(ids, torch.tensor([[seq.num_tokens - 1]], device=self.device))
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._keyword: self._cache},
+        )
+        cache = out.get("cache")
+        self._cache = cache if cache is not None else out.past_key_values
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
+
+    def release(self) -> None:
+        self._cache = self._seq = None
+
+    def close(self) -> None:
+        self.release()
+        self.model = None

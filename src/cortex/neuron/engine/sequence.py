@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from cortex.neuron.engine.base import InferenceRequest
+from cortex.neuron.engine.blocks import BlockTable
 from cortex.neuron.wire.events import FinishReason, InferenceEvent
 
 
@@ -43,6 +44,10 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     last_token_time: float = 0.0
+    # The KV blocks its tokens occupy while it runs (None while it waits); how many times it
+    # was preempted (its blocks freed, its tokens so far to be computed again).
+    table: BlockTable | None = None
+    preemptions: int = 0
     _cancelled: bool = False
 
     @property
@@ -56,6 +61,11 @@ class Sequence:
     @property
     def num_tokens(self) -> int:
         return self.num_prompt_tokens + self.num_completion_tokens
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The prompt and what it generated so far: what a recompute prefills."""
+        return [*self.request.prompt_ids, *self.output_ids]
 
     @property
     def last_token_id(self) -> int:
