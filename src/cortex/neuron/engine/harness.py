@@ -8,8 +8,8 @@ publish the status.
 Who owns what, on which thread:
 
 * The device worker's thread owns the ``Scheduler`` (the waiting and running
-  sequences), the ``ModelRunner`` (the KV cache, its rows kept in step with the
-  scheduler's ``running``) and every tensor. Nothing else reads them.
+  sequences and the KV blocks they hold), the runner (the model and its paged KV cache)
+  and every tensor. Nothing else reads them.
 * The event loop owns the ``_Stream``s. It hands new sequences over through
   ``_inbox`` and asks for the end through ``_closing``; both are touched only under
   ``_lock``, the one thing the two threads share besides ``Sequence.cancel()``.
@@ -46,14 +46,14 @@ from cortex.neuron.engine.isolation import (
     prefill_rows,
     sample_rows,
 )
-from cortex.neuron.engine.runner import PagedRunner, make_runner
+from cortex.neuron.engine.runner import make_runner
 from cortex.neuron.engine.sampling import make_generator
 from cortex.neuron.engine.scheduler import Batch, Scheduler
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 from cortex.neuron.engine.stats import EngineStats, EngineStatus
 from cortex.neuron.engine.stream import Posts, SequenceStream, dispatch
 from cortex.neuron.engine.worker import DeviceWorker
-from cortex.neuron.wire.events import Done, Error, FinishReason, InferenceEvent, TokenLogprob
+from cortex.neuron.wire.events import Error, FinishReason, InferenceEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,7 @@ class TransformersHarness:
         # A model the paged cache cannot serve runs one sequence at a time.
         seqs = max_num_seqs if self._runner.paged else 1
         self._scheduler = Scheduler(seqs, max_prefill_tokens, blocks)
-        self.kv_cache_bytes = (
-            self._runner.cache.nbytes if isinstance(self._runner, PagedRunner) else 0
-        )
+        self.kv_cache_bytes = self._runner.kv_cache_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: str | None = None
         self._idle = threading.Event()  # set while the worker holds no sequence
@@ -236,22 +234,7 @@ class TransformersHarness:
     def _publish(self) -> None:
         """Replace the status the event loop reads; call under the lock (or before the
         worker knows the harness)."""
-        s, blocks, figures = self._scheduler, self._scheduler.blocks, self._scheduler.figures
-        self._status = EngineStatus(
-            num_running=s.num_running,
-            num_waiting=s.num_waiting,
-            cached_tokens=s.held_tokens,
-            oldest_arrival=s.oldest_arrival,
-            kv_block_size=blocks.block_size,
-            kv_blocks_total=blocks.num_blocks,
-            kv_blocks_used=blocks.num_used,
-            kv_blocks_cached=blocks.num_cached_free,
-            kv_cache_bytes=self.kv_cache_bytes,
-            prefix_queried_tokens=figures.queried_tokens,
-            prefix_hit_tokens=figures.hit_tokens,
-            prefill_tokens=figures.prefill_tokens,
-            preemptions=figures.preemptions,
-        )
+        self._status = self._scheduler.status(self.kv_cache_bytes)
 
     def _run(self, batch: Batch, posts: Posts) -> None:
         """One decode for every running sequence, then one prefill for the joining ones:
@@ -366,7 +349,7 @@ class TransformersHarness:
             if not isinstance(seq.stop_reason, str):
                 # A call with no closing token is whole only if generation ended on its own.
                 events.extend(request.output.finish(seq.finish_reason != "length"))
-            events.append(self._done(seq, seq.finish_reason))
+            events.append(seq.done(seq.finish_reason))
             seq.status = SequenceStatus.FINISHED
             self.stats.finished(seq, now)
         return events
@@ -380,7 +363,7 @@ class TransformersHarness:
         seq.finish_reason = reason
         seq.status = SequenceStatus.FINISHED
         self.stats.finished(seq, time.monotonic())
-        posts.append((seq, [self._done(seq, reason)], seq.num_completion_tokens))
+        posts.append((seq, [seq.done(reason)], seq.num_completion_tokens))
 
     def _error(self, seq: Sequence, message: str, posts: Posts) -> None:
         seq.finish_reason = "error"
@@ -411,13 +394,3 @@ class TransformersHarness:
         except RuntimeError:  # the event loop is gone: nobody is listening any more
             for seq, _, _ in posts:
                 seq.cancel()
-
-    @staticmethod
-    def _done(seq: Sequence, reason: FinishReason) -> Done:
-        return Done(
-            finish_reason=reason,
-            prompt_tokens=seq.num_prompt_tokens,
-            completion_tokens=seq.num_completion_tokens,
-            stop_reason=seq.stop_reason,
-            reasoning_tokens=seq.request.output.reasoning_tokens,
-        )

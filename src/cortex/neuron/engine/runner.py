@@ -50,6 +50,7 @@ class Runner(Protocol):
     device: torch.device
     vocab_size: int | None
     paged: bool
+    kv_cache_bytes: int  # the cache's memory (0 where transformers' own cache grows)
 
     def prefill(self, seqs: Seq[Sequence]) -> torch.Tensor:
         """Compute the uncached tokens of new (or preempted) sequences; logits ``[N, V]``."""
@@ -138,6 +139,7 @@ class PagedRunner:
         self.vocab_size = input_vocab_size(model)
         self.block_size = block_size
         self.cache = PagedKV(layers, num_blocks, block_size, dtype, device)
+        self.kv_cache_bytes = self.cache.nbytes
         self._no_mask = NO_MASK.to(device)
 
     @torch.inference_mode()
@@ -208,6 +210,7 @@ class DenseRunner:
     """One sequence at a time in transformers' own cache (the scheduler runs one)."""
 
     paged = False
+    kv_cache_bytes = 0
 
     def __init__(self, model: Any, device: torch.device) -> None:
         self.model = model

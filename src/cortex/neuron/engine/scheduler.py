@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from cortex.neuron.engine.blocks import BlockManager
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
+from cortex.neuron.engine.stats import EngineStatus
 
 
 @dataclass(slots=True)
@@ -86,6 +87,25 @@ class Scheduler:
     def held_tokens(self) -> int:
         """Tokens whose KV the running sequences hold."""
         return sum(seq.table.num_tokens for seq in self.running if seq.table is not None)
+
+    def status(self, kv_cache_bytes: int) -> EngineStatus:
+        """What it holds now, in plain numbers (for the harness to publish)."""
+        blocks, figures = self.blocks, self.figures
+        return EngineStatus(
+            num_running=self.num_running,
+            num_waiting=self.num_waiting,
+            cached_tokens=self.held_tokens,
+            oldest_arrival=self.oldest_arrival,
+            kv_block_size=blocks.block_size,
+            kv_blocks_total=blocks.num_blocks,
+            kv_blocks_used=blocks.num_used,
+            kv_blocks_cached=blocks.num_cached_free,
+            kv_cache_bytes=kv_cache_bytes,
+            prefix_queried_tokens=figures.queried_tokens,
+            prefix_hit_tokens=figures.hit_tokens,
+            prefill_tokens=figures.prefill_tokens,
+            preemptions=figures.preemptions,
+        )
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)

@@ -17,7 +17,7 @@ import torch
 
 from cortex.neuron.engine.base import InferenceRequest
 from cortex.neuron.engine.blocks import BlockTable
-from cortex.neuron.wire.events import FinishReason, InferenceEvent
+from cortex.neuron.wire.events import Done, FinishReason, InferenceEvent
 
 
 class SequenceStatus(enum.Enum):
@@ -82,3 +82,13 @@ class Sequence:
     def cancel(self) -> None:
         """Ask the worker to drop this sequence at its next step (any thread)."""
         self._cancelled = True
+
+    def done(self, reason: FinishReason) -> Done:
+        """The event that ends its stream, with its counts."""
+        return Done(
+            finish_reason=reason,
+            prompt_tokens=self.num_prompt_tokens,
+            completion_tokens=self.num_completion_tokens,
+            stop_reason=self.stop_reason,
+            reasoning_tokens=self.request.output.reasoning_tokens,
+        )
