@@ -38,7 +38,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterat
         shutil.copytree(cached_family_model(name, cache_dir=model_cache), root / name)
     logs = tmp_path_factory.mktemp("families")
     preload = [arg for name in FAMILIES for arg in ("--preload", name)]
-    neuron = Neuron(["--model-dir", str(root), "--name", "a", *preload], logs / "neuron.log")
+    # Eighteen models on one neuron: each gets an 8 MiB KV cache (16k tokens of the tiny
+    # shape), not its default share of the budget.
+    kv = ("--kv-cache-bytes", "8MiB")
+    neuron = Neuron(["--model-dir", str(root), "--name", "a", *kv, *preload], logs / "neuron.log")
     gateway: Gateway | None = None
     try:
         neuron.wait_ready()

@@ -16,6 +16,7 @@ import typer
 
 from cortex.config import NeuronConfig, load_neuron_config
 from cortex.errors import ConfigError
+from cortex.neuron.sizing import usable_cores
 
 app = typer.Typer(
     add_completion=False,
@@ -52,21 +53,11 @@ def run(config: NeuronConfig, *, log_level: str = "info", access_log: bool = Fal
         raise typer.Exit(code)
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def default_cpu_threads() -> int:
-    """Torch threads when the config names none: every usable core but one.
-
-    The core left over runs the event loop, tokenizing and detokenizing. Without it,
-    torch's threads and the server contend, and a parallel region waits on a thread the
-    server has descheduled: on a 2-core machine one torch thread serves 16 streams faster
-    than two (``bench/engine.py``). vLLM's CPU backend reserves a core the same way.
-    """
+    """Torch threads at start, when the config names none: every usable core but one
+    (each model's steps then use ``sizing.cpu_threads`` for its size). The core left over
+    runs the event loop, tokenizing and detokenizing; vLLM's CPU backend reserves a core
+    the same way."""
     return max(1, usable_cores() - 1)
 
 

@@ -1,19 +1,23 @@
 """``LoadedModel``: a model in memory and ready to serve: its weights, its engine, and the
-count of requests in flight that an unload waits for."""
+count of requests in flight that an unload waits for. ``LoadInFlight``: a load under way
+and who listens to its progress."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from cortex.errors import InsufficientMemory, NotFound
 from cortex.neuron.devices import Device
 from cortex.neuron.engine.base import Harness
 from cortex.neuron.loader import LoadedWeights
-from cortex.protocol.lifecycle import ModelRecord
+from cortex.protocol.lifecycle import LoadProgress, ModelRecord
+
+ProgressListener = Callable[[LoadProgress], None]
 
 
 @dataclass(slots=True, eq=False)
@@ -42,3 +46,40 @@ class LoadedModel:
             self.record.last_used_at = time.time()
             if self.active == 0:
                 self.idle.set()
+
+    def snapshot(self) -> ModelRecord:
+        """Its record with the engine's figures as of its last step."""
+        # Requests being prepared count as in flight, and so do sequences the engine has
+        # not dropped yet (a cancelled one leaves at its next step).
+        harness = self.harness
+        queued = harness.num_waiting
+        status = harness.status
+        update = {
+            "in_flight": max(self.active - queued, harness.num_running),
+            "queued": queued,
+            "queue_wait": harness.queue_wait(),
+            "kv_cache_bytes": status.kv_cache_bytes,
+            "kv_block_size": status.kv_block_size,
+            "kv_blocks_total": status.kv_blocks_total,
+            "kv_blocks_used": status.kv_blocks_used,
+            "prefix_cache_hit_ratio": status.prefix_hit_ratio,
+        }
+        return self.record.model_copy(update=update)
+
+
+@dataclass(slots=True, eq=False)
+class LoadInFlight:
+    task: asyncio.Task[LoadedModel]
+    listeners: list[ProgressListener] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def publish(self, progress: LoadProgress) -> None:
+        for listener in list(self.listeners):
+            listener(progress)
+
+
+def load_result(error: BaseException) -> str:
+    """The ``result`` label of a failed load."""
+    if isinstance(error, InsufficientMemory):
+        return "no_memory"
+    return "not_found" if isinstance(error, NotFound) else "failed"

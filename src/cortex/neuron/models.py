@@ -25,7 +25,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from cortex.config import NeuronConfig
@@ -43,8 +42,9 @@ from cortex.neuron import loader, sources
 from cortex.neuron.devices import Device
 from cortex.neuron.engine.harness import TransformersHarness
 from cortex.neuron.engine.worker import DeviceWorker
-from cortex.neuron.loaded import LoadedModel
+from cortex.neuron.loaded import LoadedModel, LoadInFlight, ProgressListener, load_result
 from cortex.neuron.metrics import LiveFigures, NeuronMetrics
+from cortex.neuron.sizing import cpu_threads, kv_budget
 from cortex.protocol.lifecycle import (
     Capabilities,
     DeviceInfo,
@@ -54,19 +54,6 @@ from cortex.protocol.lifecycle import (
 )
 
 log = logging.getLogger(__name__)
-
-ProgressListener = Callable[[LoadProgress], None]
-
-
-@dataclass(slots=True, eq=False)
-class _Load:
-    task: asyncio.Task[LoadedModel]
-    listeners: list[ProgressListener] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-
-    def publish(self, progress: LoadProgress) -> None:
-        for listener in list(self.listeners):
-            listener(progress)
 
 
 class ModelRegistry:
@@ -79,7 +66,7 @@ class ModelRegistry:
         self.places = sources.Places(tuple(config.model_dirs), tuple(config.allowed_paths))
         self._records: dict[str, ModelRecord] = {}
         self._ready: dict[str, LoadedModel] = {}
-        self._loads: dict[str, _Load] = {}
+        self._loads: dict[str, LoadInFlight] = {}
         self._reserved: dict[str, int] = {}  # device label → bytes of loads in flight
         self._budgets = {d.label: config.memory_budget or d.default_budget() for d in devices}
         self._tokenizers = loader.TokenizerCache()
@@ -156,7 +143,7 @@ class ModelRegistry:
         load = self._loads.get(model_id)
         if load is None:
             # A failed record is replaced by this load.
-            load = _Load(
+            load = LoadInFlight(
                 task=asyncio.get_running_loop().create_task(self._load(model_id, source, request))
             )
             self._loads[model_id] = load
@@ -217,7 +204,8 @@ class ModelRegistry:
         allowed = self.config.allow_client_chat_template
         weights.template = weights.template.allowing_client_templates(allowed)
         try:
-            kv_cache_bytes = self._kv_budget(request, device, weights.memory_bytes)
+            free = self.free_bytes(device) - weights.memory_bytes
+            kv_cache_bytes = kv_budget(request, self.config, free, device.label)
             progress("loading", f"a KV cache of up to {kv_cache_bytes} bytes", needed)
             harness = await asyncio.to_thread(
                 TransformersHarness,
@@ -231,6 +219,11 @@ class ModelRegistry:
                 kv_cache_bytes=kv_cache_bytes,
                 block_size=self.config.kv_block_size,
                 prefix_caching=self.config.prefix_caching,
+                threads=(
+                    cpu_threads(weights.num_params, self.config.cpu_threads)
+                    if device.kind == "cpu"
+                    else None
+                ),
                 stats=self.metrics.engine_stats(model_id),
                 name=model_id,
             )
@@ -257,25 +250,6 @@ class ModelRegistry:
             "loaded %s from %s on %s (%d bytes)", model_id, path, device.label, weights.memory_bytes
         )
         return loaded
-
-    def _kv_budget(self, request: LoadRequest, device: Device, weights_bytes: int) -> int:
-        """The KV cache's memory: the load's or the neuron's ``kv_cache_bytes``, else
-        ``kv_cache_fraction`` of what the device budget has left with the weights in (the
-        engine takes no more than ``max_num_seqs`` full contexts need). ``InsufficientMemory``
-        when an explicit size does not fit."""
-        free = max(0, self.free_bytes(device) - weights_bytes)
-        explicit = request.kv_cache_bytes
-        if explicit is None:
-            explicit = self.config.kv_cache_bytes
-        if explicit is None:
-            return int(free * self.config.kv_cache_fraction)
-        if explicit > free:
-            raise InsufficientMemory(
-                f"Not enough memory for a KV cache of {explicit} bytes for {request.model!r} "
-                f"on {device.label}: {free} bytes free within the budget after the weights",
-                extra={"needed_bytes": explicit, "free_bytes": free, "device": device.label},
-            )
-        return explicit
 
     async def unload(self, model_id: str, *, force: bool = False) -> ModelRecord:
         record = self._records.get(model_id)
@@ -357,7 +331,7 @@ class ModelRegistry:
         else:
             # Retrieved here, so a load nobody awaits any more logs no warning.
             error = task.exception()
-            result = "ok" if error is None else _load_result(error)
+            result = "ok" if error is None else load_result(error)
         self.metrics.model_loads.labels(model_id, result).inc()
         if result == "ok" and load is not None:
             duration = time.monotonic() - load.started
@@ -385,23 +359,7 @@ class ModelRegistry:
         loaded = self._ready.get(model_id)
         if loaded is None:
             return record.model_copy()
-        # Requests being prepared count as in flight, and so do sequences the engine has
-        # not dropped yet (a cancelled one leaves at its next step).
-        harness = loaded.harness
-        queued = harness.num_waiting
-        in_flight = max(loaded.active - queued, harness.num_running)
-        status = harness.status
-        update = {
-            "in_flight": in_flight,
-            "queued": queued,
-            "queue_wait": harness.queue_wait(),
-            "kv_cache_bytes": status.kv_cache_bytes,
-            "kv_block_size": status.kv_block_size,
-            "kv_blocks_total": status.kv_blocks_total,
-            "kv_blocks_used": status.kv_blocks_used,
-            "prefix_cache_hit_ratio": status.prefix_hit_ratio,
-        }
-        return record.model_copy(update=update)
+        return loaded.snapshot()
 
     def _used(self, device: Device) -> int:
         return sum(m.record.memory_bytes for m in self._ready.values() if m.device == device)
@@ -426,9 +384,3 @@ class ModelRegistry:
                 )
 
         return publish
-
-
-def _load_result(error: BaseException) -> str:
-    if isinstance(error, InsufficientMemory):
-        return "no_memory"
-    return "not_found" if isinstance(error, NotFound) else "failed"
