@@ -187,3 +187,51 @@ def test_hundreds_of_disconnects_leak_nothing(neuron: Neuron) -> None:
     cancelled = _value(_metrics(neuron), "cortex_neuron_requests_total", model="tiny",
                        finish_reason="cancelled")  # fmt: skip
     assert cancelled >= 250
+
+
+def test_the_prefix_cache_serves_a_conversation_across_dialects_and_n(neuron: Neuron) -> None:
+    """A long system prompt asked once in chat completions is found again by the same
+    conversation in the Responses API, and by the second choice of an n=2 request; the
+    counters, /node and the replies say so."""
+    system = " ".join(f"Rule {i}: answer briefly about rivers and stone." for i in range(40))
+    question = "Tell me about the river."
+    client = OpenAI(base_url=f"{neuron.url}/v1", api_key="unused", max_retries=0)
+    hits = "cortex_neuron_prefix_cache_hit_tokens_total"
+
+    before = _value(_metrics(neuron), hits, model="tiny")
+    first = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        max_tokens=4,
+        temperature=0,
+    )
+    prompt_tokens = first.usage.prompt_tokens if first.usage else 0
+    assert prompt_tokens > 300
+    after_chat = _value(_metrics(neuron), hits, model="tiny")
+
+    reply = client.responses.create(
+        model="tiny", instructions=system, input=question, max_output_tokens=4, temperature=0
+    )
+    assert reply.usage is not None
+    assert reply.usage.input_tokens == prompt_tokens  # the same conversation, the same prompt
+    after_responses = _value(_metrics(neuron), hits, model="tiny")
+    # Every full block of the prompt but the one that holds its last token is reused.
+    assert after_responses - after_chat >= prompt_tokens - 2 * 16
+
+    several = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+        n=2,
+    )
+    assert len(several.choices) == 2
+    after_n = _value(_metrics(neuron), hits, model="tiny")
+    assert after_n - after_responses >= 2 * (prompt_tokens - 3 * 16)
+    assert after_chat >= before
+
+    record = next(m for m in neuron.get("/node").json()["models"] if m["id"] == "tiny")
+    assert record["kv_blocks_total"] > 0
+    assert record["kv_blocks_used"] == 0  # nothing runs: finished blocks are cached, not used
+    assert record["prefix_cache_hit_ratio"] > 0
+    assert record["kv_cache_bytes"] > 0
