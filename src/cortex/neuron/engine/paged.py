@@ -113,6 +113,7 @@ class DecodeGroup:
     rows: torch.Tensor  # [G] long
     slots: torch.Tensor  # [G, L] long
     lengths: torch.Tensor  # [G] long
+    whole: bool = False  # every decoding sequence, in packed order
     _masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
 
     def mask(self, window: int | None) -> torch.Tensor:
@@ -134,28 +135,29 @@ class StepPlan:
     groups: list[DecodeGroup] = field(default_factory=list)  # set when every chunk decodes
 
 
-def decode_groups(chunks: list[Chunk], device: torch.device) -> list[DecodeGroup]:
-    """Group one-token chunks by length so that padding stays within ``_GROUP_SLACK``."""
-    order = sorted(range(len(chunks)), key=lambda i: chunks[i].context)
+def decode_groups(
+    lengths: list[int], slots: torch.Tensor, lengths_tensor: torch.Tensor
+) -> list[DecodeGroup]:
+    """Group decoding sequences by length so that padding stays within ``_GROUP_SLACK``;
+    ``slots``: ``[N, W]`` each sequence's slots (padded), ``lengths``: its tokens."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
     groups: list[list[int]] = []
     real = 0
     for i in order:
-        length = chunks[i].context
-        if groups and (len(groups[-1]) + 1) * length <= _GROUP_SLACK * (real + length):
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= _GROUP_SLACK * (real + lengths[i]):
             groups[-1].append(i)
-            real += length
+            real += lengths[i]
         else:
             groups.append([i])
-            real = length
+            real = lengths[i]
+    if len(groups) == 1 and order == list(range(len(lengths))):
+        rows = torch.arange(len(lengths), device=slots.device)
+        return [DecodeGroup(rows, slots[:, : lengths[order[-1]]], lengths_tensor, whole=True)]
     out = []
     for members in groups:
-        longest = chunks[members[-1]].context
-        slots = torch.zeros(len(members), longest, dtype=torch.long, device=device)
-        for row, i in enumerate(members):
-            slots[row, : chunks[i].context] = chunks[i].slots
-        rows = torch.tensor([chunks[i].start for i in members], device=device)
-        lengths = torch.tensor([chunks[i].context for i in members], device=device)
-        out.append(DecodeGroup(rows, slots, lengths))
+        rows = torch.tensor(members, device=slots.device)
+        longest = lengths[members[-1]]
+        out.append(DecodeGroup(rows, slots[rows, :longest], lengths_tensor[rows]))
     return out
 
 
@@ -190,10 +192,12 @@ def paged_attention(
         for group in plan.groups:
             k = keys[group.slots].transpose(1, 2)  # [G, KVH, L, D]
             v = values[group.slots].transpose(1, 2)
-            qg = q[:, group.rows, :].transpose(0, 1).unsqueeze(2)  # [G, H, 1, D]
-            o = F.scaled_dot_product_attention(
+            qg = (q if group.whole else q[:, group.rows, :]).transpose(0, 1).unsqueeze(2)
+            o = F.scaled_dot_product_attention(  # qg: [G, H, 1, D]
                 qg, k, v, attn_mask=group.mask(window), scale=scaling, enable_gqa=True
             )
+            if group.whole:
+                return o.transpose(1, 2).transpose(0, 1), None  # [1, G, H, Dv]
             out[group.rows] = o[:, :, 0, :]
         return out.unsqueeze(0), None
     for chunk in plan.chunks:

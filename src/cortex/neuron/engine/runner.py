@@ -139,6 +139,7 @@ class PagedRunner:
         self.vocab_size = input_vocab_size(model)
         self.block_size = block_size
         self.cache = PagedKV(layers, num_blocks, block_size, dtype, device)
+        self._offsets = torch.arange(block_size, dtype=torch.long, device=device)
         self.kv_cache_bytes = self.cache.nbytes
         self._no_mask = NO_MASK.to(device)
 
@@ -162,22 +163,30 @@ class PagedRunner:
 
     @torch.inference_mode()
     def decode(self, seqs: Seq[Sequence]) -> torch.Tensor:
-        chunks: list[Chunk] = []
-        ids: list[int] = []
-        positions: list[int] = []
-        for row, seq in enumerate(seqs):
-            table = seq.table
-            assert table is not None
-            slots = _slots(seq, self.block_size, self.device)
-            chunks.append(Chunk(row, 1, table.num_tokens, slots))
-            ids.append(seq.last_token_id)
-            positions.append(table.num_tokens - 1)
-        write = torch.stack([c.slots[-1] for c in chunks])
-        plan = StepPlan(self.cache, write, chunks, decode_groups(chunks, self.device))
-        return self._forward(ids, positions, plan)
+        tables = [seq.table for seq in seqs]
+        if any(table is None for table in tables):
+            raise RuntimeError("a decoding sequence holds no KV blocks")
+        lengths = [table.num_tokens for table in tables if table is not None]
+        width = max(len(table.block_ids) for table in tables if table is not None)
+        padded = [t.block_ids + [0] * (width - len(t.block_ids)) for t in tables if t is not None]
+        blocks = torch.tensor(padded, dtype=torch.long, device=self.device)  # [N, W]
+        slots = (blocks[:, :, None] * self.block_size + self._offsets).flatten(1)
+        count = torch.tensor(lengths, device=self.device)
+        write = slots[torch.arange(len(seqs), device=self.device), count - 1]
+        groups = decode_groups(lengths, slots, count)
+        plan = StepPlan(self.cache, write, [], groups)
+        ids = [seq.last_token_id for seq in seqs]
+        return self._forward(ids, [n - 1 for n in lengths], plan, keep=0)
 
-    def _forward(self, ids: list[int], positions: list[int], plan: StepPlan) -> torch.Tensor:
-        last = torch.tensor([c.start + c.length - 1 for c in plan.chunks], device=self.device)
+    def _forward(
+        self, ids: list[int], positions: list[int], plan: StepPlan, keep: int | None = None
+    ) -> torch.Tensor:
+        """``keep``: 0 for the logits of every token (decode), else each chunk's last."""
+        last = (
+            keep
+            if keep is not None
+            else torch.tensor([c.start + c.length - 1 for c in plan.chunks], device=self.device)
+        )
         out = self.model(
             input_ids=torch.tensor([ids], device=self.device),
             position_ids=torch.tensor([positions], device=self.device),
