@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,18 +81,7 @@ def neuron(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
     )
     try:
         process.wait_ready()
-        _wait_loaded(process, "tiny")
+        process.wait_loaded("tiny")
         yield process
     finally:
         process.stop()
-
-
-def _wait_loaded(process: Neuron, model: str, timeout: float = 60.0) -> None:
-    """Until the neuron's preload of ``model`` is ready (health answers before that)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        models = process.get("/node").json()["models"]
-        if any(m["id"] == model and m["state"] == "ready" for m in models):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{model} was not ready within {timeout}s:\n{process.log()}")

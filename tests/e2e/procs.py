@@ -61,6 +61,16 @@ class Process:
             time.sleep(0.1)
         raise RuntimeError(f"process did not answer within {STARTUP_TIMEOUT}s:\n{self.log()}")
 
+    def wait_loaded(self, model: str, timeout: float = 60.0) -> None:
+        """Until the neuron's ``model`` is ready (health answers before a preload ends)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            models = httpx.get(f"{self.url}/node", timeout=5.0, verify=self.verify).json()
+            if any(m["id"] == model and m["state"] == "ready" for m in models["models"]):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{model} was not ready within {timeout}s:\n{self.log()}")
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]

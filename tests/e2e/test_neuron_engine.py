@@ -235,3 +235,33 @@ def test_the_prefix_cache_serves_a_conversation_across_dialects_and_n(neuron: Ne
     assert record["kv_blocks_used"] == 0  # nothing runs: finished blocks are cached, not used
     assert record["prefix_cache_hit_ratio"] > 0
     assert record["kv_cache_bytes"] > 0
+
+
+def test_a_small_kv_cache_caps_the_context_and_longer_prompts_are_400s(
+    start_neuron: Any, tiny_model: Path
+) -> None:
+    """128 KiB of KV holds 256 tokens of the tiny model: the record says so, and a prompt
+    past it is refused like one past the model's own context."""
+    neuron = start_neuron(
+        "--preload",
+        f"tiny={tiny_model}",
+        "--allowed-path",
+        str(tiny_model),
+        "--kv-cache-bytes",
+        "128KiB",
+    )
+    neuron.wait_loaded("tiny")
+    record = next(m for m in neuron.get("/node").json()["models"] if m["id"] == "tiny")
+    assert record["context_length"] == 256
+    assert record["kv_cache_bytes"] == 128 * 1024
+    long = [{"role": "user", "content": "river stone " * 200}]
+    response = neuron.post(
+        "/v1/chat/completions", json={"model": "tiny", "messages": long, "max_tokens": 4}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert "256" in error["message"]
+    short = neuron.post("/v1/chat/completions", json={"model": "tiny", "messages": PROMPT})
+    assert short.status_code == 200
+    assert short.json()["usage"]["total_tokens"] <= 256

@@ -256,7 +256,8 @@ def sampling_params(
     request: ChatCompletionRequest, model: LoadedModel, prompt_tokens: int
 ) -> SamplingParams:
     """Request fields, else the model's generation_config defaults, else OpenAI's."""
-    context = model.weights.context_length
+    # The model's context, or less where its KV cache holds fewer tokens (the record's).
+    context = model.record.context_length or model.weights.context_length
     if prompt_tokens >= context:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {context} tokens. However, your messages "
