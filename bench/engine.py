@@ -96,8 +96,8 @@ from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cortex.neuron.cli import default_cpu_threads as neuron_default_threads
-from cortex.neuron.cli import usable_cores
+from cortex.neuron.sizing import default_cpu_threads as neuron_default_threads
+from cortex.neuron.sizing import usable_cores
 from engine_mixed import MIXED_SHORT, MIXED_TOKENS, run_mixed
 from engine_neuron import (
     MODEL_ID,
@@ -282,10 +282,11 @@ def run_suite(suite: Suite, plan: Plan) -> None:
         peers = Peers(suite.model, suite.device, getattr(torch, suite.dtype))
     except (OSError, ValueError) as exc:
         raise BenchError(f"transformers cannot load {suite.model}: {exc}") from exc
+    neuron_threads = plan.neuron_threads or f"its default, {neuron_default_threads()}"
     print(
         f"engine bench: model {suite.model.name} ({peers.parameters / 1e6:,.1f}M params, "
         f"{suite.dtype}) on {device_name(suite.device)}, {plan.threads} threads "
-        f"(neuron: {plan.neuron_threads or 'its default, ' + str(neuron_default_threads())}), "
+        f"(neuron: {neuron_threads}), "
         f"{plan.tokens} tokens per request after a {peers.prompt_tokens}-token prompt; "
         f"torch {torch.__version__}, transformers {transformers.__version__} "
         "(peers and neuron alike)",
@@ -452,11 +453,12 @@ def run_modes(suite: Suite, args: argparse.Namespace, modes: ModeOptions) -> Non
     if context < need:
         raise BenchError(f"{suite.model.name}: a context of {context} tokens, {need} needed")
     names = [flag for flag, on in (("--prefix", args.prefix), ("--mixed", args.mixed)) if on]
+    default = neuron_default_threads()
     print(
         f"engine bench {' '.join(names)}: model {suite.model.name} "
         f"({parameter_count(suite.model) / 1e6:,.1f}M params, {suite.dtype}, context "
         f"{context:,}) on {device_name(suite.device)}, neuron threads "
-        f"{modes.neuron_threads or 'its default, ' + str(neuron_default_threads())}"
+        f"{modes.neuron_threads or f'its default, {default}'}"
         f"{f', peers {modes.threads} threads' if args.mixed else ''}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}",
         flush=True,

@@ -169,7 +169,7 @@ def up(
     _banner(listen, metrics_listen, [p.id for p in profiles])
     import torch
 
-    from cortex.neuron.cli import default_cpu_threads
+    from cortex.neuron.sizing import default_cpu_threads
 
     torch.set_num_threads(neuron.cpu_threads or default_cpu_threads())  # as `neuron serve` does
     embedded = UvicornService(

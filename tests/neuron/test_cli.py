@@ -53,19 +53,6 @@ def test_torch_threads_default_to_every_core_but_one(monkeypatch: pytest.MonkeyP
         assert default_cpu_threads() == threads
 
 
-def test_a_model_large_enough_gets_every_core_a_small_one_all_but_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from cortex.neuron.sizing import ALL_CORES_FROM_PARAMS, cpu_threads
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert cpu_threads(100_000) == 1  # the tiny model: one core stays with the server
-    assert cpu_threads(ALL_CORES_FROM_PARAMS) == 2  # matrix work: both cores
-    assert cpu_threads(440_000_000, configured=1) == 1  # cpu_threads wins when set
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert cpu_threads(100_000) == 1
-
-
 def test_protect_all_without_an_admin_token_is_refused() -> None:
     result = _serve(env={"NEURON_PROTECT": "all"})
     assert result.returncode == 2

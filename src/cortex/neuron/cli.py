@@ -16,7 +16,7 @@ import typer
 
 from cortex.config import NeuronConfig, load_neuron_config
 from cortex.errors import ConfigError
-from cortex.neuron.sizing import usable_cores
+from cortex.neuron.sizing import default_cpu_threads
 
 app = typer.Typer(
     add_completion=False,
@@ -51,14 +51,6 @@ def run(config: NeuronConfig, *, log_level: str = "info", access_log: bool = Fal
     code = run_services([service])
     if code:
         raise typer.Exit(code)
-
-
-def default_cpu_threads() -> int:
-    """Torch threads at start, when the config names none: every usable core but one
-    (each model's steps then use ``sizing.cpu_threads`` for its size). The core left over
-    runs the event loop, tokenizing and detokenizing; vLLM's CPU backend reserves a core
-    the same way."""
-    return max(1, usable_cores() - 1)
 
 
 def _configure_logging(level: str) -> None:

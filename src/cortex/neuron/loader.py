@@ -33,7 +33,6 @@ class LoadedWeights:
     dtype: torch.dtype
     memory_bytes: int
     context_length: int
-    num_params: int
     eos_token_ids: frozenset[int]
     # The chat template, what it accepts, and the model's reasoning/tool-call format.
     template: ChatTemplate
@@ -103,7 +102,6 @@ def load_weights(path: Path, device: Device, dtype: torch.dtype) -> LoadedWeight
         dtype=dtype,
         memory_bytes=memory,
         context_length=context_length(model.config, tokenizer),
-        num_params=sum(t.numel() for t in model.parameters()),
         eos_token_ids=eos_ids(path, model, tokenizer),
         template=ChatTemplate.of(tokenizer),
         sampling_defaults=sampling_defaults(path),

@@ -44,7 +44,7 @@ from cortex.neuron.engine.harness import TransformersHarness
 from cortex.neuron.engine.worker import DeviceWorker
 from cortex.neuron.loaded import LoadedModel, LoadInFlight, ProgressListener, load_result
 from cortex.neuron.metrics import LiveFigures, NeuronMetrics
-from cortex.neuron.sizing import cpu_threads, kv_budget
+from cortex.neuron.sizing import kv_budget
 from cortex.protocol.lifecycle import (
     Capabilities,
     DeviceInfo,
@@ -219,11 +219,6 @@ class ModelRegistry:
                 kv_cache_bytes=kv_cache_bytes,
                 block_size=self.config.kv_block_size,
                 prefix_caching=self.config.prefix_caching,
-                threads=(
-                    cpu_threads(weights.num_params, self.config.cpu_threads)
-                    if device.kind == "cpu"
-                    else None
-                ),
                 stats=self.metrics.engine_stats(model_id),
                 name=model_id,
             )

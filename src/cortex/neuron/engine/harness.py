@@ -52,7 +52,7 @@ from cortex.neuron.engine.scheduler import Batch, Scheduler
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 from cortex.neuron.engine.stats import EngineStats, EngineStatus
 from cortex.neuron.engine.stream import Posts, SequenceStream, dispatch
-from cortex.neuron.engine.worker import DeviceWorker, use_threads
+from cortex.neuron.engine.worker import DeviceWorker
 from cortex.neuron.wire.events import Error, FinishReason, InferenceEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,6 @@ class TransformersHarness:
         kv_cache_bytes: int | None = None,
         block_size: int = 16,
         prefix_caching: bool = True,
-        threads: int | None = None,
         stats: EngineStats | None = None,
         name: str = "model",
     ) -> None:
@@ -83,7 +82,6 @@ class TransformersHarness:
         self.stats = stats or EngineStats()
         self._device = device
         self._worker = worker
-        self._threads = threads  # torch's CPU threads for its steps (None: as they are)
         self._runner, blocks, self.max_model_len = make_runner(
             model,
             device,
@@ -194,8 +192,6 @@ class TransformersHarness:
             return bool(self._inbox) or self._scheduler.has_work
 
     def step(self) -> None:
-        if self._threads is not None:
-            use_threads(self._threads)
         batch = self._schedule()
         posts: Posts = []
         for seq in batch.cancelled:

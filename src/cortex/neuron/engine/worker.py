@@ -20,17 +20,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_threads_now: int | None = None  # torch's intra-op threads as last set by ``use_threads``
-
-
-def use_threads(count: int) -> None:
-    """Set torch's CPU threads for the step about to run (a no-op when unchanged); on the
-    worker thread, before a model's step (``neuron.sizing``)."""
-    global _threads_now
-    if count != _threads_now:
-        torch.set_num_threads(count)
-        _threads_now = count
-
 
 class Steppable(Protocol):
     @property
