@@ -69,9 +69,14 @@ def test_protect_all_without_an_admin_token_is_refused() -> None:
         ('admin_token = ""', "admin_token", "visible ASCII"),
         ('admin_token = "two words"', "admin_token", "visible ASCII"),
         ('allowed_paths = ["/does/not/exist"]', "allowed_paths", "not a directory"),
+        ("kv_cache_fraction = 0", "kv_cache_fraction", "greater than 0"),
+        ("kv_cache_fraction = 1.5", "kv_cache_fraction", "less than or equal to 1"),
+        ("kv_block_size = 0", "kv_block_size", "greater than or equal to 1"),
+        ('kv_cache_bytes = "heaps"', "kv_cache_bytes", "not a size"),
+        ('prefix_caching = "sometimes"', "prefix_caching", "boolean"),
     ],
 )
-def test_bad_access_keys_name_file_key_and_reason(
+def test_bad_access_and_kv_keys_name_file_key_and_reason(
     tmp_path: Path, content: str, key: str, reason: str
 ) -> None:
     file = tmp_path / "neuron.toml"
@@ -138,27 +143,6 @@ def test_kv_cache_keys_from_the_file_flags_and_environment(
     assert result.exit_code == 0, result.output
     got = [(c.kv_cache_bytes, c.kv_cache_fraction, c.kv_block_size, c.prefix_caching) for c in seen]
     assert got == [(2 * 1024**3, 0.75, 8, True), (512 * 1024**2, 0.9, 64, False)]
-
-
-@pytest.mark.parametrize(
-    ("content", "key", "reason"),
-    [
-        ("kv_cache_fraction = 0", "kv_cache_fraction", "greater than 0"),
-        ("kv_cache_fraction = 1.5", "kv_cache_fraction", "less than or equal to 1"),
-        ("kv_block_size = 0", "kv_block_size", "greater than or equal to 1"),
-        ('kv_cache_bytes = "heaps"', "kv_cache_bytes", "not a size"),
-        ('prefix_caching = "sometimes"', "prefix_caching", "boolean"),
-    ],
-)
-def test_bad_kv_cache_keys_name_file_key_and_reason(
-    tmp_path: Path, content: str, key: str, reason: str
-) -> None:
-    file = tmp_path / "neuron.toml"
-    file.write_text(content + "\n")
-    with pytest.raises(ConfigError) as info:
-        load_neuron_config(file)
-    assert f"{file}: {key}: " in info.value.message
-    assert reason in info.value.message
 
 
 @pytest.mark.parametrize(
