@@ -18,7 +18,7 @@ from cortex.neuron import loader
 from cortex.neuron.devices import discover
 from cortex.neuron.engine.base import InferenceRequest, SamplingParams
 from cortex.neuron.engine.harness import TransformersHarness
-from cortex.neuron.engine.runner import Runner, make_runner
+from cortex.neuron.engine.runner import PagedRunner, Runner, make_runner
 from cortex.neuron.engine.scheduler import Scheduler
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 from cortex.neuron.engine.worker import DeviceWorker
@@ -86,7 +86,17 @@ def _engine(
         block_size=BLOCK,
         prefix_caching=prefix_caching,
     )
+    _poison(runner)
     return runner, Scheduler(8, 8192, manager)
+
+
+def _poison(runner: Runner) -> None:
+    """Fill every block's slots with NaN, as memory fresh from the allocator may hold:
+    a slot read before it is written (or read and not masked to zero) shows in the output."""
+    assert isinstance(runner, PagedRunner)
+    slots = runner.cache.num_blocks * runner.cache.block_size
+    for tensor in (*runner.cache.keys, *runner.cache.values):
+        tensor[:slots].fill_(float("nan"))
 
 
 @torch.inference_mode()
@@ -223,6 +233,7 @@ async def test_the_engine_streams_the_same_text_with_and_without_its_prefix_cach
     )
     block_bytes = BLOCK * layers * 2 * kv_heads * weights.model.config.head_dim * 4
     small = harness(kv_cache_bytes=40 * block_bytes, max_num_seqs=12)
+    _poison(small._runner)
     plain = harness(prefix_caching=False)
     alone = [await _text(plain.submit(_request(weights, ids, 30))) for ids in prompts]
     together = await asyncio.gather(

@@ -48,7 +48,10 @@ class LayerShape:
 
 
 class PagedKV:
-    """Per layer, keys and values of ``num_blocks * block_size`` token slots."""
+    """Per layer, keys and values of ``num_blocks * block_size`` token slots, and one more,
+    ``zero_slot``, that stays zero: a decode group's padding points there. (Memory fresh
+    from the allocator may hold NaN, and a masked-out NaN value still poisons SDPA's
+    product: 0 × NaN is NaN.)"""
 
     def __init__(
         self,
@@ -59,17 +62,23 @@ class PagedKV:
         device: torch.device,
     ) -> None:
         slots = num_blocks * block_size
-        self.num_blocks, self.block_size = num_blocks, block_size
+        self.num_blocks, self.block_size, self.zero_slot = num_blocks, block_size, slots
         self.keys = [
-            torch.empty(slots, s.kv_heads, s.key_dim, dtype=dtype, device=device) for s in layers
+            torch.empty(slots + 1, s.kv_heads, s.key_dim, dtype=dtype, device=device)
+            for s in layers
         ]
         self.values = [
-            torch.empty(slots, s.kv_heads, s.value_dim, dtype=dtype, device=device) for s in layers
+            torch.empty(slots + 1, s.kv_heads, s.value_dim, dtype=dtype, device=device)
+            for s in layers
         ]
+        for tensor in (*self.keys, *self.values):
+            tensor[slots].zero_()
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        """The blocks' memory (the zero slot, one token's worth, is not counted)."""
+        slots = self.zero_slot
+        return sum(t[:slots].numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
 def bytes_per_token(layers: list[LayerShape], dtype: torch.dtype) -> int:

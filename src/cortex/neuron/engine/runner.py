@@ -173,6 +173,9 @@ class PagedRunner:
         slots = (blocks[:, :, None] * self.block_size + self._offsets).flatten(1)
         count = torch.tensor(lengths, device=self.device)
         write = slots[torch.arange(len(seqs), device=self.device), count - 1]
+        # Past its length, a row reads the zero slot: never a stale or unwritten one.
+        columns = torch.arange(slots.shape[1], device=self.device)
+        slots = slots.masked_fill(columns[None, :] >= count[:, None], self.cache.zero_slot)
         groups = decode_groups(lengths, slots, count)
         plan = StepPlan(self.cache, write, [], groups)
         ids = [seq.last_token_id for seq in seqs]
