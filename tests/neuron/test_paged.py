@@ -2,7 +2,8 @@
 transformers' own ``generate`` alone, in a batch, from a cached prefix and after a
 preemption; a second prompt computes only its new tokens; cached blocks give way under
 memory pressure, least recently used first; a batch that needs more KV than there is
-completes every request."""
+completes every request; a model the paged attention cannot serve (gpt-oss's sinks) runs
+one sequence at a time in transformers' own cache, as its ``generate`` would."""
 
 from __future__ import annotations
 
@@ -245,3 +246,51 @@ async def test_the_engine_streams_the_same_text_with_and_without_its_prefix_cach
     assert status.preemptions > 0
     assert status.kv_blocks_used == 0
     assert plain.status.prefix_hit_tokens == 0
+
+
+def test_a_model_the_paged_attention_cannot_serve_runs_alone_in_its_own_cache() -> None:
+    """gpt-oss attends with sinks, which the paged attention does not do: the probe says
+    so, the model keeps its own attention, and sequences run one at a time in transformers'
+    DynamicCache with the output of its own ``generate``."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    config = GptOssConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+        num_experts_per_tok=2, max_position_embeddings=512, sliding_window=8,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = GptOssForCausalLM(config).eval()
+    runner, manager, _ = make_runner(
+        model, CPU, max_model_len=512, max_num_seqs=4, kv_cache_bytes=None,
+        block_size=BLOCK, prefix_caching=True,
+    )  # fmt: skip
+    assert not runner.paged
+    assert model.config._attn_implementation != "cortex_paged"
+    assert not manager.prefix_caching
+    prompts = [[(7 * i + j) % 200 + 1 for j in range(20 + 9 * i)] for i in range(3)]
+    seqs = [
+        Sequence(
+            request=InferenceRequest(
+                request_id=str(i),
+                prompt_ids=ids,
+                params=SamplingParams(max_tokens=12),
+                output=TextOutput(_Letters()),
+            ),
+            sink=_Sink(),
+        )
+        for i, ids in enumerate(prompts)
+    ]
+    scheduler = Scheduler(1, 8192, manager)
+    _greedy(runner, scheduler, seqs, 12)
+    for seq, ids in zip(seqs, prompts, strict=True):
+        out = model.generate(
+            torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False
+        )
+        assert seq.output_ids == [int(t) for t in out[0, len(ids) :]]
+
+
+class _Letters:
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(ord("a") + t % 26) for t in token_ids)
