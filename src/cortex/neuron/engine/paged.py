@@ -196,18 +196,13 @@ def paged_attention(
     keys.index_copy_(0, plan.write_slots, key[0].transpose(0, 1))
     values.index_copy_(0, plan.write_slots, value[0].transpose(0, 1))
     q = query[0]  # [H, T, D]
+    if len(plan.groups) == 1 and plan.groups[0].whole:  # the usual decode: one SDPA call
+        o = _attend_group(plan.groups[0], q, keys, values, scaling, window)
+        return o.transpose(1, 2).transpose(0, 1), None  # [1, G, H, Dv]
     out = query.new_empty(q.shape[1], q.shape[0], value.shape[-1])  # [T, H, Dv]
     if plan.groups:
         for group in plan.groups:
-            k = keys[group.slots].transpose(1, 2)  # [G, KVH, L, D]
-            v = values[group.slots].transpose(1, 2)
-            qg = (q if group.whole else q[:, group.rows, :]).transpose(0, 1).unsqueeze(2)
-            o = F.scaled_dot_product_attention(  # qg: [G, H, 1, D]
-                qg, k, v, attn_mask=group.mask(window), scale=scaling, enable_gqa=True
-            )
-            if group.whole:
-                return o.transpose(1, 2).transpose(0, 1), None  # [1, G, H, Dv]
-            out[group.rows] = o[:, :, 0, :]
+            out[group.rows] = _attend_group(group, q, keys, values, scaling, window)[:, :, 0, :]
         return out.unsqueeze(0), None
     for chunk in plan.chunks:
         k = keys[chunk.slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, L, D]
@@ -219,6 +214,23 @@ def paged_attention(
         )
         out[chunk.start : chunk.start + chunk.length] = o[0].transpose(0, 1)
     return out.unsqueeze(0), None
+
+
+def _attend_group(
+    group: DecodeGroup,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scaling: float | None,
+    window: int | None,
+) -> torch.Tensor:
+    """One query token of each sequence in the group against its own tokens: [G, H, 1, Dv]."""
+    k = keys[group.slots].transpose(1, 2)  # [G, KVH, L, D]
+    v = values[group.slots].transpose(1, 2)
+    qg = (q if group.whole else q[:, group.rows, :]).transpose(0, 1).unsqueeze(2)  # [G, H, 1, D]
+    return F.scaled_dot_product_attention(
+        qg, k, v, attn_mask=group.mask(window), scale=scaling, enable_gqa=True
+    )
 
 
 def _probe(
