@@ -228,7 +228,7 @@ def test_the_prefix_cache_serves_a_conversation_across_dialects_and_n(neuron: Ne
     assert len(several.choices) == 2
     after_n = _value(_metrics(neuron), hits, model="tiny")
     assert after_n - after_responses >= 2 * (prompt_tokens - 3 * 16)
-    assert after_chat >= before
+    assert after_chat - before < 16  # the first asking found no full block of it cached
 
     record = next(m for m in neuron.get("/node").json()["models"] if m["id"] == "tiny")
     assert record["kv_blocks_total"] > 0
