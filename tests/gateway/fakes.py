@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from cortex.errors import InsufficientMemory, ModelNotFound, NeuronUnavailable, SourceNotFound
 from cortex.gateway.neurons import ProgressCallback
@@ -34,6 +36,7 @@ class FakeNeurons:
         self.max_parallel_loads: dict[str, int] = {}
         self.loads: list[tuple[str, str]] = []
         self.kv_cache_bytes: list[int | None] = []  # what each load asked for, in order
+        self.options: list[dict[str, Any]] = []  # each load's options, in order
         self.unloads: list[tuple[str, str]] = []
         self.over_budget: list[str] = []
         self.random = random.Random(seed)
@@ -69,10 +72,11 @@ class FakeNeurons:
         source: str,
         progress: ProgressCallback | None = None,
         *,
-        kv_cache_bytes: int | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> ModelRecord:
         fake = self._reach(node)
-        self.kv_cache_bytes.append(kv_cache_bytes)
+        self.options.append(dict(options or {}))
+        self.kv_cache_bytes.append((options or {}).get("kv_cache_bytes"))
         if model not in self.sizes:
             raise SourceNotFound(f"no source {source}")
         self.loading[model] = self.loading.get(model, 0) + 1

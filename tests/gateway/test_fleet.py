@@ -309,9 +309,12 @@ async def _until(condition: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_profiles_kv_cache_bytes_goes_with_its_loads() -> None:
+async def test_a_profiles_load_options_go_with_its_loads() -> None:
     fakes = FakeNeurons({"a": 1000}, SIZES)
-    profiles = [ModelProfile(id="m0", kv_cache_bytes=64), ModelProfile(id="m3")]
+    profiles = [
+        ModelProfile(id="m0", kv_cache_bytes=64, engine="vllm", tp=2, quant="awq"),
+        ModelProfile(id="m3"),
+    ]
     fleet = _fleet(fakes, profiles)
 
     async def work() -> None:
@@ -321,6 +324,7 @@ async def test_a_profiles_kv_cache_bytes_goes_with_its_loads() -> None:
     await _with_fleet(fleet, work)
     assert fakes.loads == [("a", "m0"), ("a", "m3")]
     assert fakes.kv_cache_bytes == [64, None]
+    assert fakes.options == [{"kv_cache_bytes": 64, "engine": "vllm", "tp": 2, "quant": "awq"}, {}]
 
 
 @pytest.mark.parametrize("kv_cache_bytes", [None, 2 * 1024**3])
@@ -340,7 +344,8 @@ async def test_the_load_body_names_kv_cache_bytes_only_when_set(
     client._http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
     try:
         node = NodeState("a", "http://a:1")
-        record = await client.load(node, "m0", "org/m0", kv_cache_bytes=kv_cache_bytes)
+        options = {} if kv_cache_bytes is None else {"kv_cache_bytes": kv_cache_bytes}
+        record = await client.load(node, "m0", "org/m0", options=options)
     finally:
         await client.aclose()
     assert record.id == "m0"

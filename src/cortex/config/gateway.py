@@ -160,6 +160,8 @@ class ModelProfile(BaseModel):
     pinned: bool = False
     quant: str | None = None
     tp: int = Field(default=1, ge=1)
+    # The engine its loads ask for ("auto", "vllm", "transformers"); unset: the neuron's.
+    engine: Literal["auto", "vllm", "transformers"] | None = None
     memory: Size | None = None  # estimate used for placement before the neuron knows better
     # Memory for its KV cache, sent with each load; unset: the neuron's own choice
     # (its kv_cache_bytes, else kv_cache_fraction of what is left after the weights).
@@ -168,6 +170,19 @@ class ModelProfile(BaseModel):
     @property
     def load_source(self) -> str:
         return self.source or self.id
+
+    def load_options(self) -> dict[str, Any]:
+        """What its loads ask the neuron for beyond the defaults (only what is set)."""
+        options: dict[str, Any] = {}
+        if self.kv_cache_bytes is not None:
+            options["kv_cache_bytes"] = int(self.kv_cache_bytes)
+        if self.engine is not None:
+            options["engine"] = self.engine
+        if self.tp != 1:
+            options["tp"] = self.tp
+        if self.quant is not None:
+            options["quant"] = self.quant
+        return options
 
 
 class ModelsConfig(BaseModel):

@@ -37,6 +37,12 @@ class NeuronConfig(BaseModel):
     # route but /health); "all" without a token is refused.
     protect: Literal["admin", "all"] = "admin"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Which engine runs the models a load does not name one for: "auto" picks vLLM where it
+    # is installed and runs the model on its device, else cortex's transformers engine.
+    engine: Literal["auto", "vllm", "transformers"] = "auto"
+    # vLLM's own engine arguments for every model it runs here (AsyncEngineArgs names,
+    # e.g. {enforce_eager = false, gpu_memory_utilization = 0.9}); they win over cortex's.
+    vllm_args: dict[str, Any] = Field(default_factory=dict)
     max_request_bytes: Size = 32 * 1024**2
     load_wait_timeout: Duration = 600.0
     unload_drain_timeout: Duration = 30.0

@@ -50,9 +50,9 @@ class FleetTasks:
                 self.metrics.evictions.value(victim, node.name, reason).inc()
             profile = self._snapshot().profile(load.model)
             source = profile.load_source if profile is not None else load.model
-            kv_cache_bytes = profile.kv_cache_bytes if profile is not None else None
+            options = profile.load_options() if profile is not None else {}
             relay = self._relay(load.model, node.name)
-            await self.client.load(node, load.model, source, relay, kv_cache_bytes=kv_cache_bytes)
+            await self.client.load(node, load.model, source, relay, options=options)
         except CortexError as exc:
             error = exc
         reading = await read(self.client, node)

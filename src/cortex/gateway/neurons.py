@@ -84,17 +84,15 @@ class NeuronClient:
         source: str,
         progress: ProgressCallback | None = None,
         *,
-        kv_cache_bytes: int | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> ModelRecord:
         """Load and wait until ready, relaying the neuron's progress events.
 
-        ``kv_cache_bytes`` (the profile's) goes in the body only when set: unset, the
-        neuron sizes the model's KV cache itself.
+        ``options``: the profile's load fields that are set (``kv_cache_bytes``, ``engine``,
+        ``tp``, ``quant``; ``ModelProfile.load_options``); what is unset the neuron decides.
         """
         headers = {**self._auth(node), "Accept": "text/event-stream"}
-        body: dict[str, Any] = {"model": model, "source": source}
-        if kv_cache_bytes is not None:
-            body["kv_cache_bytes"] = kv_cache_bytes
+        body: dict[str, Any] = {"model": model, "source": source, **(options or {})}
         url = f"{node.endpoint}/models/load"
         timeout = httpx.Timeout(self._load_timeout, connect=5.0)
         try:

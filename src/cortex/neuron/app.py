@@ -29,7 +29,7 @@ from starlette.routing import Route
 from cortex import __version__
 from cortex.config import NeuronConfig
 from cortex.errors import CortexError, Unauthorized
-from cortex.neuron import defrag, sources
+from cortex.neuron import defrag, engines, sources
 from cortex.neuron.chat_service import ChatService
 from cortex.neuron.devices import Device, discover
 from cortex.neuron.metrics import CONTENT_TYPE, NeuronMetrics
@@ -68,7 +68,10 @@ Access = Literal["open", "data", "admin"]
 
 
 def engine_name() -> str:
-    return f"transformers {transformers.__version__}, torch {torch.__version__}"
+    """The engines this node can run models on, with their versions."""
+    name = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    vllm = engines.vllm_version()
+    return name if vllm is None else f"{name}, vllm {vllm}"
 
 
 class NeuronApp:

@@ -116,6 +116,13 @@ def serve(
     dtype: Annotated[
         str | None, typer.Option(envvar="NEURON_DTYPE", help="auto|float32|bfloat16|float16")
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NEURON_ENGINE",
+            help="auto (vLLM where it can run the model, else transformers)|vllm|transformers",
+        ),
+    ] = None,
     cpu_threads: Annotated[int | None, typer.Option(envvar="NEURON_CPU_THREADS")] = None,
     max_num_seqs: Annotated[
         int | None,
@@ -184,6 +191,7 @@ def serve(
         "admin_token": admin_token,
         "protect": protect,
         "dtype": dtype,
+        "engine": engine,
         "cpu_threads": cpu_threads,
         "max_num_seqs": max_num_seqs,
         "max_queue": max_queue,

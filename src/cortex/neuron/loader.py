@@ -5,6 +5,7 @@ Blocking torch/transformers work; the registry runs it off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import threading
@@ -102,7 +103,29 @@ def load_weights(path: Path, device: Device, dtype: torch.dtype) -> LoadedWeight
         dtype=dtype,
         memory_bytes=memory,
         context_length=context_length(model.config, tokenizer),
-        eos_token_ids=eos_ids(path, model, tokenizer),
+        eos_token_ids=eos_ids(model.config, getattr(model, "generation_config", None), tokenizer),
+        template=ChatTemplate.of(tokenizer),
+        sampling_defaults=sampling_defaults(path),
+    )
+
+
+def load_metadata(path: Path, dtype: torch.dtype, memory_bytes: int) -> LoadedWeights:
+    """Everything but the weights (an engine of its own reads those): the tokenizer, the
+    template, the end-of-sequence ids, the context, the sampling defaults."""
+    from transformers import AutoConfig, GenerationConfig
+
+    tokenizer = load_tokenizer(path)
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    generation: Any = None
+    with contextlib.suppress(OSError, ValueError):
+        generation = GenerationConfig.from_pretrained(str(path), local_files_only=True)
+    return LoadedWeights(
+        model=None,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        memory_bytes=memory_bytes,
+        context_length=context_length(config, tokenizer),
+        eos_token_ids=eos_ids(config, generation, tokenizer),
         template=ChatTemplate.of(tokenizer),
         sampling_defaults=sampling_defaults(path),
     )
@@ -127,9 +150,9 @@ def context_length(config: Any, tokenizer: Any) -> int:
     return limit if isinstance(limit, int) and 0 < limit < 10**7 else 2048
 
 
-def eos_ids(path: Path, model: Any, tokenizer: Any) -> frozenset[int]:
+def eos_ids(config: Any, generation_config: Any, tokenizer: Any) -> frozenset[int]:
     ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config):
+    for source in (generation_config, config):
         value = getattr(source, "eos_token_id", None)
         if isinstance(value, int):
             ids.add(value)

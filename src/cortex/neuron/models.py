@@ -38,13 +38,12 @@ from cortex.errors import (
     NotFound,
     UpstreamTimeout,
 )
-from cortex.neuron import loader, sources
+from cortex.neuron import engines, loader, sources
 from cortex.neuron.devices import Device
-from cortex.neuron.engine.harness import TransformersHarness
 from cortex.neuron.engine.worker import DeviceWorker
 from cortex.neuron.loaded import LoadedModel, LoadInFlight, ProgressListener, load_result
 from cortex.neuron.metrics import LiveFigures, NeuronMetrics
-from cortex.neuron.sizing import kv_budget
+from cortex.neuron.start import start_model
 from cortex.protocol.lifecycle import (
     Capabilities,
     DeviceInfo,
@@ -181,12 +180,16 @@ class ModelRegistry:
         path = await asyncio.to_thread(sources.resolve, source, self.places, param)
         record.path = str(path)
         device = self._pick_device(request.device)
+        wanted = request.engine or self.config.engine
+        engine = await asyncio.to_thread(engines.choose, wanted, path, device, request)
         dtype = loader.choose_dtype(request.dtype or self.config.dtype, device)
         needed = await asyncio.to_thread(
             sources.estimate_bytes, path, dtype.itemsize if dtype.is_floating_point else None
         )
         free = self.free_bytes(device)
-        progress("checking", f"needs {needed} bytes, {free} free on {device.label}", needed)
+        progress(
+            "checking", f"needs {needed} bytes, {free} free on {device.label} ({engine})", needed
+        )
         if needed > free:
             raise InsufficientMemory(
                 f"Not enough memory to load {model_id!r} on {device.label}: "
@@ -198,37 +201,31 @@ class ModelRegistry:
         progress("loading", f"reading weights from {path}", needed)
         self._reserved[device.label] = self._reserved.get(device.label, 0) + needed
         try:
-            weights = await asyncio.to_thread(loader.load_weights, path, device, dtype)
+            started = await start_model(
+                engine,
+                model_id=model_id,
+                path=path,
+                device=device,
+                dtype=dtype,
+                needed=needed,
+                budget_left=lambda: self.free_bytes(device) + needed,
+                request=request,
+                config=self.config,
+                stats=self.metrics.engine_stats(model_id),
+                worker=lambda: self._worker(device),
+                progress=progress,
+            )
         finally:
             self._reserved[device.label] -= needed
+        weights, harness = started.weights, started.harness
         allowed = self.config.allow_client_chat_template
         weights.template = weights.template.allowing_client_templates(allowed)
-        try:
-            free = self.free_bytes(device) - weights.memory_bytes
-            kv_cache_bytes = kv_budget(request, self.config, free, device.label)
-            progress("loading", f"a KV cache of up to {kv_cache_bytes} bytes", needed)
-            harness = await asyncio.to_thread(
-                TransformersHarness,
-                weights.model,
-                device.torch_device,
-                self._worker(device),
-                max_model_len=weights.context_length,
-                max_num_seqs=self.config.max_num_seqs,
-                max_queue=self.config.max_queue,
-                max_prefill_tokens=self.config.max_prefill_tokens,
-                kv_cache_bytes=kv_cache_bytes,
-                block_size=self.config.kv_block_size,
-                prefix_caching=self.config.prefix_caching,
-                stats=self.metrics.engine_stats(model_id),
-                name=model_id,
-            )
-        except BaseException:
-            await asyncio.to_thread(loader.free, weights, device)
-            raise
         now = time.time()
         record.state, record.error = "ready", None
-        record.memory_bytes = weights.memory_bytes + harness.kv_cache_bytes
-        record.context_length = harness.max_model_len
+        record.memory_bytes = weights.memory_bytes + started.kv_cache_bytes
+        record.context_length = started.context_length
+        record.engine = engine
+        record.tp, record.quant = request.tp, request.quant
         fmt = weights.template.format
         record.capabilities = Capabilities(
             tools=fmt.can_call_tools,

@@ -13,7 +13,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cortex.protocol.openai import ChatMessage, Tool
 
-ModelState = Literal["loading", "ready", "unloading", "failed"]
+ModelState = Literal["loading", "ready", "sleeping", "unloading", "failed"]
+# Which engine runs a model: "auto" picks vLLM where it can run the model, else transformers.
+EngineName = Literal["auto", "vllm", "transformers"]
 
 _REQUEST = ConfigDict(extra="forbid", strict=True)
 _SHAPE = ConfigDict(extra="ignore")
@@ -87,6 +89,7 @@ class ModelRecord(BaseModel):
     queue_wait: float = 0.0  # seconds the oldest queued request has waited
     tp: int = 1
     quant: str | None = None
+    engine: str | None = None  # "vllm" or "transformers", once it is decided
     # The paged KV cache (as of the engine's last step): its memory (also counted in
     # memory_bytes), its blocks of kv_block_size tokens, those live sequences use, and
     # the share of prompt tokens found in the prefix cache since load.
@@ -130,8 +133,14 @@ class LoadRequest(BaseModel):
     model: ModelName
     source: SourceName | None = None
     device: str | None = None
-    tp: int = Field(default=1, ge=1, le=1)
-    quant: Literal["none"] | None = None
+    # The engine for this load; unset: the neuron's ``engine``.
+    engine: EngineName | None = None
+    # GPUs of this host for tensor parallelism, and a quantization vLLM supports for the
+    # checkpoint ("awq", "gptq", "fp8", "bitsandbytes", …); both need the vLLM engine.
+    tp: int = Field(default=1, ge=1, le=64)
+    quant: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_printable)] | None = (
+        None
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     # Memory for the model's KV cache; unset: the neuron's kv_cache_bytes, else its
     # kv_cache_fraction of what the device budget has left after the weights.

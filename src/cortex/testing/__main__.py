@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONTEXT_LENGTH,
         help=f"max_position_embeddings of the model (default {DEFAULT_CONTEXT_LENGTH})",
     )
+    build.add_argument(
+        "--head-dim",
+        type=int,
+        default=16,
+        help="attention head size (default 16; vLLM's CPU attention needs 32 or more, e.g. 64)",
+    )
     return parser
 
 
@@ -50,7 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.family is not None:
             path = build_family_model(args.out, args.family, context_length=args.context_length)
         else:
-            path = build_model(args.out, trained=args.trained, context_length=args.context_length)
+            path = build_model(
+                args.out,
+                trained=args.trained,
+                context_length=args.context_length,
+                head_dim=args.head_dim,
+            )
     except FileExistsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -81,15 +81,18 @@ def qwen3_config(
     bos_token_id: int | None,
     eos_token_id: int,
     pad_token_id: int | None,
+    head_dim: int = _SHAPE.head_dim,
 ) -> Qwen3Config:
-    """The tiny Qwen3 architecture with these special-token ids (the families share it)."""
+    """The tiny Qwen3 architecture with these special-token ids (the families share it).
+
+    ``head_dim`` 64 makes a model vLLM's CPU attention takes (it refuses 16)."""
     return Qwen3Config(
         vocab_size=vocab_size,
         hidden_size=_SHAPE.hidden_size,
         num_hidden_layers=_SHAPE.num_hidden_layers,
         num_attention_heads=_SHAPE.num_attention_heads,
         num_key_value_heads=_SHAPE.num_key_value_heads,
-        head_dim=_SHAPE.head_dim,
+        head_dim=head_dim,
         intermediate_size=_SHAPE.intermediate_size,
         tie_word_embeddings=True,
         max_position_embeddings=context_length,
@@ -100,7 +103,9 @@ def qwen3_config(
     )
 
 
-def _model_config(tokenizer: PreTrainedTokenizerFast, context_length: int) -> Qwen3Config:
+def _model_config(
+    tokenizer: PreTrainedTokenizerFast, context_length: int, head_dim: int
+) -> Qwen3Config:
     endoftext = token_id(tokenizer, ENDOFTEXT)
     # As in Qwen3: <|endoftext|> doubles as BOS and padding, <|im_end|> ends a turn.
     return qwen3_config(
@@ -109,6 +114,7 @@ def _model_config(tokenizer: PreTrainedTokenizerFast, context_length: int) -> Qw
         bos_token_id=endoftext,
         eos_token_id=token_id(tokenizer, IM_END),
         pad_token_id=endoftext,
+        head_dim=head_dim,
     )
 
 
@@ -149,7 +155,7 @@ def _quiet_progress_bars() -> Iterator[None]:
 def new_model(config: Qwen3Config, generation_config: GenerationConfig) -> Qwen3ForCausalLM:
     """A freshly (and reproducibly) initialised tiny model."""
     torch.manual_seed(_SEED)
-    model = Qwen3ForCausalLM(config)
+    model = Qwen3ForCausalLM(config)  # type: ignore[no-untyped-call,unused-ignore]
     model.generation_config = generation_config
     return model
 
@@ -166,9 +172,10 @@ def save_model(model: Qwen3ForCausalLM, out_dir: Path) -> None:
         path.chmod(0o644)
 
 
-def _write_model(out_dir: Path, *, trained: bool, context_length: int) -> None:
+def _write_model(out_dir: Path, *, trained: bool, context_length: int, head_dim: int) -> None:
     tokenizer = save_tokenizer(out_dir, context_length=context_length)
-    model = new_model(_model_config(tokenizer, context_length), _generation_config(tokenizer))
+    config = _model_config(tokenizer, context_length, head_dim)
+    model = new_model(config, _generation_config(tokenizer))
     if trained:
         train.train_on_fixtures(model, tokenizer, seed=_SEED)
         # The margin check in training implies this, but generate() is what users run.
@@ -177,7 +184,11 @@ def _write_model(out_dir: Path, *, trained: bool, context_length: int) -> None:
 
 
 def build_model(
-    out_dir: Path, *, trained: bool = False, context_length: int = DEFAULT_CONTEXT_LENGTH
+    out_dir: Path,
+    *,
+    trained: bool = False,
+    context_length: int = DEFAULT_CONTEXT_LENGTH,
+    head_dim: int = _SHAPE.head_dim,
 ) -> Path:
     """Build a tiny Qwen3 model folder at ``out_dir`` and return its path.
 
@@ -191,7 +202,9 @@ def build_model(
         raise ValueError(f"context_length must be positive, got {context_length}")
     return write_atomically(
         Path(out_dir),
-        lambda staging: _write_model(staging, trained=trained, context_length=context_length),
+        lambda staging: _write_model(
+            staging, trained=trained, context_length=context_length, head_dim=head_dim
+        ),
     )
 
 
@@ -256,7 +269,12 @@ def source_digest(parts: object, *texts: str, sources: tuple[Path, ...] = ()) ->
     return digest.hexdigest()[:20]
 
 
-def cache_key(*, trained: bool, context_length: int = DEFAULT_CONTEXT_LENGTH) -> str:
+def cache_key(
+    *,
+    trained: bool,
+    context_length: int = DEFAULT_CONTEXT_LENGTH,
+    head_dim: int = _SHAPE.head_dim,
+) -> str:
     """A digest of everything the built folder depends on.
 
     Covers the corpus, the chat template, the fixtures, the build parameters, the builder's own
@@ -267,6 +285,7 @@ def cache_key(*, trained: bool, context_length: int = DEFAULT_CONTEXT_LENGTH) ->
     parts: dict[str, object] = {
         "trained": trained,
         "context_length": context_length,
+        "head_dim": head_dim,
         "fixtures": [
             [f.name, f.messages, f.tools, f.reply, dict(f.chat_template_kwargs)]
             for f in FIXTURES.values()
@@ -292,17 +311,20 @@ def cached_model(
     trained: bool,
     cache_dir: Path | None = None,
     context_length: int = DEFAULT_CONTEXT_LENGTH,
+    head_dim: int = _SHAPE.head_dim,
 ) -> Path:
     """Return a model folder from the cache, building it only if it is missing.
 
     Safe across processes: builders of the same key serialise on a lock file, and the folder
     appears by atomic rename, so a path returned here is always complete. Treat it as read-only.
     """
-    key = cache_key(trained=trained, context_length=context_length)
+    key = cache_key(trained=trained, context_length=context_length, head_dim=head_dim)
     return cached_folder(
         cache_dir,
         f"{'trained' if trained else 'untrained'}-{key}",
-        lambda target: build_model(target, trained=trained, context_length=context_length),
+        lambda target: build_model(
+            target, trained=trained, context_length=context_length, head_dim=head_dim
+        ),
     )
 
 

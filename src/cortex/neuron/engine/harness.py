@@ -46,6 +46,7 @@ from cortex.neuron.engine.isolation import (
     prefill_rows,
     sample_rows,
 )
+from cortex.neuron.engine.postprocess import logprob_event, postprocess
 from cortex.neuron.engine.runner import make_runner
 from cortex.neuron.engine.sampling import make_generator
 from cortex.neuron.engine.scheduler import Batch, Scheduler
@@ -53,7 +54,7 @@ from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 from cortex.neuron.engine.stats import EngineStats, EngineStatus
 from cortex.neuron.engine.stream import Posts, SequenceStream, dispatch
 from cortex.neuron.engine.worker import DeviceWorker
-from cortex.neuron.wire.events import Error, FinishReason, InferenceEvent, TokenLogprob
+from cortex.neuron.wire.events import Error, FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -293,11 +294,11 @@ class TransformersHarness:
             if seq.is_finished:  # its sampling failed
                 continue
             try:
-                events = self._postprocess(seq, token, now)
+                events = postprocess(seq, token, now, self.stats, self.max_model_len)
                 if isinstance(logprobs, Exception):
                     raise logprobs
                 if logprobs is not None:
-                    events.insert(0, self._logprob_event(seq, token, logprobs))
+                    events.insert(0, logprob_event(seq, token, *logprobs))
             except Exception as exc:
                 self._seq_failed(seq, "its output", exc, posts)
                 continue
@@ -321,43 +322,6 @@ class TransformersHarness:
             self._seq_failed(seq, "its sampling", exc, posts)
             return -1
         return token
-
-    def _postprocess(self, seq: Sequence, token: int, now: float) -> list[InferenceEvent]:
-        request, params = seq.request, seq.request.params
-        seq.output_ids.append(token)
-        if seq.first_token_time is None:
-            seq.first_token_time = now
-            self.stats.first_token(now - seq.arrival_time)
-        else:
-            self.stats.token_gap(now - seq.last_token_time)
-        seq.last_token_time = now
-        events: list[InferenceEvent] = []
-        if token in request.eos_token_ids and not params.ignore_eos:
-            seq.finish_reason = "stop"
-        elif token in params.stop_token_ids:
-            seq.finish_reason, seq.stop_reason = "stop", token
-        else:
-            produced, stop = request.output.feed(token)
-            events.extend(produced)
-            if stop is not None:
-                seq.finish_reason, seq.stop_reason = "stop", stop
-        if seq.finish_reason is None and (
-            seq.num_completion_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len
-        ):
-            seq.finish_reason = "length"
-        if seq.finish_reason is not None:
-            if not isinstance(seq.stop_reason, str):
-                # A call with no closing token is whole only if generation ended on its own.
-                events.extend(request.output.finish(seq.finish_reason != "length"))
-            events.append(seq.done(seq.finish_reason))
-            seq.status = SequenceStatus.FINISHED
-            self.stats.finished(seq, now)
-        return events
-
-    def _logprob_event(self, seq: Sequence, token: int, found: Any) -> TokenLogprob:
-        text = seq.request.token_text or str
-        chosen, top = found
-        return TokenLogprob(text(token), chosen, tuple((text(t), lp) for t, lp in top))
 
     def _finish(self, seq: Sequence, reason: FinishReason, posts: Posts) -> None:
         seq.finish_reason = reason

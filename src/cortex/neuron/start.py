@@ -1,0 +1,161 @@
+"""Bringing a model up on its engine once the registry has checked its memory: the
+weights (or, for vLLM, what cortex needs beside them), the KV cache's share of the budget,
+and the harness that generates.
+
+Blocking parts go to threads; the registry calls ``start_model`` on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cortex.config import NeuronConfig
+from cortex.errors import InsufficientMemory
+from cortex.neuron import engines, loader
+from cortex.neuron.devices import Device
+from cortex.neuron.engine.base import Harness
+from cortex.neuron.engine.harness import TransformersHarness
+from cortex.neuron.engine.stats import EngineStats
+from cortex.neuron.engine.vllm_harness import VllmHarness
+from cortex.neuron.engine.worker import DeviceWorker
+from cortex.neuron.loader import LoadedWeights
+from cortex.neuron.sizing import kv_budget
+from cortex.protocol.lifecycle import LoadRequest
+
+Progress = Callable[..., None]
+
+
+@dataclass(slots=True)
+class Started:
+    weights: LoadedWeights
+    harness: Harness
+    engine: engines.Engine
+    kv_cache_bytes: int
+    context_length: int
+
+
+async def start_model(
+    engine: engines.Engine,
+    *,
+    model_id: str,
+    path: Path,
+    device: Device,
+    dtype: torch.dtype,
+    needed: int,
+    budget_left: Callable[[], int],
+    request: LoadRequest,
+    config: NeuronConfig,
+    stats: EngineStats,
+    worker: Callable[[], DeviceWorker],
+    progress: Progress,
+) -> Started:
+    """Start ``model_id`` on ``engine``; ``budget_left()``: what the device's budget has
+    left besides this model (its weights not counted yet)."""
+    if engine == "vllm":
+        return await _start_vllm(
+            model_id, path, device, dtype, needed, budget_left(), request, config, stats, progress
+        )
+    weights = await asyncio.to_thread(loader.load_weights, path, device, dtype)
+    try:
+        free = budget_left() - weights.memory_bytes
+        kv_cache_bytes = kv_budget(request, config, free, device.label)
+        progress("loading", f"a KV cache of up to {kv_cache_bytes} bytes", needed)
+        harness = await asyncio.to_thread(
+            TransformersHarness,
+            weights.model,
+            device.torch_device,
+            worker(),
+            max_model_len=weights.context_length,
+            max_num_seqs=config.max_num_seqs,
+            max_queue=config.max_queue,
+            max_prefill_tokens=config.max_prefill_tokens,
+            kv_cache_bytes=kv_cache_bytes,
+            block_size=config.kv_block_size,
+            prefix_caching=config.prefix_caching,
+            stats=stats,
+            name=model_id,
+        )
+    except BaseException:
+        await asyncio.to_thread(loader.free, weights, device)
+        raise
+    return Started(weights, harness, engine, harness.kv_cache_bytes, harness.max_model_len)
+
+
+async def _start_vllm(
+    model_id: str,
+    path: Path,
+    device: Device,
+    dtype: torch.dtype,
+    needed: int,
+    free: int,
+    request: LoadRequest,
+    config: NeuronConfig,
+    stats: EngineStats,
+    progress: Progress,
+) -> Started:
+    weights = await asyncio.to_thread(loader.load_metadata, path, dtype, needed)
+    kv_cache_bytes = kv_budget(request, config, free - needed, device.label)
+    model_config = engines.read_config(path)
+    per_token = engines.kv_bytes_per_token(model_config, dtype.itemsize)
+    context = weights.context_length
+    if per_token:
+        # No more than max_num_seqs full contexts need, and a context the cache can hold.
+        kv_cache_bytes = min(kv_cache_bytes, config.max_num_seqs * context * per_token)
+        context = min(context, kv_cache_bytes // per_token)
+    if context < 1:
+        raise InsufficientMemory(
+            f"A KV cache of {kv_cache_bytes} bytes holds not one token of {model_id!r}",
+            extra={"needed_bytes": per_token, "free_bytes": kv_cache_bytes, "device": device.label},
+        )
+    progress("loading", f"starting vLLM with a KV cache of {kv_cache_bytes} bytes", needed)
+    from cortex.neuron.engine import vllm_start
+
+    load = vllm_start.VllmLoad(
+        path=path,
+        device_kind=device.kind,
+        dtype=str(dtype).removeprefix("torch."),
+        max_model_len=context,
+        kv_cache_bytes=kv_cache_bytes,
+        max_num_seqs=config.max_num_seqs,
+        max_prefill_tokens=config.max_prefill_tokens,
+        prefix_caching=config.prefix_caching,
+        tp=request.tp,
+        quant=None if request.quant in (None, "none") else request.quant,
+        sleep_mode=device.kind == "cuda",
+        extra=dict(config.vllm_args),
+    )
+
+    def start() -> VllmHarness:
+        with engines.visible_gpus(device, request.tp):
+            return vllm_start.start(
+                load,
+                vocab_size=_vocab_size(model_config, weights),
+                max_queue=config.max_queue,
+                stats=stats,
+                name=model_id,
+            )
+
+    starting = asyncio.ensure_future(asyncio.to_thread(start))
+    try:
+        harness = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # The load was given up while vLLM started: shut it down once it has.
+        starting.add_done_callback(_shut_down_late)
+        raise
+    return Started(weights, harness, "vllm", harness.kv_cache_bytes, harness.max_model_len)
+
+
+def _vocab_size(config: dict[str, object], weights: LoadedWeights) -> int:
+    size = config.get("vocab_size")
+    return size if isinstance(size, int) and size > 0 else len(weights.tokenizer)
+
+
+def _shut_down_late(task: asyncio.Future[VllmHarness]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    asyncio.get_running_loop().create_task(task.result().aclose())
