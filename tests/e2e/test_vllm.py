@@ -360,3 +360,15 @@ def test_the_gateway_serves_it_to_the_openai_and_anthropic_sdks(
     assert final.stop_reason == "tool_use"
     (use,) = [b for b in final.content if b.type == "tool_use"]
     assert (use.name, use.input) == ("get_weather", {"city": "Paris"})
+
+
+def test_sleep_needs_vllm_on_cuda_and_says_so(fleet: tuple[Neuron, Gateway]) -> None:
+    neuron = fleet[0]
+    on_cpu = neuron.post("/models/sleep", json={"model": "v"})
+    assert on_cpu.status_code == 400, on_cpu.text
+    assert "needs a CUDA device" in on_cpu.json()["error"]["message"]
+    on_transformers = neuron.post("/models/sleep", json={"model": "vt"})
+    assert on_transformers.status_code == 400
+    assert "no sleep mode" in on_transformers.json()["error"]["message"]
+    assert neuron.post("/models/wake", json={"model": "v"}).json()["state"] == "ready"
+    assert _record(neuron, "v")["state"] == "ready"

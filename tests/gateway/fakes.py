@@ -23,7 +23,8 @@ class FakeNode:
     up: bool = True
 
     def used(self) -> int:
-        return sum(r.memory_bytes for r in self.models.values())
+        """What its models hold on the device (a sleeping one's weights are in host memory)."""
+        return sum(r.memory_bytes for r in self.models.values() if r.state != "sleeping")
 
 
 class FakeNeurons:
@@ -43,6 +44,10 @@ class FakeNeurons:
         self.node_delays: list[float] = []  # the next /node calls take this long, in order
         self.load_delay: float | None = None  # fixed load time (else a few random ms)
         self.defrags: list[str] = []
+        self.can_sleep: set[str] = set()  # models whose engine can sleep
+        self.host_memory_free: int | None = None  # what each node reports
+        self.sleeps: list[tuple[str, str]] = []
+        self.wakes: list[tuple[str, str]] = []
 
     async def aclose(self) -> None:
         return None
@@ -58,8 +63,9 @@ class FakeNeurons:
             memory_budget=fake.budget,
         )  # fmt: skip
         return NodeStatus(
-            name=fake.name, version="0", engine="fake", devices=[device], models=models
-        )
+            name=fake.name, version="0", engine="fake", devices=[device], models=models,
+            host_memory_free=self.host_memory_free,
+        )  # fmt: skip
 
     async def available(self, node: NodeState) -> list[AvailableModel]:
         self._reach(node)
@@ -97,7 +103,7 @@ class FakeNeurons:
             now = time.time()
             record = ModelRecord(
                 id=model, state="ready", source=source, memory_bytes=size, loaded_at=now,
-                last_used_at=now,
+                last_used_at=now, can_sleep=model in self.can_sleep,
             )  # fmt: skip
             fake.models[model] = record
             self.loads.append((node.name, model))
@@ -114,6 +120,22 @@ class FakeNeurons:
         await asyncio.sleep(0)
         del fake.models[model]
         self.unloads.append((node.name, model))
+
+    async def sleep(self, node: NodeState, model: str) -> None:
+        fake = self._reach(node)
+        await asyncio.sleep(0)
+        fake.models[model].state = "sleeping"
+        self.sleeps.append((node.name, model))
+
+    async def wake(self, node: NodeState, model: str) -> ModelRecord:
+        fake = self._reach(node)
+        await asyncio.sleep(0.001)
+        record = fake.models[model]
+        if fake.used() + record.memory_bytes > fake.budget:
+            raise InsufficientMemory(f"waking {model} needs {record.memory_bytes}")
+        record.state = "ready"
+        self.wakes.append((node.name, model))
+        return record
 
     async def defrag(self, node: NodeState) -> int:
         self._reach(node)

@@ -373,3 +373,36 @@ async def test_the_neurons_kv_figures_reach_the_fleet_view() -> None:
     view = await _with_fleet(fleet, work)
     (record,) = view.nodes[0].models
     assert {key: getattr(record, key) for key in kv} == kv
+
+
+@pytest.mark.parametrize("host_room", [True, False], ids=["host-room", "no-host-room"])
+async def test_an_evicted_model_that_can_sleep_sleeps_and_wakes_instead_of_loading(
+    host_room: bool,
+) -> None:
+    """Sleep as a memory tier: a victim whose engine can sleep, on a node whose host memory
+    has room for its weights, goes to sleep instead of being unloaded; asked for again, it
+    is woken (a wake, timed under kind="wake"), not loaded from disk."""
+    fakes = FakeNeurons({"a": 500}, SIZES)
+    fakes.can_sleep = {"m0"}
+    fakes.host_memory_free = 10_000 if host_room else 100
+    fleet = _fleet(fakes, [ModelProfile(id="m0"), ModelProfile(id="m2")])
+
+    async def work() -> None:
+        await fleet.ensure("m0", lease=False)
+        await fleet.ensure("m2", lease=False)  # 300 + 400 > 500: m0 makes room
+        await fleet.ensure("m0", lease=False)  # m2 makes room in turn
+
+    await _with_fleet(fleet, work)
+    if host_room:
+        assert fakes.sleeps == [("a", "m0")]
+        assert fakes.wakes == [("a", "m0")]
+        assert fakes.loads == [("a", "m0"), ("a", "m2")]
+        assert fakes.unloads == [("a", "m2")]
+    else:
+        assert (fakes.sleeps, fakes.wakes) == ([], [])
+        assert fakes.loads == [("a", "m0"), ("a", "m2"), ("a", "m0")]
+        assert fakes.unloads == [("a", "m0"), ("a", "m2")]
+    assert fakes.over_budget == []
+    samples = fleet.metrics.render().decode()
+    wakes = 'cortex_model_load_duration_seconds_count{kind="wake",model="m0",node="a"} 1.0'
+    assert (wakes in samples) is host_room

@@ -22,10 +22,11 @@ from cortex.protocol.fleet import (
     NodeView,
 )
 
-_STATE_RANK: dict[str, int] = {"ready": 0, "loading": 1, "unloading": 2, "failed": 3}
+_STATE_RANK: dict[str, int] = {"ready": 0, "sleeping": 1, "loading": 2, "unloading": 3, "failed": 4}
 _WORD: dict[ModelState, CatalogueState] = {
     ModelState.LOADING: "loading",
     ModelState.READY: "ready",
+    ModelState.SLEEPING: "sleeping",
     ModelState.UNLOADING: "unloading",
     ModelState.LEAVING: "unloading",
     ModelState.FAILED: "failed",

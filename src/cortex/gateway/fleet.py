@@ -221,7 +221,14 @@ class Fleet:
     def _start_load(self, model: str, placement: Placement) -> None:
         """(node, model) → LOADING, each victim → UNLOADING, until the load reports back."""
         snap = self.snapshot
-        load = PendingLoad(model, placement.node, placement.needed, placement.victims, time.time())
+        load = PendingLoad(
+            model,
+            placement.node,
+            placement.needed,
+            placement.victims,
+            time.time(),
+            wake=placement.wake,
+        )
         self._unloading |= {(placement.node, v) for v in placement.victims}
         self._publish(replace(snap, pending={**snap.pending, model: load}), placement.node)
         victims = f", evicting {', '.join(placement.victims)}" if placement.victims else ""
@@ -266,7 +273,8 @@ class Fleet:
         result = "ok" if error is None else type(error).__name__
         self.metrics.loads.value(load.model, load.node, result).inc()
         if error is None:
-            duration = self.metrics.load_duration.distribution(load.model, load.node)
+            kind = "wake" if load.wake else "load"
+            duration = self.metrics.load_duration.distribution(load.model, load.node, kind)
             duration.observe(message.duration)
             self._pin_failed.pop(load.model, None)
         elif isinstance(error, NeuronUnavailable) and self._place_again(load, state, error):

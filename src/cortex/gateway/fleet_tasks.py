@@ -43,16 +43,25 @@ class FleetTasks:
         error: CortexError | None = None
         try:
             for victim in load.victims:
-                message = f"unloading {victim} from {node.name}"
-                self._progress(load.model, node.name, "evicting", message)
-                await self.client.unload(node, victim)
+                if can_sleep(node, victim):
+                    message = f"putting {victim} to sleep on {node.name}"
+                    self._progress(load.model, node.name, "evicting", message)
+                    await self.client.sleep(node, victim)
+                else:
+                    message = f"unloading {victim} from {node.name}"
+                    self._progress(load.model, node.name, "evicting", message)
+                    await self.client.unload(node, victim)
                 reason = self._snapshot().strategy
                 self.metrics.evictions.value(victim, node.name, reason).inc()
             profile = self._snapshot().profile(load.model)
             source = profile.load_source if profile is not None else load.model
             options = profile.load_options() if profile is not None else {}
             relay = self._relay(load.model, node.name)
-            await self.client.load(node, load.model, source, relay, options=options)
+            if load.wake:
+                self._progress(load.model, node.name, "loading", f"waking it on {node.name}")
+                await self.client.wake(node, load.model)
+            else:
+                await self.client.load(node, load.model, source, relay, options=options)
         except CortexError as exc:
             error = exc
         reading = await read(self.client, node)
@@ -95,3 +104,15 @@ class FleetTasks:
             self._progress(model, node, progress.stage, progress.message, progress.needed_bytes)
 
         return relay
+
+
+def can_sleep(node: NodeState, model: str) -> bool:
+    """Whether evicting ``model`` may put it to sleep rather than unload it: its engine can,
+    and the node's host memory has room for its weights."""
+    record = node.record(model)
+    status = node.status
+    if record is None or not record.can_sleep or status is None:
+        return False
+    host_free = status.host_memory_free
+    weights = record.memory_bytes - record.kv_cache_bytes
+    return host_free is not None and weights <= host_free

@@ -186,8 +186,8 @@ class GatewayMetrics(Collector):
         )
         self.load_duration = hist(
             "cortex_model_load_duration_seconds",
-            "Load decision to model ready (evictions included)",
-            model_node,
+            "Load decision to model ready (evictions included); kind: load, or wake from sleep",
+            (*model_node, "kind"),
             LOAD_BUCKETS,
         )
         self.cold_start_wait = hist(

@@ -73,6 +73,18 @@ class NeuronClient:
         body = {"model": model, "force": force}
         await self._call(node, "POST", "/models/unload", json_body=body, timeout=self._load_timeout)
 
+    async def sleep(self, node: NodeState, model: str) -> None:
+        """Park ``model``'s weights in the node's host memory (its engine's sleep mode)."""
+        body = {"model": model}
+        await self._call(node, "POST", "/models/sleep", json_body=body, timeout=self._load_timeout)
+
+    async def wake(self, node: NodeState, model: str) -> ModelRecord:
+        body = {"model": model}
+        data = await self._call(
+            node, "POST", "/models/wake", json_body=body, timeout=self._load_timeout
+        )
+        return ModelRecord.model_validate(data)
+
     async def defrag(self, node: NodeState) -> int:
         data = await self._call(node, "POST", "/admin/defrag", timeout=60.0)
         return int(data.get("freed_bytes", 0))

@@ -23,6 +23,7 @@ class Placement:
     node: str
     needed: int
     victims: tuple[str, ...] = ()
+    wake: bool = False  # it sleeps there: a wake, not a load
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,16 @@ def plan(
     for node in up:
         if snapshot.state(node, model) is ModelState.LOADING:
             return Placement(node, 0)  # already loading there (a preload): join it
+    for node in up:  # a copy asleep in a node's host memory wakes faster than any load
+        if snapshot.state(node, model) is ModelState.SLEEPING:
+            record = snapshot.nodes[node].record(model)
+            needed = record.memory_bytes if record is not None else 0
+            shortfall = needed - free_bytes(snapshot, node)
+            victims = (
+                () if shortfall <= 0 else choose_victims(snapshot, node, shortfall, busy, recent)
+            )
+            if victims is not None:
+                return Placement(node, needed, victims, wake=True)
     for node in up:
         if needed_bytes(snapshot, model, node) <= free_bytes(snapshot, node):
             return Placement(node, needed_bytes(snapshot, model, node))

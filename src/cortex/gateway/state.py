@@ -45,6 +45,9 @@ class ModelState(StrEnum):
 
     LOADING = "loading"
     READY = "ready"
+    # Its weights parked in the node's host memory (vLLM's sleep mode): it holds no device
+    # memory; a request for it wakes it, as a load placed there (``router.plan``).
+    SLEEPING = "sleeping"
     UNLOADING = "unloading"  # this gateway is unloading it (an eviction, an operator)
     LEAVING = "leaving"  # the neuron is unloading it, but not at this gateway's request
     FAILED = "failed"  # the neuron kept the failed load's record
@@ -53,6 +56,7 @@ class ModelState(StrEnum):
 _REPORTED: dict[str, ModelState] = {
     "loading": ModelState.LOADING,
     "ready": ModelState.READY,
+    "sleeping": ModelState.SLEEPING,
     "unloading": ModelState.LEAVING,
     "failed": ModelState.FAILED,
 }
@@ -136,6 +140,7 @@ class PendingLoad:
     needed: int
     victims: tuple[str, ...]
     started_at: float
+    wake: bool = False  # it sleeps on that node: wake it rather than load it
 
 
 @dataclass(frozen=True, slots=True)

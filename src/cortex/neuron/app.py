@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
+import psutil
 import torch
 import transformers
 from pydantic import ValidationError
@@ -44,6 +45,7 @@ from cortex.protocol.lifecycle import (
     ModelRecord,
     ModelsView,
     NodeStatus,
+    SleepRequest,
     TokenizeRequest,
     TokenizeResult,
     UnloadRequest,
@@ -93,6 +95,8 @@ class NeuronApp:
             ("/models", self.models, "GET", "data"),
             ("/models/load", self.load, "POST", "admin"),
             ("/models/unload", self.unload, "POST", "admin"),
+            ("/models/sleep", self.sleep, "POST", "admin"),
+            ("/models/wake", self.wake, "POST", "admin"),
             ("/admin/defrag", self.defrag, "POST", "admin"),
             ("/tokenize", self.tokenize, "POST", "data"),
             ("/metrics", self.prometheus, "GET", "data"),
@@ -143,6 +147,7 @@ class NeuronApp:
             engine=engine_name(),
             devices=self.registry.device_infos(),
             models=self.registry.records(),
+            host_memory_free=int(psutil.virtual_memory().available),
         )
         return json_response(status)
 
@@ -174,6 +179,14 @@ class NeuronApp:
     async def unload(self, request: Request) -> Response:
         unload = openai.parse_request(UnloadRequest, await self._body(request))
         return json_response(await self.registry.unload(unload.model, force=unload.force))
+
+    async def sleep(self, request: Request) -> Response:
+        body = openai.parse_request(SleepRequest, await self._body(request))
+        return json_response(await self.registry.sleeper.sleep(body.model))
+
+    async def wake(self, request: Request) -> Response:
+        body = openai.parse_request(SleepRequest, await self._body(request))
+        return json_response(await self.registry.sleeper.wake(body.model))
 
     async def defrag(self, request: Request) -> Response:
         freed = await asyncio.to_thread(defrag.release_caches, self.registry.devices)

@@ -147,8 +147,8 @@ class NeuronMetrics:
         )
         self.model_load_duration = Histogram(
             "cortex_neuron_model_load_duration_seconds",
-            "Time from load start to ready",
-            ["model"],
+            "Time from load start to ready; kind: load (from disk) or wake (from sleep)",
+            ["model", "kind"],
             buckets=LOAD_BUCKETS,
             registry=r,
         )

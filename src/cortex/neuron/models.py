@@ -43,6 +43,8 @@ from cortex.neuron.devices import Device
 from cortex.neuron.engine.worker import DeviceWorker
 from cortex.neuron.loaded import LoadedModel, LoadInFlight, ProgressListener, load_result
 from cortex.neuron.metrics import LiveFigures, NeuronMetrics
+from cortex.neuron.sleep import Sleeper
+from cortex.neuron.sleep import refusal as sleep_refusal
 from cortex.neuron.start import start_model
 from cortex.protocol.lifecycle import (
     Capabilities,
@@ -70,6 +72,7 @@ class ModelRegistry:
         self._budgets = {d.label: config.memory_budget or d.default_budget() for d in devices}
         self._tokenizers = loader.TokenizerCache()
         self._workers: dict[str, DeviceWorker] = {}
+        self.sleeper = Sleeper(self)
         self.metrics.watch(self._live)
 
     # --- views ---------------------------------------------------------------------
@@ -236,6 +239,7 @@ class ModelRegistry:
         record.loaded_at = record.last_used_at = now
         loaded = LoadedModel(record=record, device=device, weights=weights, harness=harness)
         loaded.idle.set()
+        record.can_sleep = sleep_refusal(loaded) is None
         self._ready[model_id] = loaded
         progress("ready", f"{model_id} is ready on {device.label}")
         log.info(
@@ -280,6 +284,8 @@ class ModelRegistry:
         loaded = self._ready.get(model_id)
         if loaded is None:
             loaded = await self._wait_for(model_id)
+        if loaded.record.state == "sleeping":
+            await self.sleeper.wake(model_id)
         if loaded.record.state != "ready":
             raise NeuronUnavailable(f"The model {model_id!r} is being unloaded")
         return loaded
@@ -327,7 +333,7 @@ class ModelRegistry:
         self.metrics.model_loads.labels(model_id, result).inc()
         if result == "ok" and load is not None:
             duration = time.monotonic() - load.started
-            self.metrics.model_load_duration.labels(model_id).observe(duration)
+            self.metrics.model_load_duration.labels(model_id, "load").observe(duration)
 
     async def _wait_for(self, model_id: str) -> LoadedModel:
         load = self._loads.get(model_id)
@@ -354,7 +360,12 @@ class ModelRegistry:
         return loaded.snapshot()
 
     def _used(self, device: Device) -> int:
-        return sum(m.record.memory_bytes for m in self._ready.values() if m.device == device)
+        """What the device's models hold (a sleeping one's weights are in host memory)."""
+        return sum(
+            m.record.memory_bytes
+            for m in self._ready.values()
+            if m.device == device and m.record.state != "sleeping"
+        )
 
     def _pick_device(self, wanted: str | None) -> Device:
         if wanted is not None:

@@ -14,7 +14,7 @@ from cortex.protocol.lifecycle import DeviceInfo, ModelRecord
 _SHAPE = ConfigDict(extra="ignore")
 _REQUEST = ConfigDict(extra="forbid", strict=True)
 
-CatalogueState = Literal["ready", "loading", "unloading", "failed", "available"]
+CatalogueState = Literal["ready", "sleeping", "loading", "unloading", "failed", "available"]
 
 
 class NodeView(BaseModel):

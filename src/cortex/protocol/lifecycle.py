@@ -90,6 +90,8 @@ class ModelRecord(BaseModel):
     tp: int = 1
     quant: str | None = None
     engine: str | None = None  # "vllm" or "transformers", once it is decided
+    # Its engine can park it in host memory (POST /models/sleep): vLLM's sleep mode on CUDA.
+    can_sleep: bool = False
     # The paged KV cache (as of the engine's last step): its memory (also counted in
     # memory_bytes), its blocks of kv_block_size tokens, those live sequences use, and
     # the share of prompt tokens found in the prefix cache since load.
@@ -109,6 +111,8 @@ class NodeStatus(BaseModel):
     engine: str
     devices: list[DeviceInfo]
     models: list[ModelRecord]
+    # The host's available memory, where a sleeping model's weights go (None: not reported).
+    host_memory_free: int | None = None
 
 
 class AvailableModel(BaseModel):
@@ -151,6 +155,13 @@ class UnloadRequest(BaseModel):
     model_config = _REQUEST
     model: ModelName
     force: bool = False
+
+
+class SleepRequest(BaseModel):
+    """``POST /models/sleep`` and ``/models/wake``."""
+
+    model_config = _REQUEST
+    model: ModelName
 
 
 class LoadProgress(BaseModel):

@@ -59,9 +59,11 @@ class VllmHarness:
         max_queue: int = 256,
         stats: EngineStats | None = None,
         name: str = "model",
+        sleep_mode: bool = False,
     ) -> None:
         self.name = name
         self.engine = engine
+        self.sleep_mode = sleep_mode
         self.max_model_len = max_model_len
         self.max_queue = max_queue
         self.kv_cache_bytes = kv_cache_bytes
@@ -274,8 +276,14 @@ class VllmHarness:
         # vLLM kills an engine core that is slow to exit without waiting for it; reap it.
         multiprocessing.active_children()
 
+    def sleep_refusal(self) -> str | None:
+        return None if self.sleep_mode else "vLLM's sleep mode needs a CUDA device"
+
     async def sleep(self) -> None:
-        """Park the weights in host memory and drop the KV cache (vLLM's sleep level 1)."""
+        """Park the weights in host memory and drop the KV cache (vLLM's sleep level 1);
+        a request still running is aborted."""
+        for task in list(self._live.values()):
+            task.cancel()
         await self.engine.sleep(level=1)
 
     async def wake(self) -> None:

@@ -88,4 +88,5 @@ def start(
         max_queue=max_queue,
         stats=stats,
         name=name,
+        sleep_mode=load.sleep_mode,
     )
