@@ -60,6 +60,7 @@ FLEET: dict[str, Any] = {
                     "last_used_at": NOW - 12,
                     "in_flight": 2,
                     "queued": 1,
+                    "engine": "vllm",
                     "kv_cache_bytes": 256 * MiB,
                     "kv_block_size": 16,
                     "kv_blocks_total": 512,
@@ -271,6 +272,7 @@ def test_status_rendering_shows_nodes_memory_and_models() -> None:
     # Under the KV blocks in use, the prefix cache's hit ratio.
     below_qwen = [c.strip() for c in lines[lines.index(row(text, "qwen-7b")) + 1].split("│")]
     assert below_qwen[1] == "tools: hermes · reasoning: think"
+    assert below_qwen[3] == "vllm"  # the engine that runs it, under its state
     assert below_qwen[7] == "hit 75%"
     tiny_at = lines.index(row(text, "tiny"))
     assert "tools:" not in lines[tiny_at + 1]

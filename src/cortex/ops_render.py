@@ -16,7 +16,9 @@ from rich.text import Text
 from cortex.protocol.fleet import FleetActionResult, FleetProgress, FleetView
 from cortex.protocol.lifecycle import DeviceInfo, ModelRecord
 
-STATE_STYLES = dict(ready="green", loading="yellow", unloading="magenta", failed="bold red")
+STATE_STYLES = dict(
+    ready="green", sleeping="blue", loading="yellow", unloading="magenta", failed="bold red"
+)
 
 
 def human_bytes(n: int | None) -> str:
@@ -122,6 +124,8 @@ def render_loaded(view: FleetView, now: float) -> RenderableType:
         state = state_text(record.state)
         if record.error:
             state.append(f" ({record.error})", style="red")
+        if record.engine:  # which engine runs it, under its state
+            state.append(f"\n{record.engine}", style="dim")
         figures = (record.in_flight, record.queued, human_bytes(record.memory_bytes or None))
         pinned = ("yes" if entry.pinned else "", entry.priority) if entry else ("", "")
         last_used = ago(record.last_used_at, now)
