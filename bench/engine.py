@@ -45,6 +45,11 @@ initialised Qwen3-0.6B-shaped model (bfloat16, the tiny tokenizer, so 0.44B para
 tiny tokenizer and chat template), float32, built into a temp folder; ``--shape tiny`` (the
 default) keeps the tiny model, whose context is 65,536 tokens too.
 
+``--engine vllm`` (``bench/engine_vllm.py``) measures, per N, vLLM's own OpenAI server, the
+neuron on vLLM and the neuron on transformers, on the same model folder (on the CPU: the
+trained tiny model with a head size of 64, which vLLM's CPU attention takes; or ``--shape
+0.44b`` / ``--model``), and prints the neuron's ratios to vLLM's server.
+
 Issue 14's figures, each its own mode; either or both replace the N figures above (the
 modules named say exactly what is measured and how):
 
@@ -110,6 +115,7 @@ from engine_neuron import (
 )
 from engine_peers import MESSAGES, WARMUP_TOKENS, PeerError, Peers, build_shaped_model
 from engine_prefix import LONG_TOKENS, NEW_TOKENS, PREFIX_ROUNDS, ModeOptions, run_prefix
+from engine_vllm import run_vllm
 
 DEFAULT_N = "1,4,16,32"
 DEFAULT_TOKENS = 64
@@ -364,6 +370,12 @@ def _plan() -> tuple[argparse.Namespace, Plan, ModeOptions]:
         default="tiny",
         help="the CPU suite's model: tiny, or a random Qwen3 of 0.44B params [tiny]",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="vllm: the neuron on vLLM against vLLM's own server (bench/engine_vllm.py)",
+    )
     parser.add_argument("--n", type=_counts, help=f"concurrent requests [{DEFAULT_N}]")
     parser.add_argument("--tokens", type=int, help=f"tokens per request [{DEFAULT_TOKENS}]")
     parser.add_argument(
@@ -488,7 +500,9 @@ def main() -> None:
     started = time.monotonic()
 
     def run(suite: Suite) -> None:
-        if args.prefix or args.mixed:
+        if args.engine == "vllm":
+            run_vllm(suite, plan, measure_neuron)
+        elif args.prefix or args.mixed:
             run_modes(suite, args, modes)
         else:
             run_suite(suite, plan)
@@ -504,6 +518,9 @@ def main() -> None:
                     cpu = torch.device("cpu")
                     path = Path(tmp) / "qwen3-0.44b-random"
                     model = build_shaped_model(tiny, path, cpu, torch.float32)
+                elif args.engine == "vllm" and not args.model:
+                    # vLLM's CPU attention takes a head size of 32 or more, not the usual 16.
+                    model = cached_model(trained=True, head_dim=64, context_length=4096)
                 else:
                     model = args.model or cached_model(trained=args.trained)
                 if not (model / "config.json").is_file():

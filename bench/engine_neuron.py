@@ -150,19 +150,10 @@ class NeuronProcess:
             print(f"neuron log, last lines before it was stopped:\n{tail}", file=sys.stderr)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within 15 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 15)
 
     def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def _wait_ready(self, timeout: float) -> None:
         """Until the preloaded model is ready on the expected device and dtype."""
@@ -210,6 +201,23 @@ class NeuronProcess:
         except (httpx.TransportError, ValueError, KeyError, TypeError):
             return False, None  # not listening yet
         return True, next((r for r in loaded if r.get("id") == MODEL_ID), None)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 async def node_record(client: httpx.AsyncClient, url: str) -> dict[str, Any]:

@@ -372,3 +372,25 @@ def test_sleep_needs_vllm_on_cuda_and_says_so(fleet: tuple[Neuron, Gateway]) -> 
     assert "no sleep mode" in on_transformers.json()["error"]["message"]
     assert neuron.post("/models/wake", json={"model": "v"}).json()["state"] == "ready"
     assert _record(neuron, "v")["state"] == "ready"
+
+
+def test_the_responses_api_on_vllm_matches_transformers(fleet: tuple[Neuron, Gateway]) -> None:
+    """A reasoning reply and a function call through the Responses projection."""
+    neuron = fleet[0]
+    fixture = FIXTURES["tool_call"]
+    tool = fixture.tool_list()[0]["function"]  # type: ignore[index]
+    body: dict[str, Any] = {
+        "input": fixture.message_list(),
+        "tools": [{"type": "function", **tool}],
+    }
+
+    def items(model: str) -> list[dict[str, Any]]:
+        response = neuron.post("/v1/responses", json={"model": model, **body})
+        assert response.status_code == 200, response.text
+        output: list[dict[str, Any]] = response.json()["output"]
+        return [{k: v for k, v in item.items() if k not in ("id", "call_id")} for item in output]
+
+    on_vllm = items("v")
+    assert on_vllm == items("vt")
+    (call,) = [item for item in on_vllm if item["type"] == "function_call"]
+    assert (call["name"], json.loads(call["arguments"])) == ("get_weather", {"city": "Paris"})

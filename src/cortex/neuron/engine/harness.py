@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from cortex.errors import Overloaded
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream
 from cortex.neuron.engine.isolation import (
     check_request,
+    check_room,
     is_device_error,
     logprob_rows,
     prefill_rows,
@@ -144,12 +144,7 @@ class TransformersHarness:
 
     def check_room(self) -> None:
         """Raise ``Overloaded`` (429, Retry-After) when no more sequences may wait."""
-        if self.num_waiting >= self.max_queue:
-            raise Overloaded(
-                f"The model {self.name!r} has {self.num_waiting} requests waiting, its limit; "
-                "retry shortly",
-                headers={"Retry-After": "1"},
-            )
+        check_room(self.name, self.num_waiting, self.max_queue)
 
     def submit(self, request: InferenceRequest) -> InferenceStream:
         """Queue a sequence; raises ``Overloaded`` (429) when the waiting queue is full.

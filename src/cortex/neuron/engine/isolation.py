@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+from cortex.errors import Overloaded
 from cortex.neuron.engine.base import InferenceRequest
 from cortex.neuron.engine.sampling import sample_next, token_logprobs
 
@@ -39,6 +40,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Logprobs = tuple[float, list[tuple[int, float]]] | None
+
+
+def check_room(name: str, waiting: int, limit: int) -> None:
+    """Raise ``Overloaded`` (429, Retry-After) when ``waiting`` sequences fill the queue."""
+    if waiting >= limit:
+        raise Overloaded(
+            f"The model {name!r} has {waiting} requests waiting, its limit; retry shortly",
+            headers={"Retry-After": "1"},
+        )
 
 
 def check_request(

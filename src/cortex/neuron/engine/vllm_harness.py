@@ -30,9 +30,8 @@ import multiprocessing
 import time
 from typing import Any
 
-from cortex.errors import Overloaded
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream, SamplingParams
-from cortex.neuron.engine.isolation import check_request
+from cortex.neuron.engine.isolation import check_request, check_room
 from cortex.neuron.engine.postprocess import logprob_event, postprocess
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 from cortex.neuron.engine.stats import EngineStats, EngineStatus
@@ -108,12 +107,7 @@ class VllmHarness:
         return self._failure
 
     def check_room(self) -> None:
-        if self.num_waiting >= self.max_queue:
-            raise Overloaded(
-                f"The model {self.name!r} has {self.num_waiting} requests waiting, its limit; "
-                "retry shortly",
-                headers={"Retry-After": "1"},
-            )
+        check_room(self.name, self.num_waiting, self.max_queue)
 
     # --- requests --------------------------------------------------------------------------
 
