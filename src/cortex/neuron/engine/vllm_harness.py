@@ -266,7 +266,10 @@ class VllmHarness:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.to_thread(self.engine.shutdown)
+        engine, self.engine = self.engine, None
+        await asyncio.to_thread(engine.shutdown)
+        # Dropped now, while the interpreter is whole: collected at exit, its __del__ fails.
+        del engine
         # vLLM kills an engine core that is slow to exit without waiting for it; reap it.
         multiprocessing.active_children()
 
