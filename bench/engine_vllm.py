@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -107,14 +106,22 @@ class VllmServer:
         return log_tail(self.log_path, lines)
 
 
-def _context(model: Path) -> int:
-    config = json.loads((model / "config.json").read_text())
-    return min(int(config.get("max_position_embeddings") or 4096), 4096)
+def _context(model: Path, dtype_bytes: int) -> int:
+    """What both get as their context: at most 4,096 tokens, and what the KV cache holds (in
+    vLLM's CPU blocks of 128 tokens, one kept as its null block), as the neuron caps it."""
+    from cortex.neuron.engines import kv_bytes_per_token, read_config
+
+    config = read_config(model)
+    context = min(int(config.get("max_position_embeddings") or 4096), 4096)
+    per_token = kv_bytes_per_token(config, dtype_bytes)
+    if per_token:
+        context = min(context, (KV_CACHE_BYTES // per_token // 128 - 1) * 128)
+    return context
 
 
 def run_vllm(suite: Suite, plan: Any, measure: Any) -> None:
     """The three servers in turn, then one line per figure."""
-    context = _context(suite.model)
+    context = _context(suite.model, 2 if suite.dtype in ("bfloat16", "float16") else 4)
     kv = ["--kv-cache-bytes", str(KV_CACHE_BYTES), "--max-num-seqs", str(MAX_NUM_SEQS)]
     results: dict[str, dict[int, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="engine-bench-vllm-") as tmp:

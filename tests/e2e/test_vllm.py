@@ -259,10 +259,14 @@ def test_two_vllm_models_at_once_and_unload_gives_the_memory_back(
     neuron = fleet[0]
     engines_before = len(psutil.Process(neuron.process.pid).children(recursive=True))
     used_before = neuron.get("/node").json()["devices"][0]["memory_used_by_models"]
-    loaded = neuron.post("/models/load", json={"model": "v2", "engine": "vllm"})
+    # A cache of 4.6 blocks of 128 tokens (2 KiB a token): the context is what the 4 whole
+    # ones hold, less vLLM's null block.
+    body = {"model": "v2", "engine": "vllm", "kv_cache_bytes": 1_200_000}
+    loaded = neuron.post("/models/load", json=body)
     assert loaded.status_code == 200, loaded.text
     record = loaded.json()
     assert record["engine"] == "vllm"
+    assert (record["context_length"], record["kv_cache_bytes"]) == (384, 1_200_000)
     node = neuron.get("/node").json()
     assert node["devices"][0]["memory_used_by_models"] == used_before + record["memory_bytes"]
     assert len(psutil.Process(neuron.process.pid).children(recursive=True)) > engines_before

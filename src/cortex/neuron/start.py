@@ -104,9 +104,12 @@ async def _start_vllm(
     per_token = engines.kv_bytes_per_token(model_config, dtype.itemsize)
     context = weights.context_length
     if per_token:
-        # No more than max_num_seqs full contexts need, and a context the cache can hold.
+        # No more than max_num_seqs full contexts need, and a context the cache can hold in
+        # vLLM's whole blocks (128 tokens on a CPU, 16 on CUDA, unless vllm_args say), less
+        # the one its block pool keeps as the null block (else vLLM refuses to start).
         kv_cache_bytes = min(kv_cache_bytes, config.max_num_seqs * context * per_token)
-        context = min(context, kv_cache_bytes // per_token)
+        block = int(config.vllm_args.get("block_size") or (128 if device.kind == "cpu" else 16))
+        context = min(context, (kv_cache_bytes // per_token // block - 1) * block)
     if context < 1:
         raise InsufficientMemory(
             f"A KV cache of {kv_cache_bytes} bytes holds not one token of {model_id!r}",
