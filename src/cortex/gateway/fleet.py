@@ -220,23 +220,14 @@ class Fleet:
 
     def _start_load(self, model: str, placement: Placement) -> None:
         """(node, model) → LOADING, each victim → UNLOADING, until the load reports back."""
-        snap = self.snapshot
-        load = PendingLoad(
-            model,
-            placement.node,
-            placement.needed,
-            placement.victims,
-            time.time(),
-            wake=placement.wake,
-        )
-        self._unloading |= {(placement.node, v) for v in placement.victims}
-        self._publish(replace(snap, pending={**snap.pending, model: load}), placement.node)
-        victims = f", evicting {', '.join(placement.victims)}" if placement.victims else ""
-        log.info("placing %s on %s%s", model, placement.node, victims)
-        message = f"placing on {placement.node}{victims}"
-        self._notify(
-            FleetProgress(model=model, node=placement.node, stage="placing", message=message)
-        )
+        snap, node, evicting = self.snapshot, placement.node, placement.victims
+        load = PendingLoad(model, node, placement.needed, evicting, time.time(), placement.wake)
+        self._unloading |= {(node, v) for v in evicting}
+        self._publish(replace(snap, pending={**snap.pending, model: load}), node)
+        victims = f", evicting {', '.join(evicting)}" if evicting else ""
+        log.info("%s %s on %s%s", "waking" if load.wake else "placing", model, node, victims)
+        message = f"{'waking it' if load.wake else 'placing'} on {node}{victims}"
+        self._notify(FleetProgress(model=model, node=node, stage="placing", message=message))
         self._spawn(self.tasks.load(load))
 
     def _on_load_done(self, message: LoadDone) -> None:
