@@ -250,6 +250,8 @@ def test_the_vllm_figures_reach_the_neurons_metrics(fleet: tuple[Neuron, Gateway
     }
     assert lines['cortex_neuron_prefix_cache_hit_tokens_total{model="v"}'] > 0
     assert lines['cortex_neuron_kv_blocks{model="v",state="free"}'] > 0
+    # Arrival to vLLM's first step, from vLLM's own stamps.
+    assert lines['cortex_neuron_queue_time_seconds_count{model="v"}'] >= 2
     assert _record(neuron, "v")["prefix_cache_hit_ratio"] > 0
 
 

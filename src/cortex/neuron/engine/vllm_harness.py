@@ -166,6 +166,8 @@ class VllmHarness:
         generation = self.engine.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id)
         async with contextlib.aclosing(generation) as outputs:
             async for output in outputs:
+                if seq.first_token_time is None:
+                    self._queued(seq, output.metrics)
                 completion = output.outputs[0]
                 events, diverged = self._feed(seq, completion)
                 if events:
@@ -198,6 +200,15 @@ class VllmHarness:
                     events.extend(postprocess(seq, forced, now, self.stats, self.max_model_len))
                 return events, True
         return events, False
+
+    def _queued(self, seq: Sequence, metrics: Any) -> None:
+        """Its wait in vLLM's queue until the scheduler took it, from vLLM's own stamps (taken
+        in its engine core: they are compared with each other only). ``submit`` hands the
+        request to vLLM at once, so that is the whole wait."""
+        queued = getattr(metrics, "queued_ts", 0.0)
+        scheduled = getattr(metrics, "scheduled_ts", 0.0)
+        if queued and scheduled >= queued:
+            self.stats.queued(scheduled - queued)
 
     def _at_length(self, seq: Sequence) -> list[InferenceEvent]:
         """End ``seq`` at its length (vLLM stopped it, or the context is full)."""
