@@ -400,3 +400,42 @@ def test_the_responses_api_on_vllm_matches_transformers(fleet: tuple[Neuron, Gat
     assert on_vllm == items("vt")
     (call,) = [item for item in on_vllm if item["type"] == "function_call"]
     assert (call["name"], json.loads(call["arguments"])) == ("get_weather", {"city": "Paris"})
+
+
+def test_a_dead_engine_fails_its_model_alone_and_a_load_brings_it_back(
+    fleet: tuple[Neuron, Gateway],
+) -> None:
+    """Its engine core killed (as the OOM killer would): its requests get a clear error,
+    its record says failed and why, the other models serve, and loading it again works."""
+    neuron = fleet[0]
+    me = psutil.Process(neuron.process.pid)
+
+    def cores() -> set[int]:
+        return {p.pid for p in me.children(recursive=True) if "EngineCor" in p.name()}
+
+    before = cores()
+    loaded = neuron.post("/models/load", json={"model": "v2", "engine": "vllm"})
+    assert loaded.status_code == 200, loaded.text
+    (core,) = cores() - before
+    psutil.Process(core).kill()
+    deadline = time.monotonic() + 30
+    while True:
+        response = neuron.post(
+            "/v1/chat/completions", json={"model": "v2", **_fixture_body("plain")}
+        )
+        if response.status_code != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert response.status_code >= 500, response.text
+    assert "the vLLM engine died" in response.json()["error"]["message"]
+    record = _record(neuron, "v2")
+    assert record["state"] == "failed"
+    assert "the vLLM engine died" in record["error"]
+    assert _chat(neuron, "v", **_fixture_body("plain"))["choices"][0]["message"]["content"] == (
+        FIXTURES["plain"].reply
+    )
+    reloaded = neuron.post("/models/load", json={"model": "v2", "engine": "vllm"})
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["state"] == "ready"
+    assert _chat(neuron, "v2", **_fixture_body("plain"), max_tokens=8)["usage"]["completion_tokens"]
+    assert neuron.post("/models/unload", json={"model": "v2"}).status_code == 200

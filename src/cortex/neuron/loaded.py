@@ -54,7 +54,7 @@ class LoadedModel:
         harness = self.harness
         queued = harness.num_waiting
         status = harness.status
-        update = {
+        update: dict[str, object] = {
             "in_flight": max(self.active - queued, harness.num_running),
             "queued": queued,
             "queue_wait": harness.queue_wait(),
@@ -64,6 +64,9 @@ class LoadedModel:
             "kv_blocks_used": status.kv_blocks_used,
             "prefix_cache_hit_ratio": status.prefix_hit_ratio,
         }
+        if harness.failure is not None and self.record.state == "ready":
+            # It can no longer generate: failed, with why (a load of it loads it anew).
+            update |= {"state": "failed", "error": harness.failure}
         return self.record.model_copy(update=update)
 
 

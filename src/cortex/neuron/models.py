@@ -139,6 +139,11 @@ class ModelRegistry:
                 )
             if self._ready.get(model_id) is not ready:  # unloaded meanwhile: load it afresh
                 return await self.load(request, listener)
+            if ready.harness.failure is not None and ready.record.state == "ready":
+                # Its engine is gone (a dead vLLM engine core, a failed device): load it anew.
+                log.warning("reloading %s: %s", model_id, ready.harness.failure)
+                await self.unload(model_id, force=True)
+                return await self.load(request, listener)
             if listener is not None:
                 listener(LoadProgress(model=model_id, stage="ready", message="already loaded"))
             return self._snapshot(ready.record.id)

@@ -72,6 +72,7 @@ class VllmHarness:
         self._live: dict[Sequence, asyncio.Task[None]] = {}
         self._failure: str | None = None
         self._closing = False
+        self._watcher: asyncio.Task[None] | None = None
 
     # --- status (the event loop) ---------------------------------------------------------
 
@@ -128,14 +129,39 @@ class VllmHarness:
             stream.put([Error(refused)], 0)
             return stream
         self.check_room()
-        self._live[seq] = asyncio.get_running_loop().create_task(self._drive(seq, stream))
+        loop = asyncio.get_running_loop()
+        self._live[seq] = loop.create_task(self._drive(seq, stream))
+        if self._watcher is None:
+            self._watcher = loop.create_task(self._watch())
         return stream
+
+    async def _watch(self, every: float = 1.0) -> None:
+        """Fail the model once its engine is dead. A request handed to vLLM as its engine
+        core dies can wait forever for an answer; this ends it (and every other) with why."""
+        # vLLM offers no event for it: its ``errored`` flag is read once a second.
+        while True:
+            await asyncio.sleep(every)
+            engine = self.engine
+            if engine is None or self._closing:
+                return
+            if getattr(engine, "errored", False):
+                break
+        if not self._closing:
+            self._failure = "the vLLM engine died: its engine core exited"
+            log.error("%s: %s", self.name, self._failure)
+            for task in list(self._live.values()):
+                task.cancel()
 
     async def _drive(self, seq: Sequence, stream: SequenceStream) -> None:
         try:
             while not seq.is_finished:
                 await self._generate(seq, stream)
         except asyncio.CancelledError:
+            if self._failure is not None and not self._closing and not seq.is_finished:
+                # Cancelled by ``_watch``: the engine is gone, which the client is told.
+                seq.finish_reason, seq.status = "error", SequenceStatus.FINISHED
+                stream.put([Error(self._failure)], seq.num_completion_tokens)
+                return
             if not seq.is_finished:
                 seq.finish_reason, seq.status = "cancelled", SequenceStatus.FINISHED
                 self.stats.finished(seq, time.monotonic())
@@ -273,6 +299,8 @@ class VllmHarness:
         """Cancel every sequence (each aborts its request in vLLM), then shut the engine
         down: its processes exit and their memory goes back."""
         self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         tasks = list(self._live.values())
         for task in tasks:
             task.cancel()
