@@ -194,6 +194,7 @@ class _FiguresOnly:
         self.num_running = status.num_running
         self.num_waiting = status.num_waiting
         self.cached_tokens = status.cached_tokens
+        self.failure: str | None = None  # it can generate (it never does here)
 
     def queue_wait(self) -> float:
         return 0.0
