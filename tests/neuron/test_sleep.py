@@ -111,6 +111,29 @@ async def test_sleep_waits_for_requests_in_flight(tiny_model: Path) -> None:
         await registry.aclose()
 
 
+async def test_a_request_while_it_drains_wakes_it_after_it_is_asleep(tiny_model: Path) -> None:
+    registry = _registry(tiny_model)
+    try:
+        sleepy = await _load(registry, "m", tiny_model)
+        model = await registry.acquire("m")
+
+        async def request() -> None:
+            with model.session():
+                await asyncio.sleep(0.2)
+                sleepy.calls.append("request done")
+
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0.02)
+        falling = asyncio.create_task(registry.sleeper.sleep("m"))
+        await asyncio.sleep(0.02)
+        woken = await registry.acquire("m")  # arrives while the first request drains
+        await asyncio.gather(task, falling)
+        assert sleepy.calls == ["request done", "sleep", "wake"]
+        assert woken.record.state == "ready"
+    finally:
+        await registry.aclose()
+
+
 async def test_a_wake_that_no_longer_fits_is_a_507(tiny_model: Path) -> None:
     # Room for one tiny model and its KV cache, not two.
     registry = _registry(tiny_model, memory_budget=3_000_000, kv_cache_bytes=1_000_000)

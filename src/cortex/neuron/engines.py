@@ -53,8 +53,9 @@ def vllm_version() -> str | None:
 
 def choose(wanted: str, path: Path, device: Device, request: LoadRequest) -> Engine:
     """The engine for this load (blocking: it may import vLLM); a 400 if none can."""
-    needs_vllm = [f"{k}={v}" for k, v in (("tp", request.tp), ("quant", request.quant)) if v]
-    needs_vllm = [n for n in needs_vllm if n not in ("tp=1", "quant=none")]
+    needs_vllm = [f"tp={request.tp}"] if request.tp != 1 else []
+    if request.quant not in (None, "none"):
+        needs_vllm.append(f"quant={request.quant}")
     if wanted == "transformers":
         if needs_vllm:
             raise InvalidRequest(

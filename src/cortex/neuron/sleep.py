@@ -57,6 +57,7 @@ class Sleeper:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         self._wakes: dict[str, asyncio.Task[None]] = {}
+        self._sleeps: dict[str, asyncio.Task[None]] = {}  # draining, then parking
 
     def _loaded(self, model_id: str) -> LoadedModel:
         loaded = self.registry._ready.get(model_id)
@@ -74,9 +75,16 @@ class Sleeper:
         why = refusal(loaded)
         if why is not None:
             raise InvalidRequest(f"The model {model_id!r} cannot sleep: {why}", param="model")
-        harness = loaded.harness
-        assert isinstance(harness, Sleeps)
         record.state = "sleeping"  # new requests wait for the wake from here on
+        task = asyncio.get_running_loop().create_task(self._fall_asleep(loaded))
+        self._sleeps[model_id] = task
+        task.add_done_callback(lambda _: self._sleeps.pop(model_id, None))
+        await asyncio.shield(task)
+        return loaded.snapshot()
+
+    async def _fall_asleep(self, loaded: LoadedModel) -> None:
+        record, harness = loaded.record, loaded.harness
+        assert isinstance(harness, Sleeps)
         with contextlib.suppress(TimeoutError):
             timeout = self.registry.config.unload_drain_timeout
             await asyncio.wait_for(loaded.idle.wait(), timeout)
@@ -86,11 +94,16 @@ class Sleeper:
         except BaseException:
             record.state = "ready"
             raise
-        log.info("%s is asleep (%.2f s)", model_id, time.monotonic() - started)
-        return loaded.snapshot()
+        log.info("%s is asleep (%.2f s)", record.id, time.monotonic() - started)
 
     async def wake(self, model_id: str) -> ModelRecord:
         loaded = self._loaded(model_id)
+        falling = self._sleeps.get(model_id)
+        if falling is not None:
+            # Asked for while it drains: it wakes once it is asleep, never before (a wake
+            # first would leave it parked and called ready). A sleep that failed left it ready.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(falling)
         if loaded.record.state == "sleeping":
             task = self._wakes.get(model_id)
             if task is None:
