@@ -11,6 +11,8 @@ code:
   It closes at the ``end`` token, or, without one, at the end of the output.
 * **What a section holds.** ``parse`` turns the section's text (special tokens kept) into calls,
   or ``None`` when it is not exactly this format's shape: the caller then shows it verbatim.
+* **How a constrained call is written.** ``call_grammar`` gives the call section as a grammar
+  (``tool_choice`` required or named, ``strict`` tools, structured outputs).
 * **How cortex writes calls itself.** ``opening`` is the text that opens a call in the model's
   own form (``tool_choice`` required or named); ``write`` renders calls for a template that drops
   them from history; ``describe`` tells a model whose template ignores ``tools`` what it has and
@@ -25,7 +27,10 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from cortex.neuron.formats.grammar import GrammarTool
 
 __all__ = [
     "Call",
@@ -113,6 +118,13 @@ class ToolSyntax:
     def write_result(self, name: str, content: str) -> str:
         """A tool result as user text, for templates without a tool role."""
         return f"Result of {name}:\n{content}"
+
+    def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
+        """Lark rules (llguidance's dialect, ``formats.grammar``) defining rule ``calls``: this
+        format's call section holding one call of one of ``tools`` (one or more where
+        ``parallel``), each call's arguments matching its tool's schema, markers by token id.
+        ``None``: cortex has no grammar for this format (a forced call is then steered)."""
+        return None
 
     def history_id(self, name: str, index: int) -> str | None:
         """The id the model itself gives the ``index``-th call of a conversation, when its

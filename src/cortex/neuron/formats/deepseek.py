@@ -17,6 +17,10 @@ Each call is parsed in whichever shape it has; ``fenced`` (from the template) pi
 cortex writes when it opens a call itself. The R1 distills keep their base model's vocabulary,
 where these markers are not tokens but text; ``DeepSeekText`` finds the section by its text at
 the start of the reply.
+
+Constrained (``call_grammar``), calls are written in the shape ``write`` writes, the arguments
+compact JSON matching the tool's schema. The markers inside the section are matched as the
+tokens they are (by name: llguidance finds their ids), or as text by ``DeepSeekText``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from cortex.neuron.formats.base import (
     calls_in_sequence,
     named_call,
 )
+from cortex.neuron.formats.grammar import GrammarTool, alternatives, lit, repeat, token
 
 __all__ = [
     "CALLS_BEGIN",
@@ -91,6 +96,35 @@ def _write(calls: Sequence[tuple[str, Mapping[str, Any]]], fenced: bool) -> str:
     return CALLS_BEGIN + "".join(parts) + CALLS_END
 
 
+def _grammar(
+    tools: Sequence[GrammarTool],
+    parallel: bool,
+    fenced: bool,
+    section: tuple[Marker, Marker] | None,
+) -> str:
+    """The call section's rules; ``section``: its markers as tokens (``None``: every marker is
+    spelled out as text)."""
+
+    def mark(marker: str) -> str:
+        # As a token, <｜…｜> names itself in llguidance's Lark (its id is looked up).
+        return lit(marker) if section is None else marker
+
+    if fenced:
+        head = f"{lit('function')} {mark(SEP)} "
+        named = (
+            head + lit(f"{tool.name}\n```json\n") + f" {tool.arguments()} " + lit("\n```")
+            for tool in tools
+        )
+    else:
+        named = (f"{lit(tool.name)} {mark(SEP)} {tool.arguments()}" for tool in tools)
+    call = f"{mark(CALL_BEGIN)} {alternatives(named)} {mark(CALL_END)}"
+    if section is None:
+        begin, end = lit(CALLS_BEGIN), lit(CALLS_END)
+    else:
+        begin, end = token(section[0].id), token(section[1].id)
+    return f"calls: {begin} {repeat('call', parallel)} {end}\ncall: {call}\n"
+
+
 @dataclass(frozen=True, slots=True)
 class DeepSeek(ToolSyntax):
     name = "deepseek"
@@ -103,6 +137,9 @@ class DeepSeek(ToolSyntax):
 
     def opening(self, name: str | None) -> str:
         return _opening(name, self.fenced)
+
+    def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
+        return _grammar(tools, parallel, self.fenced, (self.start, self.end))
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         return _write(calls, self.fenced)
@@ -133,3 +170,6 @@ class DeepSeekText(ToolSyntax):
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         return _write(calls, self.fenced)
+
+    def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
+        return _grammar(tools, parallel, self.fenced, None)

@@ -7,6 +7,11 @@
 
 The template writes string values as they are and every other value as JSON, so a value is
 typed by the tool's JSON schema (an undeclared parameter stays a string).
+
+Constrained (``call_grammar``), the tags are matched as the tokens they are in GLM's vocabulary
+(by name: llguidance finds their ids), parameters come in the schema's order, every required one
+and no undeclared one, and a value that reads back as a string is text without
+``</arg_value>`` (``qwen3_coder.text_value``).
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ from cortex.neuron.formats.base import (
     typed_value,
     value_text,
 )
+from cortex.neuron.formats.grammar import GrammarTool, alternatives, lit, repeat, token
+from cortex.neuron.formats.qwen3_coder import text_value
 
 __all__ = ["Glm"]
 
+_KEY, _KEY_END, _VALUE, _VALUE_END = "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"
+_NEWLINE = lit("\n")
 _PAIR = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
 
 
@@ -64,11 +73,35 @@ class Glm(ToolSyntax):
     def opening(self, name: str | None) -> str:
         return "" if name is None else f"{name}\n"
 
+    def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
+        rules: list[str] = []
+        terminals: list[str] = []
+        for i, tool in enumerate(tools):
+            parameters = []
+            for j, (key, schema, required) in enumerate(tool.property_schemas()):
+                value, lines = text_value(
+                    tool,
+                    schema,
+                    close=_VALUE_END,
+                    suffix="",
+                    terminal=f"CALL_VALUE_{i}_{j}",
+                )
+                # The tags by name (<arg_key>): llguidance matches each as its one token.
+                pair = f"{_KEY} {lit(key)} {_KEY_END} {_NEWLINE} {_VALUE} {value} {_VALUE_END}"
+                rules.append(f"call_{i}_{j}: {pair} {_NEWLINE}")
+                terminals += lines
+                parameters.append(f"call_{i}_{j}" + ("" if required else "?"))
+            rules.append(f"call_{i}: " + " ".join([lit(tool.name + "\n"), *parameters]))
+        named = alternatives(f"call_{i}" for i in range(len(tools)))
+        call = f"call: {token(self.start.id)} {named} {token(self.end.id)}"
+        calls = f"calls: {repeat('call', parallel, _NEWLINE)}"
+        return "\n".join([calls, call, *rules, *terminals]) + "\n"
+
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         return "\n".join(
             f"{self.start.text}{name}\n"
             + "".join(
-                f"<arg_key>{key}</arg_key>\n<arg_value>{value_text(value)}</arg_value>\n"
+                f"{_KEY}{key}{_KEY_END}\n{_VALUE}{value_text(value)}{_VALUE_END}\n"
                 for key, value in arguments.items()
             )
             + self.end.text

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cortex.neuron.formats.base import Call, Marker, Schemas, ToolSyntax, json_call
+from cortex.neuron.formats.grammar import GrammarTool, alternatives, lit, repeat, token
 from cortex.neuron.formats.qwen3_coder import parse_xml
 
 __all__ = ["Hermes"]
@@ -37,6 +38,16 @@ class Hermes(ToolSyntax):
         # No space after the colon: BPE vocabularies attach the space to the next token
         # (' {"'), so a prompt ending in a bare space leads the model astray.
         return '\n{"name": ' + json.dumps(name) + ', "arguments":'
+
+    def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
+        named = alternatives(
+            lit('\n{"name": ' + json.dumps(tool.name) + ', "arguments": ')
+            + f" {tool.arguments()} "
+            + lit("}\n")
+            for tool in tools
+        )
+        call = f"{token(self.start.id)} {named} {token(self.end.id)}"
+        return f"calls: {repeat('call', parallel, lit(chr(10)))}\ncall: {call}\n"
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         return "\n".join(

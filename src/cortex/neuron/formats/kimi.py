@@ -8,6 +8,11 @@
 (one line in the output).
 The index counts calls across the conversation, so the history must carry ids of that shape
 (``history_id``); clients get ids of cortex's own, unique across turns.
+
+Constrained (``call_grammar``), each call names one of the tools with an index of the model's
+choosing (it counts across the conversation), the arguments compact JSON matching the tool's
+schema; the markers inside the section are matched as the tokens they are (by name: llguidance
+finds their ids).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from cortex.neuron.formats.base import (
     calls_in_sequence,
     named_call,
 )
+from cortex.neuron.formats.grammar import GrammarTool, alternatives, lit, repeat, token
 
 __all__ = ["ARGUMENT_BEGIN", "CALL_BEGIN", "CALL_END", "Kimi"]
 
@@ -56,6 +62,17 @@ class Kimi(ToolSyntax):
         if name is None:
             return CALL_BEGIN + "functions."
         return f"{CALL_BEGIN}functions.{name}:0{ARGUMENT_BEGIN}"
+
+    def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
+        # The markers by name (<|tool_call_begin|>): llguidance matches each as its one token.
+        named = alternatives(
+            f"{lit(f'functions.{tool.name}:')} CALL_INDEX {ARGUMENT_BEGIN} {tool.arguments()}"
+            for tool in tools
+        )
+        section = f"{token(self.start.id)} {repeat('call', parallel)} {token(self.end.id)}"
+        return (
+            f"calls: {section}\ncall: {CALL_BEGIN} {named} {CALL_END}\nCALL_INDEX: /[0-9]{{1,6}}/\n"
+        )
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         return (

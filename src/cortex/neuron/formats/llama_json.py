@@ -12,6 +12,9 @@
 A reply is a call only if it starts as one: text first and a call later stays text, as in vLLM's
 parsers. While the start is ambiguous (``{"na``) the stream holds it back; once it cannot be a
 call any more it is released as text.
+
+Constrained (``call_grammar``), a call is written as ``write`` writes it: keys in that order,
+the arguments compact JSON matching the tool's schema.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from cortex.neuron.formats.base import (
     call_objects,
     skip_space,
 )
+from cortex.neuron.formats.grammar import GrammarTool, alternatives, lit, repeat, token
 
-__all__ = ["JsonList", "LlamaJson"]
+__all__ = ["JsonList", "LlamaJson", "object_grammar"]
 
 _DECODER = json.JSONDecoder()
 
@@ -43,6 +47,17 @@ def _opens(text: str, literal: str) -> Opens:
     if squeezed.startswith(literal):
         return "yes"
     return "maybe" if literal.startswith(squeezed) else "no"
+
+
+def object_grammar(tools: Sequence[GrammarTool], key: str) -> str:
+    """A Lark expression: a call object ``{"name": …, key: {…}}`` of one of ``tools``, spaced
+    as ``json.dumps`` writes it."""
+    return alternatives(
+        lit(f'{{"name": {json.dumps(tool.name, ensure_ascii=False)}, "{key}": ')
+        + f" {tool.arguments()} "
+        + lit("}")
+        for tool in tools
+    )
 
 
 def _objects(body: str, separator: str) -> list[Any] | None:
@@ -79,6 +94,13 @@ class LlamaJson(ToolSyntax):
     def opening(self, name: str | None) -> str:
         return '{"name": "' if name is None else '{"name": ' + json.dumps(name) + ', "parameters":'
 
+    def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
+        tag = f"{token(self.start.id)}? " if self.start is not None else ""
+        return (
+            f"calls: {tag}{repeat('call', parallel, lit('; '))}\n"
+            f"call: {object_grammar(tools, 'parameters')}\n"
+        )
+
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         return "; ".join(
             json.dumps({"name": name, "parameters": arguments}, ensure_ascii=False)
@@ -108,6 +130,13 @@ class JsonList(ToolSyntax):
         if name is None:
             return self.prefix + "["
         return self.prefix + '[{"name": ' + json.dumps(name) + ', "arguments":'
+
+    def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
+        listed = repeat("call", parallel, lit(", "))
+        return (
+            f"calls: {lit(self.prefix + '[')} {listed} {lit(']')}\n"
+            f"call: {object_grammar(tools, 'arguments')}\n"
+        )
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         listed = [{"name": name, "arguments": arguments} for name, arguments in calls]

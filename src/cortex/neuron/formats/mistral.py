@@ -13,6 +13,9 @@ section runs to the end of the reply.
 Both shapes are parsed whichever the vocabulary suggests; ``opening`` writes the one it has.
 Ids in the model's history must be nine letters and digits; ``history_id`` leaves ids to the
 prompt side, which maps the client's ids to that shape.
+
+Constrained (``call_grammar``), calls are written in the shape ``write`` writes for this
+vocabulary (no ``[CALL_ID]``), the arguments compact JSON matching the tool's schema.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from cortex.neuron.formats.base import (
     load_json,
     named_call,
 )
+from cortex.neuron.formats.grammar import GrammarTool, alternatives, lit, repeat, token
+from cortex.neuron.formats.llama_json import object_grammar
 
 __all__ = ["Mistral"]
 
@@ -72,6 +77,16 @@ class Mistral(ToolSyntax):
         if name is None:
             return '[{"name": "'
         return '[{"name": ' + json.dumps(name) + ', "arguments":'
+
+    def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
+        start = token(self.start.id)
+        if self.args is not None:
+            args = token(self.args.id)
+            named = alternatives(f"{lit(tool.name)} {args} {tool.arguments()}" for tool in tools)
+            return f"calls: {repeat('call', parallel)}\ncall: {start} {named}\n"
+        listed = repeat("call", parallel, lit(", "))
+        objects = object_grammar(tools, "arguments")
+        return f"calls: {start} {lit('[')} {listed} {lit(']')}\ncall: {objects}\n"
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         if self.args is not None:
