@@ -18,6 +18,7 @@ import torch
 from cortex.errors import ModelLoadFailed
 from cortex.neuron.devices import Device
 from cortex.neuron.prompt import ChatTemplate
+from cortex.neuron.structured.matcher import Grammars
 
 # from_pretrained builds models on the meta device by patching process-wide state, so two
 # loads on two threads at once corrupt each other ("Cannot copy out of meta tensor",
@@ -39,6 +40,11 @@ class LoadedWeights:
     template: ChatTemplate
     # Sampling defaults from generation_config.json that apply when a request is silent.
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
+    # Structured outputs' grammars for this model (its llguidance tokenizer built at first use).
+    grammars: Grammars = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.grammars = Grammars(self.tokenizer, self.eos_token_ids)
 
 
 def choose_dtype(name: str, device: Device) -> torch.dtype:

@@ -2,9 +2,11 @@
 
 Shared by every dialect (chat completions and the Responses API are both turned into
 a ``ChatCompletionRequest`` first). Owns ``tool_choice``: ``none`` keeps tools out of
-the prompt and parses no calls; ``required`` and a named function steer the model by
-opening the call in the assistant turn (see the README for how that differs from
-grammar-constrained decoding).
+the prompt and parses no calls; ``required`` and a named function constrain the reply to a
+call (``structured``), or, for a format without a call grammar, steer the model by opening
+the call in the assistant turn. Structured outputs (``response_format``, ``strict`` tools,
+``structured_outputs``) become one grammar per request, compiled here, off the device's
+thread, and a matcher per choice.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from cortex.neuron.engine.base import InferenceRequest, InferenceStream, Samplin
 from cortex.neuron.formats import Format
 from cortex.neuron.loaded import LoadedModel
 from cortex.neuron.prompt import Prompt
+from cortex.neuron.structured import rules as structured
+from cortex.neuron.structured.matcher import Constraint
 from cortex.neuron.wire.events import Done, Error, InferenceEvent
 from cortex.neuron.wire.harmony import HarmonyOutput
 from cortex.neuron.wire.output import OutputProcessor, TextOutput
@@ -60,11 +64,22 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
         )
     start: State = start_state(prompt.ids, fmt.think)
     steer = Steer(prompt)
-    if choice == "required" or isinstance(choice, NamedToolChoice):
-        steer = _open_call(request, model, prompt, start)
+    forced = choice == "required" or isinstance(choice, NamedToolChoice)
+    if forced:
+        _check_forced(request, model)
+    rules = structured.rules(request, fmt)
+    if fmt.harmony is not None and rules is not None:
+        raise InvalidRequest(
+            "Structured outputs are not available for gpt-oss's harmony format yet",
+            param=rules.param,
+        )
+    if forced and (rules is None or rules.calls != "required"):
+        steer = _open_call(request, model, prompt, start)  # no grammar for its calls: steer
         if steer.in_prompt:
             start = "tool"
     prompt = steer.prompt
+    where = structured.start_of(prompt.ids, fmt, start)
+    constrained = rules if start != "tool" else None
     params = sampling_params(request, model, len(prompt.ids))
     tool_dicts = [t.model_dump(exclude_none=True) for t in tools] if tools else None
 
@@ -107,6 +122,7 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
             output=output(),
             eos_token_ids=weights.eos_token_ids,
             token_text=token_text,
+            constraint=_constraint(model, constrained, where, fmt) if constrained else None,
         )
         for i in range(request.n)
     ]
@@ -178,10 +194,37 @@ class Steer:
         return not (self.opening or self.forced)
 
 
-def _open_call(
-    request: ChatCompletionRequest, model: LoadedModel, prompt: Prompt, start: State
-) -> Steer:
-    """Open a call of the requested tool in the model's own syntax (see ``Steer``)."""
+def _constraint(
+    model: LoadedModel, rules: structured.Rules, where: structured.Start, fmt: Format
+) -> Constraint:
+    """One sequence's matcher: the answer's grammar, compiled once per model and grammar."""
+    grammars = model.weights.grammars
+    whole = structured.grammar(rules, fmt, where)
+    answer = structured.grammar(rules, fmt, "answer")
+    direct = after = None
+    if where in ("text", "either"):
+        direct = grammars.compile(structured.grammar(rules, fmt, "text"), rules.param)
+    if where in ("reasoning", "either"):
+        after = grammars.compile(answer, rules.param)
+    tokenizer = model.tokenizer
+    eos = tokenizer.eos_token_id
+    eos_ids = model.weights.eos_token_ids
+    think = fmt.think
+    return Constraint(
+        direct,
+        after,
+        whole=whole,
+        answer=answer,
+        phase="answer" if where == "text" else "reasoning" if where == "reasoning" else "either",
+        vocab_size=grammars.vocab_size,
+        tokenizer=tokenizer,
+        eos=eos if eos in eos_ids else min(eos_ids, default=None),
+        think=(think.start.id, think.end.id) if think is not None else None,
+    )
+
+
+def _check_forced(request: ChatCompletionRequest, model: LoadedModel) -> None:
+    """A forced tool choice needs a model that calls tools, tools, and a name among them."""
     fmt: Format = model.weights.template.format
     if not fmt.can_call_tools:
         raise InvalidRequest(
@@ -194,13 +237,21 @@ def _open_call(
         raise InvalidRequest(
             "tool_choice asks for a tool call but no tools were given", param="tool_choice"
         )
-    name: str | None = None
     if isinstance(choice, NamedToolChoice):
         name = choice.function.name
         if name not in {t.function.name for t in request.tools or []}:
             raise InvalidRequest(
                 f"tool_choice names {name!r}, which is not among the tools", param="tool_choice"
             )
+
+
+def _open_call(
+    request: ChatCompletionRequest, model: LoadedModel, prompt: Prompt, start: State
+) -> Steer:
+    """Open a call of the requested tool in the model's own syntax (see ``Steer``)."""
+    fmt: Format = model.weights.template.format
+    choice = request.tool_choice
+    name = choice.function.name if isinstance(choice, NamedToolChoice) else None
     encode = model.tokenizer.encode
     harmony = fmt.harmony
     if harmony is not None:

@@ -98,6 +98,43 @@ class NamedToolChoice(BaseModel):
     function: NamedFunction
 
 
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema the answer must match (``strict`` is
+    accepted and changes nothing: a constrained answer always matches)."""
+
+    model_config = _REQUEST
+    name: str | None = None
+    description: str | None = None
+    # ``schema`` shadows a BaseModel attribute: read it as ``schema_``.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: ``text``, ``json_object`` or ``json_schema``."""
+
+    model_config = _REQUEST
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's ``structured_outputs`` extension: exactly one constraint (checked with the
+    model's format, ``neuron.structured.rules``); vLLM's whitespace switches are accepted and
+    change nothing (constrained JSON never has free whitespace)."""
+
+    model_config = _REQUEST
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    @property
+    def json(self) -> dict[str, Any] | str | None:  # type: ignore[override]
+        return self.json_
+
+
 class StreamOptions(BaseModel):
     model_config = _REQUEST
     include_usage: bool = False
@@ -154,6 +191,8 @@ class ChatCompletionRequest(BaseModel):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     # OpenAI's "none" | "minimal" | "low" | "medium" | "high": whether (and for gpt-oss, how
     # hard) the model reasons, as the chat template's switches; chat_template_kwargs win.

@@ -31,6 +31,7 @@ from cortex.neuron.wire.output import OutputProcessor
 
 if TYPE_CHECKING:  # stats imports sequence, which imports this module
     from cortex.neuron.engine.stats import EngineStatus
+    from cortex.neuron.structured.matcher import Constraint
 
 # Below this a temperature is greedy: the limit of sampling as the temperature falls to 0,
 # reached without dividing logits by a number so small that they overflow (1e-320 → inf).
@@ -86,6 +87,8 @@ class InferenceRequest:
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
     # How a token id reads, for logprobs (the tokenizer's, set when logprobs are asked).
     token_text: Callable[[int], str] | None = None
+    # The grammar its output must match (structured outputs), with this sequence's matcher.
+    constraint: Constraint | None = None
 
 
 class InferenceStream(Protocol):

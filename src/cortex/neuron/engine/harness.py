@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream
+from cortex.neuron.engine.constrain import accept_rows, mask_rows
 from cortex.neuron.engine.isolation import (
     check_request,
     check_room,
@@ -46,7 +47,7 @@ from cortex.neuron.engine.isolation import (
     prefill_rows,
     sample_rows,
 )
-from cortex.neuron.engine.postprocess import logprob_event, postprocess
+from cortex.neuron.engine.postprocess import forced_token, logprob_event, postprocess
 from cortex.neuron.engine.runner import make_runner
 from cortex.neuron.engine.sampling import make_generator
 from cortex.neuron.engine.scheduler import Batch, Scheduler
@@ -281,8 +282,12 @@ class TransformersHarness:
 
         ``logits``: [B, V] for ``seqs`` in order (one cancelled since the schedule is
         decoded once more and dropped at the next step)."""
+        for row, exc in mask_rows(logits, seqs).items():
+            self._seq_failed(seqs[row], "its output grammar", exc, posts)
         sampled = sample_rows(logits, seqs, self._device)
         tokens = [self._steer(seq, token, posts) for seq, token in zip(seqs, sampled, strict=True)]
+        for row, why in accept_rows(seqs, tokens).items():
+            self._seq_failed(seqs[row], "its output grammar", ValueError(why), posts)
         found = logprob_rows(logits, seqs, tokens, self._device)
         now = time.monotonic()
         for seq, token, logprobs in zip(seqs, tokens, found, strict=True):
@@ -307,9 +312,8 @@ class TransformersHarness:
         try:
             if isinstance(sampled, Exception):
                 raise sampled
-            output = seq.request.output
-            forced = output.forced_next()
-            token = forced if forced is not None else output.redirect(sampled)
+            forced = forced_token(seq, self.max_model_len)
+            token = forced if forced is not None else seq.request.output.redirect(sampled)
             vocab = self._runner.vocab_size
             if token < 0 or (vocab is not None and token >= vocab):
                 raise ValueError(f"token {token} is outside the model's vocabulary of {vocab}")

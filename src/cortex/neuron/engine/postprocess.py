@@ -51,6 +51,19 @@ def postprocess(
     return events
 
 
+def forced_token(seq: Sequence, max_model_len: int) -> int | None:
+    """The token ``seq`` must take next whatever is sampled: its output's (a spent thinking
+    budget, a forced call), else its grammar's (closing JSON the length limit would cut)."""
+    forced = seq.request.output.forced_next()
+    constraint = seq.request.constraint
+    if forced is not None or constraint is None:
+        return forced
+    room = min(
+        seq.request.params.max_tokens - seq.num_completion_tokens, max_model_len - seq.num_tokens
+    )
+    return constraint.forced(room)
+
+
 def logprob_event(
     seq: Sequence, token: int, chosen: float, top: Seq[tuple[int, float]]
 ) -> TokenLogprob:

@@ -32,7 +32,7 @@ from typing import Any
 
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream, SamplingParams
 from cortex.neuron.engine.isolation import check_request, check_room
-from cortex.neuron.engine.postprocess import logprob_event, postprocess
+from cortex.neuron.engine.postprocess import forced_token, logprob_event, postprocess
 from cortex.neuron.engine.sequence import Sequence, SequenceStatus
 from cortex.neuron.engine.stats import EngineStats, EngineStatus
 from cortex.neuron.engine.stream import SequenceStream
@@ -213,19 +213,30 @@ class VllmHarness:
         found = completion.logprobs or []
         now = time.monotonic()
         for i, sampled in enumerate(completion.token_ids):
-            forced = output.forced_next()
+            forced = forced_token(seq, self.max_model_len)
             token = forced if forced is not None else output.redirect(sampled)
             if seq.request.params.logprobs is not None and i < len(found) and token == sampled:
                 events.append(self._logprob(seq, token, found[i]))
-            events.extend(postprocess(seq, token, now, self.stats, self.max_model_len))
+            events.extend(self._take(seq, token, now))
             if seq.is_finished:
                 return events, False
             if token != sampled:
                 # What is forced next is taken now, so the continuation samples afresh.
-                while not seq.is_finished and (forced := output.forced_next()) is not None:
-                    events.extend(postprocess(seq, forced, now, self.stats, self.max_model_len))
+                while (
+                    not seq.is_finished
+                    and (forced := forced_token(seq, self.max_model_len)) is not None
+                ):
+                    events.extend(self._take(seq, forced, now))
                 return events, True
         return events, False
+
+    def _take(self, seq: Sequence, token: int, now: float) -> list[InferenceEvent]:
+        """Take ``token`` into ``seq``; its grammar (vLLM's copy holds generation to it)
+        follows, for the closing of cut-off JSON and for a continuation's grammar."""
+        constraint = seq.request.constraint
+        if constraint is not None and token not in seq.request.eos_token_ids:
+            constraint.accept(token)
+        return postprocess(seq, token, now, self.stats, self.max_model_len)
 
     def _queued(self, seq: Sequence, metrics: Any) -> None:
         """Its wait in vLLM's queue until the scheduler took it, from vLLM's own stamps (taken
@@ -264,6 +275,14 @@ class VllmHarness:
         stops = set(p.stop_token_ids)
         if not p.ignore_eos:
             stops |= seq.request.eos_token_ids
+        structured: dict[str, Any] = {}
+        constraint = seq.request.constraint
+        if constraint is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            # A continuation starts after a forced end of reasoning: the answer's grammar.
+            grammar = constraint.answer if seq.output_ids else constraint.whole
+            structured["structured_outputs"] = StructuredOutputsParams(grammar=grammar)
         return VllmParams(
             n=1,
             temperature=0.0 if p.is_greedy else p.temperature,
@@ -282,6 +301,7 @@ class VllmHarness:
             detokenize=False,
             skip_special_tokens=False,
             output_kind=RequestOutputKind.DELTA,
+            **structured,
         )
 
     @staticmethod

@@ -15,6 +15,7 @@ from typing import Any
 # vLLM's INFO lines are its own progress report; a neuron's log keeps to warnings.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
+from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -59,6 +60,9 @@ def engine_args(load: VllmLoad) -> AsyncEngineArgs:
         "disable_log_stats": True,
         # On a CPU, compiling the model costs more start time than it saves.
         "enforce_eager": load.device_kind == "cpu",
+        # cortex's grammars (``neuron.structured``) are llguidance's Lark: vLLM's guidance
+        # backend runs them as they are, so both engines hold a reply to the same grammar.
+        "structured_outputs_config": StructuredOutputsConfig(backend="guidance"),
     }
     args.update(load.extra)
     return AsyncEngineArgs(**args)

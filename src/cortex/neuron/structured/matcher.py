@@ -1,0 +1,202 @@
+"""Grammars compiled for one model, and the matcher each constrained sequence carries.
+
+llguidance (``llguidance``) holds generation to a grammar: a matcher per sequence says which
+tokens may come next (a bitmask over the vocabulary, one bit per token) and advances with each
+token taken. It was picked over xgrammar by measurement (``bench/grammar_libs.py``; the README's
+"Structured outputs" says the figures) and because its grammars match a family's marker tokens
+by id and embed JSON schemas in a grammar, which the tool-call grammars need.
+
+* ``Grammars`` belongs to one loaded model: its llguidance tokenizer (built at first use) and a
+  cache of compiled grammars, so a schema sent again costs a copy, not a compile. ``compile``
+  runs where ``prepare`` runs (a worker thread), never on the device's thread or the event loop.
+* ``Constraint`` is one sequence's matcher. ``fill`` writes its row of a bitmask and ``accept``
+  advances it; the device worker calls both (``engine.constrain``). ``forced`` closes a JSON
+  answer that the length limit would cut off, so that it still parses. vLLM is given the whole
+  reply's grammar (``whole``), and ``answer`` when it continues a sequence as a new request
+  after a forced end of thinking.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Collection
+from typing import Any, Literal
+
+import llguidance
+import llguidance.hf
+import torch
+
+from cortex.errors import InvalidRequest
+from cortex.neuron.structured.closing import closing
+
+__all__ = ["Constraint", "Grammars", "Phase"]
+
+Phase = Literal["reasoning", "either", "answer"]
+
+CACHE_SIZE = 256
+# How near the length limit the closing of a cut-off JSON answer is considered (tokens).
+CLOSING_WINDOW = 48
+# One sampled token can lengthen the closing by several (``,`` in an object owes ``"": 0``):
+# closing starts while this many tokens more than it needs are left.
+CLOSING_MARGIN = 8
+
+
+class Grammars:
+    """One model's grammar compiler (see the module docstring); thread-safe."""
+
+    def __init__(self, tokenizer: Any, eos_token_ids: Collection[int]) -> None:
+        self._hf = tokenizer
+        self._eos = sorted(eos_token_ids)
+        self._tokenizer: llguidance.LLTokenizer | None = None
+        self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+        self.compiled = 0  # grammars compiled (not served from the cache), for tests
+
+    @property
+    def tokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = llguidance.hf.from_tokenizer(
+                    self._hf, n_vocab=len(self._hf), eos_token=self._eos or None
+                )
+            return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids a bitmask row covers."""
+        return int(self.tokenizer.vocab_size)
+
+    def compile(self, grammar: str, param: str) -> llguidance.LLMatcher:
+        """A matcher at the start of ``grammar``, for one sequence; an ``InvalidRequest``
+        against ``param`` when the grammar does not compile (a bad schema, regex or rule)."""
+        with self._lock:
+            found = self._cache.get(grammar)
+            if found is not None:
+                self._cache.move_to_end(grammar)
+                return found.deep_copy()
+        tokenizer = self.tokenizer
+        source = (
+            grammar if grammar.startswith("{") else llguidance.LLMatcher.grammar_from_lark(grammar)
+        )
+        matcher = llguidance.LLMatcher(tokenizer, source, log_level=0)
+        error = matcher.get_error()
+        if error:
+            raise InvalidRequest(f"{param} cannot be enforced: {_first_line(error)}", param=param)
+        with self._lock:
+            self.compiled += 1
+            self._cache[grammar] = matcher
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return matcher.deep_copy()
+
+
+def _first_line(error: str) -> str:
+    """llguidance's message without the grammar it quotes; for an error that names only a
+    position, the text there."""
+    lines = [line for line in error.splitlines() if line.strip()]
+    head = lines[0] if lines else error
+    head = head.split(": ", 1)[1] if head.startswith("at ") and ": " in head else head
+    if len(lines) > 1 and " | " in lines[1] and len(head) < 40:
+        head += f" in: {lines[1].split(' | ', 1)[1].strip()[:120]}"
+    return head
+
+
+class Constraint:
+    """One sequence's matcher (see the module docstring).
+
+    Reasoning is not held to a grammar: while the sequence reasons (``phase`` ``reasoning``)
+    its row is left alone, and the matcher, at the start of the answer's grammar, starts with
+    the first token after the end of reasoning. In phase ``either`` the first token may open
+    reasoning (a template that leaves that to the model) or start the answer."""
+
+    __slots__ = (
+        "_after", "_closing", "_content", "_direct", "_matcher", "_tokenizer", "answer", "eos",
+        "phase",
+        "think_end", "think_start", "whole", "words",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        direct: llguidance.LLMatcher | None,
+        after: llguidance.LLMatcher | None,
+        *,
+        whole: str,
+        answer: str,
+        phase: Phase,
+        vocab_size: int,
+        tokenizer: Any,
+        eos: int | None,
+        think: tuple[int, int] | None,
+    ) -> None:
+        # At the start of the answer when the reply starts with it (``direct``), or when it
+        # follows reasoning (``after``: the template's whitespace may come first).
+        self._direct, self._after = direct, after
+        matcher = direct if phase == "answer" or after is None else after
+        if matcher is None:
+            raise ValueError("a constraint needs a matcher")
+        self._matcher = matcher
+        self.whole = whole  # the whole reply's grammar, reasoning included (for vLLM)
+        self.answer = answer  # the grammar after reasoning
+        self.phase: Phase = phase if think is not None else "answer"
+        self.words = (vocab_size + 31) // 32  # a bitmask row's int32 words
+        self._tokenizer = tokenizer
+        self.eos = eos
+        self.think_start: int | None = think[0] if think is not None else None
+        self.think_end: int | None = think[1] if think is not None else None
+        self._content: list[int] = []  # the answer's ids so far
+        self._closing: list[int] = []  # what closes the JSON, being taken
+
+    @property
+    def active(self) -> bool:
+        """Whether the next token is held to the grammar (not while reasoning)."""
+        return self.phase != "reasoning"
+
+    def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        """Write the tokens allowed next into ``bitmask[row]`` (int32, on the CPU)."""
+        view = bitmask[row]
+        self._matcher.unsafe_compute_mask_ptr(view.data_ptr(), view.numel() * view.element_size())
+        if self.phase == "either" and self.think_start is not None:
+            word, bit = divmod(self.think_start, 32)
+            if word < view.numel():  # the first token may open reasoning
+                value = (int(view[word]) & 0xFFFFFFFF) | (1 << bit)
+                view[word] = value - (1 << 32) if value >= 1 << 31 else value
+
+    def accept(self, token: int) -> str | None:
+        """Advance past ``token``; why it does not fit, else None."""
+        if self.phase == "either":
+            self.phase = "reasoning" if token == self.think_start else "answer"
+            if self.phase == "answer" and self._direct is not None:
+                self._matcher = self._direct
+        if self.phase == "reasoning":
+            if token == self.think_end:
+                self.phase = "answer"
+                if self._after is not None:
+                    self._matcher = self._after
+            return None
+        if self._closing and token == self._closing[0]:
+            self._closing.pop(0)
+        self._content.append(token)
+        if self._matcher.consume_token(token):
+            return None
+        return self._matcher.get_error() or f"token {token} does not fit the grammar"
+
+    def forced(self, room: int) -> int | None:
+        """The token to take now so that JSON cut off by the length limit still parses: once
+        ``room`` (the tokens left) is about what closing it takes, the closing (``closing``)
+        and the end of the sequence are taken, where the grammar accepts them; else None."""
+        if self._closing:
+            return self._closing[0]
+        if room > CLOSING_WINDOW or not self._content or self.phase != "answer":
+            return None
+        text = self._tokenizer.decode(self._content, skip_special_tokens=False)
+        suffix = closing(text)
+        if not suffix:
+            return None  # not JSON, or whole (the grammar allows only the end now)
+        tokens = list(self._tokenizer.encode(suffix, add_special_tokens=False))
+        if len(tokens) + CLOSING_MARGIN < room or self._matcher.validate_tokens(tokens) != len(
+            tokens
+        ):
+            return None
+        self._closing = tokens + ([self.eos] if self.eos is not None else [])
+        return self._closing[0]
