@@ -29,6 +29,8 @@ Rules:
   items that carry a ``namespace`` are flattened the same way.
 * Hosted tools (``web_search``, ``file_search``, ``mcp``, ``custom`` …) cannot run
   here; they are listed in ``ignored_tools``, never a 400.
+* ``text.format`` is chat's ``response_format`` (``json_schema``'s fields sit beside its
+  ``type`` here, under ``json_schema`` there); a function tool's ``strict`` is kept.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from cortex.protocol.openai import (
     FunctionDef,
     NamedFunction,
     NamedToolChoice,
+    ResponseFormat,
     Tool,
     ToolCall,
 )
@@ -63,6 +66,7 @@ from cortex.protocol.responses import (
     OutputText,
     ReasoningItem,
     ResponsesRequest,
+    response_format,
 )
 
 ChatToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
@@ -102,6 +106,7 @@ class Conversation:
     ignored_items: list[str] = field(default_factory=list)
     tool_choice: ChatToolChoice | None = None
     sampling: dict[str, Any] = field(default_factory=dict)  # chat completion field → value
+    response_format: ResponseFormat | None = None
 
     def chat_request(self, model: str, *, stream: bool = False) -> ChatCompletionRequest:
         """The equivalent chat completion request."""
@@ -111,6 +116,7 @@ class Conversation:
             tools=self.tools,
             tool_choice=self.tool_choice if self.tools else None,
             stream=stream,
+            response_format=self.response_format,
             **self.sampling,
         )
 
@@ -151,6 +157,7 @@ def to_chat(request: ResponsesRequest, history: list[ChatMessage] | None = None)
         ignored_items=ignored_items,
         tool_choice=_tool_choice(request, tools, tool_names),
         sampling=sampling,
+        response_format=response_format(request.text),
     )
 
 

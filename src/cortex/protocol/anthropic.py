@@ -3,8 +3,10 @@
 Data shapes only, no I/O; the translation to and from the OpenAI chat dialect the neurons
 speak lives in ``gateway.dialects``. Validated strictly like ``protocol.openai`` (a string
 where a number belongs is a 400 naming the field); unknown fields are accepted and ignored,
-because Claude Code sends many (``context_management``, ``output_config``, ``metadata``,
-``cache_control`` on blocks, ``defer_loading`` on tools, ``$schema`` inside schemas).
+because Claude Code sends many (``context_management``, ``metadata``, ``cache_control`` on
+blocks, ``defer_loading`` on tools, ``$schema`` inside schemas). Structured outputs come as
+``output_config.format`` or the older beta top-level ``output_format``, both a
+``{"type": "json_schema", "schema": {…}}``, and as ``strict`` on a custom tool.
 
 Leniencies, each on purpose:
 
@@ -129,6 +131,7 @@ class CustomTool(BaseModel):
     name: str = Field(min_length=1)
     description: str | None = None
     input_schema: dict[str, Any]
+    strict: bool | None = None  # the call's input must match ``input_schema``
 
 
 class ServerTool(BaseModel):
@@ -206,6 +209,25 @@ ThinkingConfig = Annotated[
 ]
 
 
+# --- structured outputs -------------------------------------------------------------------
+
+
+class JsonOutputFormat(BaseModel):
+    """``output_config.format`` (and the beta ``output_format``): the answer's JSON schema."""
+
+    model_config = _REQUEST
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")  # ``schema`` shadows a BaseModel method
+
+
+class OutputConfig(BaseModel):
+    """``output_config``; ``effort`` is kept as sent (``low`` … ``max``, and any newer level)."""
+
+    model_config = _REQUEST
+    effort: str | None = None
+    format: JsonOutputFormat | None = None
+
+
 # --- requests -----------------------------------------------------------------------------
 
 
@@ -220,6 +242,8 @@ class CountTokensRequest(BaseModel):
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
+    output_config: OutputConfig | None = None
+    output_format: JsonOutputFormat | None = None  # the beta's, before ``output_config``
 
     @property
     def thinking_disabled(self) -> bool:

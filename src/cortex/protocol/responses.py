@@ -6,7 +6,8 @@ Validated strictly like ``protocol.openai`` (a string where a number belongs is 
 naming the field); unknown fields are accepted and ignored. Input items and tools are
 discriminated by ``type``: the kinds we act on are typed, every other kind (hosted tool
 calls, ``item_reference``, hosted tools such as ``web_search``) is kept as a plain dict
-so the converter can say what it ignored instead of refusing the request.
+so the converter can say what it ignored instead of refusing the request. ``text`` stays
+a plain dict on the request (the reply echoes it as sent); ``response_format`` validates it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cortex.protocol.openai import (
     Penalty,
     Probability,
     RepetitionPenalty,
+    ResponseFormat,
     Seed,
     Temperature,
     TopK,
@@ -213,6 +215,76 @@ class ReasoningConfig(BaseModel):
     summary: str | None = None
 
 
+# --- text.format: structured outputs --------------------------------------------------------
+
+
+class TextFormat(BaseModel):
+    """``{"type": "text"}``, the default: free text."""
+
+    model_config = _REQUEST
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    """``{"type": "json_object"}``: any JSON object."""
+
+    model_config = _REQUEST
+    type: Literal["json_object"]
+
+
+class JsonSchemaTextFormat(BaseModel):
+    """Chat's ``response_format.json_schema`` flattened beside ``type`` (the Responses shape)."""
+
+    model_config = _REQUEST
+    type: Literal["json_schema"]
+    name: str | None = None  # required by OpenAI; unused here, so not required
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")  # ``schema`` shadows a BaseModel method
+    strict: bool | None = None
+
+
+class TextConfig(BaseModel):
+    model_config = _REQUEST
+    format: (
+        Annotated[TextFormat | JsonObjectFormat | JsonSchemaTextFormat, Field(discriminator="type")]
+        | None
+    ) = None
+    verbosity: str | None = None  # accepted, unused
+
+
+class _Text(BaseModel):
+    model_config = _REQUEST
+    text: TextConfig | None = None
+
+
+def response_format(text: dict[str, Any] | None) -> ResponseFormat | None:
+    """A request's ``text`` as chat's ``response_format`` (None: free text).
+
+    A malformed ``text.format`` is an InvalidRequest naming the field (``text.format.schema``).
+    """
+    try:
+        config = _Text.model_validate({"text": text}).text
+    except ValidationError as exc:
+        raise invalid_request(
+            exc,
+            tags=frozenset({"text", "json_object", "json_schema"}),
+            tagged_fields=frozenset({"format"}),
+            deepest=True,
+        ) from None
+    fmt = config.format if config is not None else None
+    if fmt is None or isinstance(fmt, TextFormat):
+        return None
+    if isinstance(fmt, JsonObjectFormat):
+        return ResponseFormat(type="json_object")
+    spec = {
+        "name": fmt.name,
+        "description": fmt.description,
+        "schema": fmt.schema_,
+        "strict": fmt.strict,
+    }
+    return ResponseFormat.model_validate({"type": "json_schema", "json_schema": spec})
+
+
 # --- the request --------------------------------------------------------------------------
 
 
@@ -273,9 +345,11 @@ def parse_responses_request(body: bytes) -> ResponsesRequest:
     a bad call id reads ``input.2.call_id`` rather than ``input.2.function_call.call_id``.
     """
     try:
-        return ResponsesRequest.model_validate_json(body)
+        request = ResponsesRequest.model_validate_json(body)
     except ValidationError as exc:
         raise invalid_request(exc, tags=_TAGS, tagged_fields=_TAGGED_FIELDS, deepest=True) from None
+    response_format(request.text)  # a malformed ``text.format`` is refused here, before any work
+    return request
 
 
 # --- what the gateway reads of a Responses stream ----------------------------------------

@@ -10,6 +10,13 @@ field and any ``role: "system"`` message inside ``messages``, wherever it sits) 
 in order, into one leading system message. The models behind cortex take text only:
 images and documents in a user turn are refused with a 400 (inside a tool result they
 become a short placeholder, so a screenshot tool does not wedge a whole conversation).
+
+Structured outputs: ``output_config.format`` (or the beta's ``output_format``) becomes a
+strict ``json_schema`` ``response_format`` named ``output``, and a custom tool's ``strict``
+its function's ``strict``. ``output_config.effort`` becomes ``reasoning_effort`` (``xhigh``
+and ``max`` are ``high``) only where thinking is ``enabled`` or ``disabled``: the chat
+template switches those set win, so it sets just the level (gpt-oss); with ``adaptive`` or no
+thinking it would switch thinking on where the template keeps it off, so it is left out.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from cortex.protocol.anthropic import (
     RedactedThinkingBlock,
     TextBlock,
     ThinkingBlock,
+    ThinkingDisabled,
     ThinkingEnabled,
     ToolChoiceAny,
     ToolChoiceAuto,
@@ -40,6 +48,9 @@ from cortex.protocol.anthropic import (
 # client resends it on every later turn), so the model is told what it cannot see.
 IMAGE_PLACEHOLDER = "[image omitted: this model takes text only]"
 DOCUMENT_PLACEHOLDER = "[document omitted: this model takes text only]"
+
+# Anthropic's ``output_config.effort`` → OpenAI's ``reasoning_effort``.
+_EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 
 
 # --- request ------------------------------------------------------------------------------
@@ -56,6 +67,7 @@ def to_openai(request: MessagesRequest, model: str) -> dict[str, Any]:
         if value is not None:
             body[name] = value
     body.update(_tools(request))
+    body.update(_output(request))
     body.update(_template_kwargs(request))
     if isinstance(request.thinking, ThinkingEnabled):
         # The neuron forces the end of thinking once the budget is spent, then the answer
@@ -92,6 +104,27 @@ def _template_kwargs(request: CountTokensRequest) -> dict[str, Any]:
     return {}
 
 
+def _output(request: MessagesRequest) -> dict[str, Any]:
+    """``response_format`` and ``reasoning_effort`` from ``output_config``/``output_format``."""
+    out: dict[str, Any] = {}
+    config = request.output_config
+    fmt = config.format if config is not None else None
+    beta = request.output_format
+    if fmt is not None and beta is not None and fmt.schema_ != beta.schema_:
+        raise InvalidRequest(
+            "output_format: give output_config.format or output_format, not two different schemas",
+            param="output_format",
+        )
+    fmt = fmt or beta
+    if fmt is not None:
+        spec = {"name": "output", "schema": fmt.schema_, "strict": True}
+        out["response_format"] = {"type": "json_schema", "json_schema": spec}
+    effort = _EFFORT.get(config.effort or "") if config is not None else None
+    if effort is not None and isinstance(request.thinking, ThinkingEnabled | ThinkingDisabled):
+        out["reasoning_effort"] = effort
+    return out
+
+
 def _tools(request: CountTokensRequest) -> dict[str, Any]:
     """``tools``, ``tool_choice`` and ``parallel_tool_calls``; hosted tools are dropped."""
     tools = []
@@ -102,6 +135,8 @@ def _tools(request: CountTokensRequest) -> dict[str, Any]:
         if tool.description is not None:
             function["description"] = tool.description
         function["parameters"] = tool.input_schema
+        if tool.strict is not None:
+            function["strict"] = tool.strict
         tools.append({"type": "function", "function": function})
     if not tools:
         return {}
