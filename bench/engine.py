@@ -50,6 +50,10 @@ neuron on vLLM and the neuron on transformers, on the same model folder (on the 
 trained tiny model with a head size of 64, which vLLM's CPU attention takes; or ``--shape
 0.44b`` / ``--model``), and prints the neuron's ratios to vLLM's server.
 
+``--structured`` (``bench/engine_structured.py``): 16 streams constrained to a JSON schema
+against the same streams free, the compile time of a 50-property schema (first and cached),
+and llguidance against xgrammar.
+
 Issue 14's figures, each its own mode; either or both replace the N figures above (the
 modules named say exactly what is measured and how):
 
@@ -424,6 +428,11 @@ def _plan() -> tuple[argparse.Namespace, Plan, ModeOptions]:
     )
     # For smoke runs: the long prompt of both modes, turn 2's new message, --mixed's shorts.
     hidden = argparse.SUPPRESS
+    parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="structured outputs: constrained vs free tok/s, compile times, the grammar library",
+    )
     parser.add_argument("--prefix-tokens", type=int, default=LONG_TOKENS, help=hidden)
     parser.add_argument("--prefix-new-tokens", type=int, default=NEW_TOKENS, help=hidden)
     parser.add_argument("--mixed-short", type=int, default=MIXED_SHORT, help=hidden)
@@ -507,6 +516,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     transformers.utils.logging.disable_progress_bar()
     started = time.monotonic()
+    if args.structured:
+        from engine_structured import run_structured
+
+        run_structured(args)
+        progress(f"done in {time.monotonic() - started:.0f} s")
+        return
 
     def run(suite: Suite) -> None:
         if args.engine == "vllm":

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+import anthropic
 import httpx
 import jsonschema
 import pytest
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from cortex.testing import FIXTURES
 from cortex.testing.random_model import cached_random_model
-from tests.e2e.procs import Neuron
+from tests.e2e.procs import Gateway, Neuron
 
 pytestmark = pytest.mark.e2e
 
@@ -301,3 +302,84 @@ def test_openai_sdk_parse_returns_the_model(random_neuron: Neuron) -> None:
         )
         parsed = completion.choices[0].message.parsed
         assert isinstance(parsed, Pet)
+
+
+def test_openai_sdk_responses_parse_returns_the_model(random_neuron: Neuron) -> None:
+    client = OpenAI(base_url=f"{random_neuron.url}/v1", api_key="unused", max_retries=0)
+    for seed in range(3):
+        response = client.responses.parse(
+            model="random",
+            input="A pet, please.",
+            text_format=Pet,
+            temperature=1.0,
+            max_output_tokens=200,
+            reasoning={"effort": "none"},  # thinking off (the random model never ends it)
+            extra_body={"seed": seed},
+        )
+        assert isinstance(response.output_parsed, Pet)
+
+
+@pytest.fixture(scope="module")
+def gateway(random_neuron: Neuron, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    models = '[[models]]\nid = "random"\n[aliases]\n"claude-*" = "random"\n'
+    gateway = Gateway({"a": random_neuron}, models, tmp_path_factory.mktemp("structured-gw"))
+    try:
+        gateway.wait_ready()
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+class Home(BaseModel):
+    city: str
+    floors: list[int]
+
+
+class Card(BaseModel):
+    """What Anthropic's structured outputs take: its SDK moves length and range limits into
+    descriptions, so strings and numbers are free here (and close as the limit comes)."""
+
+    name: str
+    kind: Literal["cat", "dog", "bird"]
+    age: int
+    vip: bool
+    home: Home
+
+
+def test_anthropic_sdk_structured_outputs_through_the_gateway(gateway: Gateway) -> None:
+    """100 of 100: ``output_config.format``, as ``messages.parse`` sends it."""
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
+
+    def one(i: int) -> Any:
+        return client.messages.parse(
+            model="claude-sonnet-4-6",
+            max_tokens=300,
+            thinking={"type": "disabled"},
+            messages=[{"role": "user", "content": f"Pet number {i}, please."}],
+            output_format=Card,
+            extra_body={"temperature": 1.0},
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        messages = list(pool.map(one, range(SAMPLES)))
+    for message in messages:
+        assert isinstance(message.parsed_output, Card), message
+
+
+def test_anthropic_sdk_strict_tool_through_the_gateway(gateway: Gateway) -> None:
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
+    book = BOOK["function"]
+    tool = {"name": book["name"], "input_schema": book["parameters"], "strict": True}
+    for i in range(8):
+        message = client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=200,
+            thinking={"type": "disabled"},
+            messages=[{"role": "user", "content": f"Book table {i}."}],
+            extra_body={"temperature": 1.0},
+            tools=[tool],  # type: ignore[list-item]
+            tool_choice={"type": "tool", "name": "book_table", "disable_parallel_tool_use": True},
+        )
+        assert message.stop_reason == "tool_use", message
+        (use,) = [block for block in message.content if block.type == "tool_use"]
+        jsonschema.validate(use.input, book["parameters"])

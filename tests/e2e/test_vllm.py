@@ -35,6 +35,14 @@ pytestmark = [
 
 CONTEXT = 4096
 KV = str(32 * 1024**2)
+ANSWER = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer"}, "sure": {"type": "boolean"}},
+    "required": ["answer", "sure"],
+    "additionalProperties": False,
+}
+STRICT_WEATHER = {**WEATHER_TOOL, "function": {**WEATHER_TOOL["function"], "strict": True}}
+
 # The fixtures whose replies go through the wire layer's text, reasoning and tool paths.
 CHAT_FIXTURES = ["plain", "reasoning", "no_thinking", "tool_call", "xml_tool_call", "tool_result"]
 
@@ -177,14 +185,34 @@ def test_streaming_gives_what_the_whole_reply_gives(fleet: tuple[Neuron, Gateway
         {**_fixture_body("plain"), "stop": ["cortex"]},
         {**_fixture_body("plain"), "logprobs": True, "top_logprobs": 2, "max_tokens": 6},
         {**_fixture_body("plain"), "ignore_eos": True, "max_tokens": 40, "min_tokens": 30},
+        {**_fixture_body("plain"), "response_format": {"type": "json_object"}, "max_tokens": 30},
+        {
+            **_fixture_body("reasoning"),
+            "thinking_token_budget": 3,
+            "response_format": {"type": "json_schema", "json_schema": {"schema": ANSWER}},
+        },
+        {**_fixture_body("plain"), "structured_outputs": {"choice": ["yes", "no", "maybe"]}},
+        {**_fixture_body("tool_call"), "tools": [STRICT_WEATHER]},
     ],
-    ids=["free", "thinking-budget", "forced-call", "stop-string", "logprobs", "ignore-eos"],
+    ids=[
+        "free",
+        "thinking-budget",
+        "forced-call",
+        "stop-string",
+        "logprobs",
+        "ignore-eos",
+        "json-object-closed-at-length",
+        "json-schema-after-budget",
+        "choice",
+        "strict-tool",
+    ],
 )
 def test_greedy_is_the_same_on_both_engines_for_the_same_weights(
     fleet: tuple[Neuron, Gateway], extra: dict[str, Any]
 ) -> None:
-    """Steering (a spent thinking budget, a forced call) included: on vLLM it continues the
-    request from what cortex took, and must end where the transformers engine ends."""
+    """Steering (a spent thinking budget) included: on vLLM it continues the request from what
+    cortex took, and must end where the transformers engine ends. Structured outputs (forced
+    and strict calls, JSON, vLLM's extension) hold both engines to the same grammar."""
     neuron = fleet[0]
     body = {"max_tokens": 48, "temperature": 0, **extra}
     on_vllm, on_transformers = _chat(neuron, "v", **body), _chat(neuron, "vt", **body)

@@ -203,7 +203,8 @@ def _constraint(
     answer = structured.grammar(rules, fmt, "answer")
     direct = after = None
     if where in ("text", "either"):
-        direct = grammars.compile(structured.grammar(rules, fmt, "text"), rules.param)
+        first: structured.Start = "opening" if where == "either" else "text"
+        direct = grammars.compile(structured.grammar(rules, fmt, first), rules.param)
     if where in ("reasoning", "either"):
         after = grammars.compile(answer, rules.param)
     tokenizer = model.tokenizer
@@ -220,6 +221,8 @@ def _constraint(
         tokenizer=tokenizer,
         eos=eos if eos in eos_ids else min(eos_ids, default=None),
         think=(think.start.id, think.end.id) if think is not None else None,
+        reasoning=grammars.reasoning_mask(think.end.id) if think is not None else None,
+        closers=grammars.closers() if rules.content is not None else None,
     )
 
 

@@ -23,9 +23,7 @@ def mask_rows(logits: torch.Tensor, seqs: list[Sequence]) -> dict[int, Exception
     rows = [
         i
         for i, seq in enumerate(seqs)
-        if (constraint := seq.request.constraint) is not None
-        and constraint.active
-        and not seq.is_finished
+        if seq.request.constraint is not None and not seq.is_finished
     ]
     if not rows:
         return {}
@@ -47,6 +45,12 @@ def mask_rows(logits: torch.Tensor, seqs: list[Sequence]) -> dict[int, Exception
     if allowed.shape[1] < vocab:  # ids past the tokenizer's: never allowed
         allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]))
     allowed = allowed[:, :vocab]
+    for j, i in enumerate(rows):
+        seq = seqs[i]
+        constraint = seq.request.constraint
+        assert constraint is not None
+        room = seq.request.params.max_tokens - seq.num_completion_tokens
+        allowed[j] = constraint.narrow(allowed[j], room)
     index = torch.tensor(rows, device=logits.device)
     masked = logits.index_select(0, index).masked_fill(~allowed.to(logits.device), float("-inf"))
     logits.index_copy_(0, index, masked)

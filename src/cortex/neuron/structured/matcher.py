@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import llguidance
@@ -28,9 +29,9 @@ import llguidance.hf
 import torch
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.structured.closing import closing
+from cortex.neuron.structured.closing import closing, in_string
 
-__all__ = ["Constraint", "Grammars", "Phase"]
+__all__ = ["Closers", "Constraint", "Grammars", "Phase"]
 
 Phase = Literal["reasoning", "either", "answer"]
 
@@ -40,6 +41,8 @@ CLOSING_WINDOW = 48
 # One sampled token can lengthen the closing by several (``,`` in an object owes ``"": 0``):
 # closing starts while this many tokens more than it needs are left.
 CLOSING_MARGIN = 8
+# How near the limit an open JSON answer is steered towards its end (``Constraint.narrow``).
+NARROW_WINDOW = 64
 
 
 class Grammars:
@@ -50,6 +53,8 @@ class Grammars:
         self._eos = sorted(eos_token_ids)
         self._tokenizer: llguidance.LLTokenizer | None = None
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
+        self._reasoning: dict[int, torch.Tensor] = {}
+        self._closers: Closers | None = None
         self._lock = threading.Lock()
         self.compiled = 0  # grammars compiled (not served from the cache), for tests
 
@@ -66,6 +71,49 @@ class Grammars:
     def vocab_size(self) -> int:
         """How many token ids a bitmask row covers."""
         return int(self.tokenizer.vocab_size)
+
+    def reasoning_mask(self, think_end: int) -> torch.Tensor:
+        """The tokens reasoning may hold ([words] int32 bits): any but a special token, and
+        its end. As the whole reply's grammar on vLLM has it, so the engines agree; the end
+        of the sequence is not among them: a constrained reply's answer always comes."""
+        with self._lock:
+            found = self._reasoning.get(think_end)
+        if found is not None:
+            return found
+        tokenizer = self.tokenizer
+        vocab = int(tokenizer.vocab_size)
+        allowed = torch.tensor([not tokenizer.is_special_token(t) for t in range(vocab)])
+        allowed[think_end] = True
+        words = (vocab + 31) // 32
+        bits = torch.zeros(words * 32, dtype=torch.int64)
+        bits[:vocab] = allowed.to(torch.int64)
+        packed = (bits.view(words, 32) << torch.arange(32, dtype=torch.int64)).sum(dim=1)
+        mask = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+        with self._lock:
+            self._reasoning[think_end] = mask
+        return mask
+
+    def closers(self) -> Closers:
+        """The token classes that bring an open JSON value to its end (``Closers``)."""
+        with self._lock:
+            if self._closers is not None:
+                return self._closers
+        vocab = int(self.tokenizer.vocab_size)
+        texts = [self._hf.decode([t], skip_special_tokens=False) for t in range(len(self._hf))]
+        texts += [""] * (vocab - len(texts))
+
+        def starting(chars: str) -> torch.Tensor:
+            return torch.tensor([t.lstrip().startswith(tuple(chars)) for t in texts[:vocab]])
+
+        found = Closers(
+            quote=torch.tensor(['"' in t for t in texts[:vocab]]),
+            close=starting("]}"),
+            comma=starting(","),
+            short=starting('"-0123456789tfn'),
+        )
+        with self._lock:
+            self._closers = found
+        return found
 
     def compile(self, grammar: str, param: str) -> llguidance.LLMatcher:
         """A matcher at the start of ``grammar``, for one sequence; an ``InvalidRequest``
@@ -91,6 +139,19 @@ class Grammars:
         return matcher.deep_copy()
 
 
+@dataclass(frozen=True, slots=True)
+class Closers:
+    """Per token id (bool [vocab]): its text holds a quote (ends a string); starts with ``]``
+    or ``}`` (closes a container), with ``,`` (ends a value), or with what starts a short value
+    (a string, a number, a literal) — the classes a JSON answer near its length limit is
+    narrowed to, in that order (``Constraint.narrow``)."""
+
+    quote: torch.Tensor
+    close: torch.Tensor
+    comma: torch.Tensor
+    short: torch.Tensor
+
+
 def _first_line(error: str) -> str:
     """llguidance's message without the grammar it quotes; for an error that names only a
     position, the text there."""
@@ -106,13 +167,16 @@ class Constraint:
     """One sequence's matcher (see the module docstring).
 
     Reasoning is not held to a grammar: while the sequence reasons (``phase`` ``reasoning``)
-    its row is left alone, and the matcher, at the start of the answer's grammar, starts with
-    the first token after the end of reasoning. In phase ``either`` the first token may open
-    reasoning (a template that leaves that to the model) or start the answer."""
+    its row only loses the special tokens and the end of the sequence (``reasoning_mask``),
+    and the matcher, at the start of the answer's grammar, starts with
+    the first token after the end of reasoning. In phase ``either`` the reply may open
+    reasoning (a template that leaves that to the model; whitespace may come first) or be the
+    answer: the ``direct`` matcher's grammar allows both, and stops at the opening."""
 
     __slots__ = (
-        "_after", "_closing", "_content", "_direct", "_matcher", "_tokenizer", "answer", "eos",
-        "phase",
+        "_after", "_closers", "_closing", "_content", "_direct", "_matcher", "_reasoning",
+        "_tokenizer",
+        "answer", "eos", "phase",
         "think_end", "think_start", "whole", "words",
     )  # fmt: skip
 
@@ -128,11 +192,13 @@ class Constraint:
         tokenizer: Any,
         eos: int | None,
         think: tuple[int, int] | None,
+        reasoning: torch.Tensor | None = None,
+        closers: Closers | None = None,
     ) -> None:
         # At the start of the answer when the reply starts with it (``direct``), or when it
         # follows reasoning (``after``: the template's whitespace may come first).
         self._direct, self._after = direct, after
-        matcher = direct if phase == "answer" or after is None else after
+        matcher = after if phase == "reasoning" or direct is None else direct
         if matcher is None:
             raise ValueError("a constraint needs a matcher")
         self._matcher = matcher
@@ -144,30 +210,27 @@ class Constraint:
         self.eos = eos
         self.think_start: int | None = think[0] if think is not None else None
         self.think_end: int | None = think[1] if think is not None else None
+        self._reasoning = reasoning  # what reasoning may hold (``Grammars.reasoning_mask``)
+        self._closers = closers
         self._content: list[int] = []  # the answer's ids so far
         self._closing: list[int] = []  # what closes the JSON, being taken
-
-    @property
-    def active(self) -> bool:
-        """Whether the next token is held to the grammar (not while reasoning)."""
-        return self.phase != "reasoning"
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the tokens allowed next into ``bitmask[row]`` (int32, on the CPU)."""
         view = bitmask[row]
+        if self.phase == "reasoning":
+            if self._reasoning is None:
+                view.fill_(-1)
+            else:
+                view.copy_(self._reasoning[: view.numel()])
+            return
         self._matcher.unsafe_compute_mask_ptr(view.data_ptr(), view.numel() * view.element_size())
-        if self.phase == "either" and self.think_start is not None:
-            word, bit = divmod(self.think_start, 32)
-            if word < view.numel():  # the first token may open reasoning
-                value = (int(view[word]) & 0xFFFFFFFF) | (1 << bit)
-                view[word] = value - (1 << 32) if value >= 1 << 31 else value
 
     def accept(self, token: int) -> str | None:
         """Advance past ``token``; why it does not fit, else None."""
-        if self.phase == "either":
-            self.phase = "reasoning" if token == self.think_start else "answer"
-            if self.phase == "answer" and self._direct is not None:
-                self._matcher = self._direct
+        if self.phase == "either" and token == self.think_start:
+            self.phase = "reasoning"  # the direct matcher's grammar ends at the opening
+            return None
         if self.phase == "reasoning":
             if token == self.think_end:
                 self.phase = "answer"
@@ -181,13 +244,40 @@ class Constraint:
             return None
         return self._matcher.get_error() or f"token {token} does not fit the grammar"
 
+    def narrow(self, allowed: torch.Tensor, room: int) -> torch.Tensor:
+        """``allowed`` (bool [V], what the grammar allows), narrowed near the length limit so
+        that an open JSON answer ends: inside a string, the tokens that end it; outside, those
+        that close a container, else end a value, else start a short one (where the grammar
+        allows any). What the schema still requires comes as the grammar forces it."""
+        closers = self._closers
+        if (
+            closers is None
+            or room > NARROW_WINDOW
+            or self.phase == "reasoning"
+            or not self._content
+            or self._closing
+        ):
+            return allowed
+        text = self._tokenizer.decode(self._content, skip_special_tokens=False)
+        width = min(allowed.shape[0], closers.quote.shape[0])
+        tiers = (
+            [closers.quote] if in_string(text) else [closers.close, closers.comma, closers.short]
+        )
+        for tier in tiers:
+            narrowed = allowed.clone()
+            narrowed[:width] &= tier[:width].to(allowed.device)
+            narrowed[width:] = False
+            if bool(narrowed.any()):
+                return narrowed
+        return allowed
+
     def forced(self, room: int) -> int | None:
         """The token to take now so that JSON cut off by the length limit still parses: once
         ``room`` (the tokens left) is about what closing it takes, the closing (``closing``)
         and the end of the sequence are taken, where the grammar accepts them; else None."""
         if self._closing:
             return self._closing[0]
-        if room > CLOSING_WINDOW or not self._content or self.phase != "answer":
+        if room > CLOSING_WINDOW or not self._content or self.phase == "reasoning":
             return None
         text = self._tokenizer.decode(self._content, skip_special_tokens=False)
         suffix = closing(text)

@@ -40,9 +40,9 @@ CallMode = Literal["none", "auto", "required"]
 # Where the reply starts: inside reasoning the prompt opened; where the model may open it
 # itself (a Qwen3 template with thinking on opens nothing); or with the answer (no reasoning
 # syntax, or a template that closed an empty block: thinking off).
-# "answer": the answer alone, after reasoning (what the transformers engine's matcher holds
-# generation to once reasoning ended: reasoning itself is never masked).
-Start = Literal["reasoning", "either", "text", "answer"]
+# What the transformers engine's matchers hold generation to, reasoning never being masked:
+# "answer", the answer after reasoning; "opening", the opening of reasoning or the answer.
+Start = Literal["reasoning", "either", "text", "answer", "opening"]
 
 # Whitespace between the end of reasoning and the answer (the template's layout), bounded.
 _SPACE = r"/[ \t\r\n]{1,8}/"
@@ -94,6 +94,8 @@ def rules(request: ChatCompletionRequest, fmt: Format) -> Rules | None:
     mode: CallMode = "none"
     if offered and fmt.tools is not None:
         mode = "required" if forced else "auto"
+    if mode == "none" and content is None:
+        return None  # calls this format cannot constrain (harmony): steered or free
     kinds = tuple(k for k in (kind, "tools" if mode != "none" else "") if k)
     return Rules(
         content=content,
@@ -120,7 +122,13 @@ def start_of(prompt_ids: Sequence[int], fmt: Format, state: str) -> Start:
 def grammar(rules: Rules, fmt: Format, start: Start) -> str:
     """The whole reply's grammar, for a reply that starts in ``start`` (inside reasoning, or
     not). Lark text, or llguidance's JSON grammar list when the client gave its own grammar."""
-    lines = [f"start: {_reasoning(fmt, start)}answer"]
+    think = fmt.think
+    if start == "opening" and think is not None:
+        # The first tokens: the opening of reasoning (the matcher stops there, reasoning is
+        # not masked) or the answer.
+        lines = [f"start: SPACE? {special(think.start.id)} | answer"]
+    else:
+        lines = [f"start: {_reasoning(fmt, start)}answer"]
     content = rules.content
     syntax = fmt.tools
     if rules.calls != "none" and syntax is not None:
@@ -128,12 +136,13 @@ def grammar(rules: Rules, fmt: Format, start: Start) -> str:
         if calls is None:  # rules() checked
             raise ValueError(f"no call grammar for {syntax.name}")
         lines.append(calls.strip())
+        # A call may follow the family's layout whitespace (GLM writes "\n<tool_call>").
         if rules.calls == "required":
-            lines.append("answer: calls")
+            lines.append("answer: SPACE? calls")
         elif content is not None:
-            lines.append("answer: content | calls")
+            lines.append("answer: content | SPACE? calls")
         elif syntax.by_text:
-            lines.append("answer: TEXT | calls")
+            lines.append("answer: TEXT | SPACE? calls")
         else:
             lines.append("answer: TEXT? calls?")
     else:
@@ -157,7 +166,7 @@ def _reasoning(fmt: Format, start: Start) -> str:
     end = special(think.end.id)
     if start == "reasoning":
         return f"REASONING {end} SPACE? "
-    return f"({special(think.start.id)} REASONING {end} SPACE?)? "
+    return f"(SPACE? {special(think.start.id)} REASONING {end} SPACE?)? "
 
 
 def _content(request: ChatCompletionRequest) -> tuple[str | None, str | None, str]:
