@@ -262,3 +262,30 @@ def test_a_forced_tool_choice_gives_the_call(fleet: Any, family: str, choice: st
     assert (getattr(message, "reasoning_content", None) or "").strip() == (
         fixture.expected.reasoning
     )
+
+
+# -- structured outputs: reasoning first, then the answer held to the schema -----------------
+
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer"}, "sure": {"type": "boolean"}},
+    "required": ["answer", "sure"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_json_schema_answer_follows_free_reasoning(fleet: Any, family: str) -> None:
+    """Each family reasons as its fixture does (its own syntax: <think>, [THINK], harmony's
+    analysis), and its answer, which would be prose, is JSON matching the schema."""
+    names = {f.name for f in FAMILIES[family].fixtures}
+    fixture = FAMILIES[family].fixture("reasoning" if "reasoning" in names else "plain")
+    response_format: Any = {"type": "json_schema", "json_schema": {"schema": ANSWER_SCHEMA}}
+    reply = _chat(fleet[0], family, fixture, response_format=response_format)
+    message = reply.choices[0].message
+    assert (getattr(message, "reasoning_content", None) or "").strip() == (
+        fixture.expected.reasoning
+    )
+    answer = json.loads(message.content or "")
+    assert set(answer) == {"answer", "sure"}
+    assert isinstance(answer["answer"], int)

@@ -185,11 +185,11 @@ def test_streaming_gives_what_the_whole_reply_gives(fleet: tuple[Neuron, Gateway
         {**_fixture_body("plain"), "stop": ["cortex"]},
         {**_fixture_body("plain"), "logprobs": True, "top_logprobs": 2, "max_tokens": 6},
         {**_fixture_body("plain"), "ignore_eos": True, "max_tokens": 40, "min_tokens": 30},
-        {**_fixture_body("plain"), "response_format": {"type": "json_object"}, "max_tokens": 30},
         {
             **_fixture_body("reasoning"),
             "thinking_token_budget": 3,
             "response_format": {"type": "json_schema", "json_schema": {"schema": ANSWER}},
+            "max_tokens": 200,  # ends long before the limit, where only transformers narrows
         },
         {**_fixture_body("plain"), "structured_outputs": {"choice": ["yes", "no", "maybe"]}},
         {**_fixture_body("tool_call"), "tools": [STRICT_WEATHER]},
@@ -201,7 +201,6 @@ def test_streaming_gives_what_the_whole_reply_gives(fleet: tuple[Neuron, Gateway
         "stop-string",
         "logprobs",
         "ignore-eos",
-        "json-object-closed-at-length",
         "json-schema-after-budget",
         "choice",
         "strict-tool",
@@ -228,6 +227,14 @@ def test_greedy_is_the_same_on_both_engines_for_the_same_weights(
             assert [t["token"] for t in a["top_logprobs"]] == [
                 t["token"] for t in b["top_logprobs"]
             ]
+
+
+def test_json_cut_by_the_length_limit_still_parses_on_vllm(fleet: tuple[Neuron, Gateway]) -> None:
+    """The trained model writes no JSON of its own: a long key, closed as the limit comes."""
+    body = {**_fixture_body("plain"), "response_format": {"type": "json_object"}}
+    reply = _chat(fleet[0], "v", **body, max_tokens=30, temperature=0)
+    choice = reply["choices"][0]
+    assert isinstance(json.loads(choice["message"]["content"]), dict), choice
 
 
 def test_a_seed_reproduces_a_sample_and_n_gives_distinct_choices(

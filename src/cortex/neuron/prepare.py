@@ -68,11 +68,6 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
     if forced:
         _check_forced(request, model)
     rules = structured.rules(request, fmt)
-    if fmt.harmony is not None and rules is not None:
-        raise InvalidRequest(
-            "Structured outputs are not available for gpt-oss's harmony format yet",
-            param=rules.param,
-        )
     if forced and (rules is None or rules.calls != "required"):
         steer = _open_call(request, model, prompt, start)  # no grammar for its calls: steer
         if steer.in_prompt:

@@ -19,9 +19,11 @@ stream parser is ``wire.harmony``; this module holds the tokens and how to open 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cortex.neuron.formats.base import Marker
+from cortex.neuron.formats.grammar import GrammarTool, alternatives, lit, token
 
 __all__ = ["Harmony", "Header", "parse_header"]
 
@@ -58,6 +60,30 @@ class Harmony:
     call: Marker | None = None  # <|call|>
     return_: Marker | None = None  # <|return|>
     constrain: Marker | None = None  # <|constrain|>
+
+    def reply_grammar(
+        self, content: str | None, tools: Sequence[GrammarTool], calls: str
+    ) -> list[str]:
+        """Lark rules for rule ``answer``, the reply after the prompt's ``<|start|>assistant``:
+        an analysis message (free, as reasoning is), then the final message (holding rule
+        ``content``, else free text) or, where ``calls`` is ``auto`` or ``required``, one call
+        of ``tools`` written as ``opening`` writes it (gpt-oss calls once a turn)."""
+        channel, message = token(self.channel.id), token(self.message.id)
+        lines = [
+            f'analysis: {channel} "analysis" {message} REASONING {token(self.end.id)} '
+            f'{token(self.start.id)} "assistant"',
+            f'final: {channel} "final" {message} ' + ("content" if content else "TEXT?"),
+        ]
+        if calls == "none" or not tools:
+            return [*lines, "answer: analysis? final"]
+        constrain = f'{token(self.constrain.id)} "json"' if self.constrain else '"json"'
+        named = alternatives(
+            f"{lit(tool.name + ' ')} {constrain} {message} {tool.arguments()}" for tool in tools
+        )
+        end = f" {token(self.call.id)}" if self.call else ""
+        lines.append(f'call: {channel} "commentary to=functions." {named}{end}')
+        body = "call" if calls == "required" else "(final | call)"
+        return [*lines, f"answer: analysis? {body}"]
 
     def opening(self, name: str | None) -> str:
         """What follows the prompt's ``<|start|>assistant`` to open a call of ``name``."""

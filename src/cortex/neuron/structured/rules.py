@@ -76,7 +76,12 @@ def rules(request: ChatCompletionRequest, fmt: Format) -> Rules | None:
     constrained_calls = bool(tools) and (forced or strict or content is not None)
     if content is None and not constrained_calls:
         return None
-    if tools and fmt.tools is not None and fmt.tools.call_grammar([], True) is None:
+    if (
+        tools
+        and fmt.harmony is None
+        and fmt.tools is not None
+        and fmt.tools.call_grammar([], True) is None
+    ):
         if content is None:
             return None  # calls this format cannot constrain: steered (prepare) or free
         raise InvalidRequest(
@@ -92,7 +97,7 @@ def rules(request: ChatCompletionRequest, fmt: Format) -> Rules | None:
         schema = function.parameters if function.parameters else NO_ARGUMENTS
         offered.append(GrammarTool(function.name, schema, lenient=not function.strict))
     mode: CallMode = "none"
-    if offered and fmt.tools is not None:
+    if offered and (fmt.tools is not None or fmt.harmony is not None):
         mode = "required" if forced else "auto"
     if mode == "none" and content is None:
         return None  # calls this format cannot constrain (harmony): steered or free
@@ -115,13 +120,21 @@ def start_of(prompt_ids: Sequence[int], fmt: Format, state: str) -> Start:
         return "text"
     if state == "reasoning":
         return "reasoning"
-    closed = think.end.id in prompt_ids[-64:]  # the template closed an empty block just now
+    closed = think.end.id in prompt_ids[-6:]  # the template closed an empty block at its end
     return "text" if closed else "either"
 
 
 def grammar(rules: Rules, fmt: Format, start: Start) -> str:
     """The whole reply's grammar, for a reply that starts in ``start`` (inside reasoning, or
     not). Lark text, or llguidance's JSON grammar list when the client gave its own grammar."""
+    if fmt.harmony is not None:  # its own messages; its analysis is free as reasoning is
+        lines = [
+            "start: answer",
+            *fmt.harmony.reply_grammar(rules.content, rules.tools, rules.calls),
+        ]
+        if rules.content is not None:
+            lines.append(f"content: {rules.content}")
+        return _finish(lines, rules)
     think = fmt.think
     if start == "opening" and think is not None:
         # The first tokens: the opening of reasoning (the matcher stops there, reasoning is
@@ -149,7 +162,11 @@ def grammar(rules: Rules, fmt: Format, start: Start) -> str:
         lines.append("answer: content" if content is not None else "answer: TEXT?")
     if content is not None:
         lines.append(f"content: {content}")
-    lines += [f"SPACE: {_SPACE}", r"TEXT: /(?s:.+)/", r"REASONING: /(?s:.*)/"]
+    return _finish(lines, rules)
+
+
+def _finish(lines: list[str], rules: Rules) -> str:
+    lines = [*lines, f"SPACE: {_SPACE}", r"TEXT: /(?s:.+)/", r"REASONING: /(?s:.*)/"]
     lark = "\n".join(lines) + "\n"
     if rules.user_grammar is None:
         return lark
