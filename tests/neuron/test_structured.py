@@ -11,7 +11,7 @@ import torch
 
 from cortex.errors import InvalidRequest
 from cortex.neuron.engine.base import InferenceRequest, SamplingParams
-from cortex.neuron.engine.constrain import accept_rows, mask_rows
+from cortex.neuron.engine.constrain import Masks, accept_rows
 from cortex.neuron.engine.sequence import Sequence
 from cortex.neuron.formats import Format, detect
 from cortex.neuron.formats.grammar import json_expr
@@ -204,7 +204,7 @@ def test_masks_touch_constrained_rows_only(tiny_tokenizer: Any, grammars: Gramma
     vocab = grammars.vocab_size + 5  # a model's head may have more rows than the tokenizer
     logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(0))
     before = logits.clone()
-    assert mask_rows(logits, [free, constrained]) == {}
+    assert Masks([free, constrained]).apply(logits, [free, constrained]) == {}
     assert torch.equal(logits[0], before[0])
     allowed = torch.isfinite(logits[1]).nonzero().flatten().tolist()
     texts = {tiny_tokenizer.decode([t]) for t in allowed}

@@ -117,7 +117,9 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
             output=output(),
             eos_token_ids=weights.eos_token_ids,
             token_text=token_text,
-            constraint=_constraint(model, constrained, where, fmt) if constrained else None,
+            constraint=_constraint(model, constrained, where, fmt, params.max_tokens)
+            if constrained
+            else None,
         )
         for i in range(request.n)
     ]
@@ -190,7 +192,11 @@ class Steer:
 
 
 def _constraint(
-    model: LoadedModel, rules: structured.Rules, where: structured.Start, fmt: Format
+    model: LoadedModel,
+    rules: structured.Rules,
+    where: structured.Start,
+    fmt: Format,
+    limit: int,
 ) -> Constraint:
     """One sequence's matcher: the answer's grammar, compiled once per model and grammar."""
     grammars = model.weights.grammars
@@ -218,6 +224,7 @@ def _constraint(
         think=(think.start.id, think.end.id) if think is not None else None,
         reasoning=grammars.reasoning_mask(think.end.id) if think is not None else None,
         closers=grammars.closers() if rules.content is not None else None,
+        limit=limit,
     )
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream
-from cortex.neuron.engine.constrain import accept_rows, mask_rows
+from cortex.neuron.engine.constrain import Masks, accept_rows
 from cortex.neuron.engine.isolation import (
     check_request,
     check_room,
@@ -237,9 +237,10 @@ class TransformersHarness:
         """One decode for every running sequence, then one prefill for the joining ones:
         together, else one by one, so that a prompt that fails fails alone."""
         if batch.decode:
+            masks = Masks(batch.decode)  # the grammars' rows, beside the forward pass
             logits = self._runner.decode(batch.decode)
             self._scheduler.blocks.commit()
-            self._sample_and_post(logits, batch.decode, posts)
+            self._sample_and_post(logits, batch.decode, posts, masks)
         if batch.prefill:
             now = time.monotonic()
             joining: list[Sequence] = []
@@ -253,11 +254,12 @@ class TransformersHarness:
                     self._seq_failed(seq, "its seed", exc, posts)
                     continue
                 joining.append(seq)
+            masks = Masks(joining)
             joined, prefilled, failed = prefill_rows(self._runner, self._scheduler, joining)
             for seq, error in failed:
                 self._seq_failed(seq, "its prompt", error, posts)
             if joined and prefilled is not None:
-                self._sample_and_post(prefilled, joined, posts)
+                self._sample_and_post(prefilled, joined, posts, masks)
 
     def fail(self, reason: str) -> None:
         """The device is gone (on the worker thread): end every sequence, refuse more."""
@@ -276,13 +278,15 @@ class TransformersHarness:
         self._post(posts)
         self._idle.set()
 
-    def _sample_and_post(self, logits: torch.Tensor, seqs: list[Sequence], posts: Posts) -> None:
+    def _sample_and_post(
+        self, logits: torch.Tensor, seqs: list[Sequence], posts: Posts, masks: Masks
+    ) -> None:
         """Sample, steer, take logprobs and postprocess; a sequence whose own part of this
         fails ends with an Error (and leaves at ``retire``), the others go on.
 
         ``logits``: [B, V] for ``seqs`` in order (one cancelled since the schedule is
         decoded once more and dropped at the next step)."""
-        for row, exc in mask_rows(logits, seqs).items():
+        for row, exc in masks.apply(logits, seqs).items():
             self._seq_failed(seqs[row], "its output grammar", exc, posts)
         sampled = sample_rows(logits, seqs, self._device)
         tokens = [self._steer(seq, token, posts) for seq, token in zip(seqs, sampled, strict=True)]

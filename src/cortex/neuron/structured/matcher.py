@@ -37,7 +37,7 @@ Phase = Literal["reasoning", "either", "answer"]
 
 CACHE_SIZE = 256
 # How near the length limit the closing of a cut-off JSON answer is considered (tokens).
-CLOSING_WINDOW = 48
+CLOSING_WINDOW = 24
 # One sampled token can lengthen the closing by several (``,`` in an object owes ``"": 0``):
 # closing starts while this many tokens more than it needs are left.
 CLOSING_MARGIN = 8
@@ -174,10 +174,9 @@ class Constraint:
     answer: the ``direct`` matcher's grammar allows both, and stops at the opening."""
 
     __slots__ = (
-        "_after", "_closers", "_closing", "_content", "_direct", "_matcher", "_reasoning",
-        "_tokenizer",
-        "answer", "eos", "phase",
-        "think_end", "think_start", "whole", "words",
+        "_after", "_closers", "_closing", "_content", "_decoded", "_direct", "_matcher",
+        "_reasoning", "_tokenizer", "answer", "eos", "limit", "phase", "think_end",
+        "think_start", "whole", "words",
     )  # fmt: skip
 
     def __init__(
@@ -194,6 +193,7 @@ class Constraint:
         think: tuple[int, int] | None,
         reasoning: torch.Tensor | None = None,
         closers: Closers | None = None,
+        limit: int = 1 << 30,
     ) -> None:
         # At the start of the answer when the reply starts with it (``direct``), or when it
         # follows reasoning (``after``: the template's whitespace may come first).
@@ -212,8 +212,16 @@ class Constraint:
         self.think_end: int | None = think[1] if think is not None else None
         self._reasoning = reasoning  # what reasoning may hold (``Grammars.reasoning_mask``)
         self._closers = closers
+        self.limit = limit  # the request's max_tokens
+        self._decoded: tuple[int, str] = (0, "")
         self._content: list[int] = []  # the answer's ids so far
         self._closing: list[int] = []  # what closes the JSON, being taken
+
+    @property
+    def matcher(self) -> llguidance.LLMatcher | None:
+        """The matcher that says what may come next; None while reasoning (``fill`` then
+        writes the reasoning mask)."""
+        return None if self.phase == "reasoning" else self._matcher
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the tokens allowed next into ``bitmask[row]`` (int32, on the CPU)."""
@@ -244,21 +252,30 @@ class Constraint:
             return None
         return self._matcher.get_error() or f"token {token} does not fit the grammar"
 
+    def _near(self, room: int, window: int) -> bool:
+        """Whether an answer still open is ``window`` tokens or less from the length limit
+        (a quarter of ``max_tokens`` at most, so a short request is not hurried from its
+        start)."""
+        if room > min(window, max(self.limit // 4, 4)) or self.phase == "reasoning":
+            return False
+        return bool(self._content) and not self._matcher.is_stopped()
+
+    def _text(self) -> str:
+        """The answer's text so far (decoded once a token)."""
+        if self._decoded[0] != len(self._content):
+            text = self._tokenizer.decode(self._content, skip_special_tokens=False)
+            self._decoded = (len(self._content), text)
+        return self._decoded[1]
+
     def narrow(self, allowed: torch.Tensor, room: int) -> torch.Tensor:
         """``allowed`` (bool [V], what the grammar allows), narrowed near the length limit so
         that an open JSON answer ends: inside a string, the tokens that end it; outside, those
         that close a container, else end a value, else start a short one (where the grammar
         allows any). What the schema still requires comes as the grammar forces it."""
         closers = self._closers
-        if (
-            closers is None
-            or room > NARROW_WINDOW
-            or self.phase == "reasoning"
-            or not self._content
-            or self._closing
-        ):
+        if closers is None or self._closing or not self._near(room, NARROW_WINDOW):
             return allowed
-        text = self._tokenizer.decode(self._content, skip_special_tokens=False)
+        text = self._text()
         width = min(allowed.shape[0], closers.quote.shape[0])
         tiers = (
             [closers.quote] if in_string(text) else [closers.close, closers.comma, closers.short]
@@ -277,10 +294,9 @@ class Constraint:
         and the end of the sequence are taken, where the grammar accepts them; else None."""
         if self._closing:
             return self._closing[0]
-        if room > CLOSING_WINDOW or not self._content or self.phase == "reasoning":
+        if not self._near(room, CLOSING_WINDOW):
             return None
-        text = self._tokenizer.decode(self._content, skip_special_tokens=False)
-        suffix = closing(text)
+        suffix = closing(self._text())
         if not suffix:
             return None  # not JSON, or whole (the grammar allows only the end now)
         tokens = list(self._tokenizer.encode(suffix, add_special_tokens=False))
