@@ -12,7 +12,8 @@
    ``title`` each time) and cached, median of 20.
 3. **The library**, llguidance (chosen) against xgrammar (vLLM's default; both install with
    vLLM), on the same tokenizer and the 50-property schema: compile first/cached, and the time
-   to compute one token's mask along a 200-token random walk through the schema, median.
+   to compute one token's mask, apply it (the same code for both) and advance, along a
+   200-token random walk through the schema, median.
 
     .venv/bin/python bench/engine.py --structured [--tokens 64] [--min-seconds 3]
 """
@@ -143,7 +144,6 @@ def libraries(model: Path) -> dict[str, tuple[float, float, float]]:
     """Per library: (compile first ms, compile cached ms, mask µs a token)."""
     import llguidance
     import llguidance.hf
-    import llguidance.torch as lt
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model))
@@ -163,11 +163,12 @@ def libraries(model: Path) -> dict[str, tuple[float, float, float]]:
 
     first, cached = _compiles(ll_compile)
     matcher = ll_compile(wide_schema("walk"))
-    bitmask = lt.allocate_token_bitmask(1, vocab)
+    bitmask = torch.zeros((1, (vocab + 31) // 32), dtype=torch.int32)
 
     def ll_step(logits: torch.Tensor) -> bool:
-        lt.fill_next_token_bitmask(matcher, bitmask, 0)
-        lt.apply_token_bitmask_inplace(logits, bitmask)
+        row = bitmask[0]
+        matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * 4)
+        _apply(logits, bitmask)
         matcher.consume_token(int(logits.argmax()))
         return bool(matcher.is_stopped())
 
@@ -190,12 +191,21 @@ def libraries(model: Path) -> dict[str, tuple[float, float, float]]:
 
     def xg_step(logits: torch.Tensor) -> bool:
         xg_matcher.fill_next_token_bitmask(xg_bitmask, 0)
-        xgr.apply_token_bitmask_inplace(logits, xg_bitmask)
+        _apply(logits, xg_bitmask)
         xg_matcher.accept_token(int(logits.argmax()))
         return bool(xg_matcher.is_terminated())
 
     found["xgrammar"] = (first, cached, _walk(xg_step, vocab))
     return found
+
+
+_BITS = torch.tensor([1 << k if k < 31 else -(1 << 31) for k in range(32)], dtype=torch.int32)
+
+
+def _apply(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """The same mask application for both libraries (the neuron's, ``engine.constrain``)."""
+    allowed = ((bitmask[:, :, None] & _BITS) != 0).flatten(1)[:, : logits.shape[1]]
+    logits.masked_fill_(~allowed, float("-inf"))
 
 
 def _compiles(compile_schema: Any) -> tuple[float, float]:

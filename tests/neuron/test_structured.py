@@ -17,7 +17,7 @@ from cortex.neuron.formats import Format, detect
 from cortex.neuron.formats.grammar import json_expr
 from cortex.neuron.structured import rules as structured
 from cortex.neuron.structured.closing import closing
-from cortex.neuron.structured.matcher import Constraint, Grammars
+from cortex.neuron.structured.matcher import Closers, Constraint, Grammars, narrow
 from cortex.neuron.wire.output import TextOutput
 from cortex.protocol.openai import ChatCompletionRequest
 
@@ -242,9 +242,31 @@ def test_near_the_limit_an_open_string_may_only_end(
     constraint = _constraint(tiny_tokenizer, grammars, "text", rules)
     for token in _ids(tiny_tokenizer, '{"key": "some'):
         assert constraint.accept(token) is None
-    everything = torch.ones(grammars.vocab_size, dtype=torch.bool)
-    assert torch.equal(constraint.narrow(everything, room=500), everything)  # far: untouched
-    narrowed = constraint.narrow(everything, room=20)
+    assert constraint.narrowing(room=500) is None  # far from the limit: untouched
+    found = constraint.narrowing(room=20)
+    assert found is not None
+    closers, inside = found
+    assert inside
+    everything = torch.ones((1, grammars.vocab_size), dtype=torch.bool)
+    narrowed = narrow(everything, closers, torch.tensor([inside]))[0]
     texts = [tiny_tokenizer.decode([t]) for t in narrowed.nonzero().flatten().tolist()]
     assert texts
     assert all('"' in text for text in texts)
+
+
+def test_narrow_takes_the_first_class_the_grammar_allows_row_by_row() -> None:
+    def bools(*on: int) -> torch.Tensor:
+        return torch.tensor([i in on for i in range(6)])
+
+    # Token 0 holds a quote; 1 closes; 2 is a comma; 3 starts a short value; 4, 5 neither.
+    closers = Closers(quote=bools(0), close=bools(1), comma=bools(2), short=bools(0, 3))
+    allowed = torch.stack([bools(0, 4), bools(2, 3, 4), bools(3, 5), bools(4, 5), bools(0, 1)])
+    inside = torch.tensor([True, False, False, False, True])
+    narrowed = narrow(allowed, closers, inside)
+    assert narrowed.tolist() == [
+        bools(0).tolist(),  # in a string: what ends it
+        bools(2).tolist(),  # outside: no closer allowed, so a comma
+        bools(3).tolist(),  # then a short value
+        bools(4, 5).tolist(),  # none of them allowed: the grammar's own
+        bools(0).tolist(),
+    ]

@@ -21,6 +21,7 @@ import torch
 from llguidance import LLExecutor
 
 from cortex.neuron.engine.sequence import Sequence
+from cortex.neuron.structured.matcher import narrow
 
 __all__ = ["Masks", "accept_rows"]
 
@@ -110,18 +111,35 @@ class Masks:
         if allowed.shape[1] < vocab:  # ids past the tokenizer's: never allowed
             allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]))
         allowed = allowed[:, :vocab]
-        for j, (i, _) in enumerate(found):
-            seq = seqs[i]
-            constraint = seq.request.constraint
-            assert constraint is not None
-            room = seq.request.params.max_tokens - seq.num_completion_tokens
-            allowed[j] = constraint.narrow(allowed[j], room)
+        allowed = _near_the_limit(allowed, [seqs[i] for i, _ in found])
         index = torch.tensor([i for i, _ in found], device=logits.device)
         masked = logits.index_select(0, index).masked_fill(
             ~allowed.to(logits.device), float("-inf")
         )
         logits.index_copy_(0, index, masked)
         return failed
+
+
+def _near_the_limit(allowed: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """``allowed`` with the rows of open JSON answers near their length limit narrowed so that
+    they end (``structured.matcher.narrow``), all such rows at once."""
+    rows: list[int] = []
+    inside: list[bool] = []
+    closers = None
+    for j, seq in enumerate(seqs):
+        constraint = seq.request.constraint
+        assert constraint is not None
+        found = constraint.narrowing(seq.request.params.max_tokens - seq.num_completion_tokens)
+        if found is not None:
+            closers = found[0]
+            rows.append(j)
+            inside.append(found[1])
+    if closers is None:
+        return allowed
+    index = torch.tensor(rows, device=allowed.device)
+    flags = torch.tensor(inside, device=allowed.device)
+    allowed[index] = narrow(allowed[index], closers, flags)
+    return allowed
 
 
 def accept_rows(seqs: list[Sequence], tokens: list[int]) -> dict[int, str]:

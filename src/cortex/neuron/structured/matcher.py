@@ -31,7 +31,7 @@ import torch
 from cortex.errors import InvalidRequest
 from cortex.neuron.structured.closing import closing, in_string
 
-__all__ = ["Closers", "Constraint", "Grammars", "Phase"]
+__all__ = ["Closers", "Constraint", "Grammars", "Phase", "narrow"]
 
 Phase = Literal["reasoning", "either", "answer"]
 
@@ -139,17 +139,41 @@ class Grammars:
         return matcher.deep_copy()
 
 
+def narrow(allowed: torch.Tensor, closers: Closers, inside: torch.Tensor) -> torch.Tensor:
+    """``allowed`` (bool [R, V], what each row's grammar allows) narrowed so that an open JSON
+    answer ends: inside a string (``inside``, bool [R]) the tokens that end it; outside, those
+    that close a container, else end a value, else start a short one: the first class the
+    grammar allows any of. What the schema still requires comes as the grammar forces it."""
+    width = min(allowed.shape[1], closers.quote.shape[0])
+    device = allowed.device
+    head = allowed[:, :width]
+    result = allowed.clone()
+    result[:, width:] = False
+    done = torch.zeros(allowed.shape[0], dtype=torch.bool, device=device)
+    for tier in closers.tiers:
+        hit = head & tier[:width].to(device)
+        chosen = hit.any(dim=1) & ~done & ((tier is closers.quote) == inside)
+        result[:, :width] = torch.where(chosen[:, None], hit, result[:, :width])
+        done |= chosen
+    return torch.where(done[:, None], result, allowed)
+
+
 @dataclass(frozen=True, slots=True)
 class Closers:
     """Per token id (bool [vocab]): its text holds a quote (ends a string); starts with ``]``
     or ``}`` (closes a container), with ``,`` (ends a value), or with what starts a short value
     (a string, a number, a literal) — the classes a JSON answer near its length limit is
-    narrowed to, in that order (``Constraint.narrow``)."""
+    narrowed to, in that order (``narrow``)."""
 
     quote: torch.Tensor
     close: torch.Tensor
     comma: torch.Tensor
     short: torch.Tensor
+
+    @property
+    def tiers(self) -> tuple[torch.Tensor, ...]:
+        """In order: inside a string the first, outside the others."""
+        return (self.quote, self.close, self.comma, self.short)
 
 
 def _first_line(error: str) -> str:
@@ -267,26 +291,14 @@ class Constraint:
             self._decoded = (len(self._content), text)
         return self._decoded[1]
 
-    def narrow(self, allowed: torch.Tensor, room: int) -> torch.Tensor:
-        """``allowed`` (bool [V], what the grammar allows), narrowed near the length limit so
-        that an open JSON answer ends: inside a string, the tokens that end it; outside, those
-        that close a container, else end a value, else start a short one (where the grammar
-        allows any). What the schema still requires comes as the grammar forces it."""
+    def narrowing(self, room: int) -> tuple[Closers, bool] | None:
+        """How the next token is narrowed near the length limit so that an open JSON answer
+        ends (``narrow``): the model's token classes and whether the answer is inside a
+        string; None: it is not."""
         closers = self._closers
         if closers is None or self._closing or not self._near(room, NARROW_WINDOW):
-            return allowed
-        text = self._text()
-        width = min(allowed.shape[0], closers.quote.shape[0])
-        tiers = (
-            [closers.quote] if in_string(text) else [closers.close, closers.comma, closers.short]
-        )
-        for tier in tiers:
-            narrowed = allowed.clone()
-            narrowed[:width] &= tier[:width].to(allowed.device)
-            narrowed[width:] = False
-            if bool(narrowed.any()):
-                return narrowed
-        return allowed
+            return None
+        return closers, in_string(self._text())
 
     def forced(self, room: int) -> int | None:
         """The token to take now so that JSON cut off by the length limit still parses: once
