@@ -12,7 +12,7 @@ Pure.
 
 from __future__ import annotations
 
-__all__ = ["closing", "in_string"]
+__all__ = ["closing"]
 
 _LITERALS = ("true", "false", "null")
 
@@ -101,17 +101,3 @@ def _finish_scalar(word: str) -> str:
 
 def _close(stack: list[str]) -> str:
     return "".join("}" if opened == "{" else "]" for opened in reversed(stack))
-
-
-def in_string(text: str) -> bool:
-    """Whether JSON ``text`` ends inside a string (outside strings JSON has no quotes or
-    backslashes, so an odd count of unescaped quotes says so)."""
-    inside = escape = False
-    for char in text:
-        if escape:
-            escape = False
-        elif char == "\\" and inside:
-            escape = True
-        elif char == '"':
-            inside = not inside
-    return inside

@@ -29,7 +29,7 @@ import llguidance.hf
 import torch
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.structured.closing import closing, in_string
+from cortex.neuron.structured.closing import closing
 
 __all__ = ["Closers", "Constraint", "Grammars", "Phase", "narrow"]
 
@@ -110,6 +110,7 @@ class Grammars:
             close=starting("]}"),
             comma=starting(","),
             short=starting('"-0123456789tfn'),
+            texts=tuple(texts[:vocab]),
         )
         with self._lock:
             self._closers = found
@@ -169,6 +170,7 @@ class Closers:
     close: torch.Tensor
     comma: torch.Tensor
     short: torch.Tensor
+    texts: tuple[str, ...] = ()  # each token's text, alone (for JSON's quotes and brackets)
 
     @property
     def tiers(self) -> tuple[torch.Tensor, ...]:
@@ -198,8 +200,9 @@ class Constraint:
     answer: the ``direct`` matcher's grammar allows both, and stops at the opening."""
 
     __slots__ = (
-        "_after", "_closers", "_closing", "_content", "_decoded", "_direct", "_matcher",
-        "_reasoning", "_tokenizer", "answer", "eos", "limit", "phase", "think_end",
+        "_after", "_chars", "_closers", "_closing", "_content", "_decoded", "_direct",
+        "_escape", "_inside", "_matcher", "_reasoning", "_tokenizer", "answer", "eos", "limit",
+        "phase", "think_end",
         "think_start", "whole", "words",
     )  # fmt: skip
 
@@ -238,6 +241,8 @@ class Constraint:
         self._closers = closers
         self.limit = limit  # the request's max_tokens
         self._decoded: tuple[int, str] = (0, "")
+        self._chars: list[str] = []  # the answer's tokens' texts (where closers are known)
+        self._inside = self._escape = False
         self._content: list[int] = []  # the answer's ids so far
         self._closing: list[int] = []  # what closes the JSON, being taken
 
@@ -272,6 +277,8 @@ class Constraint:
         if self._closing and token == self._closing[0]:
             self._closing.pop(0)
         self._content.append(token)
+        if self._closers is not None and token < len(self._closers.texts):
+            self._read(self._closers.texts[token])
         if self._matcher.consume_token(token):
             return None
         return self._matcher.get_error() or f"token {token} does not fit the grammar"
@@ -284,11 +291,25 @@ class Constraint:
             return False
         return bool(self._content) and not self._matcher.is_stopped()
 
+    def _read(self, text: str) -> None:
+        """Follow the answer's text: whether it is inside a JSON string (outside strings JSON
+        has no quotes or backslashes, so unescaped quotes say so)."""
+        self._chars.append(text)
+        if '"' not in text and "\\" not in text and not self._escape:
+            return
+        for char in text:
+            if self._escape:
+                self._escape = False
+            elif char == "\\" and self._inside:
+                self._escape = True
+            elif char == '"':
+                self._inside = not self._inside
+
     def _text(self) -> str:
-        """The answer's text so far (decoded once a token)."""
-        if self._decoded[0] != len(self._content):
-            text = self._tokenizer.decode(self._content, skip_special_tokens=False)
-            self._decoded = (len(self._content), text)
+        """The answer's text so far, token by token (a character split across tokens reads
+        as U+FFFD: JSON's structure is ASCII)."""
+        if self._decoded[0] != len(self._chars):
+            self._decoded = (len(self._chars), "".join(self._chars))
         return self._decoded[1]
 
     def narrowing(self, room: int) -> tuple[Closers, bool] | None:
@@ -298,7 +319,7 @@ class Constraint:
         closers = self._closers
         if closers is None or self._closing or not self._near(room, NARROW_WINDOW):
             return None
-        return closers, in_string(self._text())
+        return closers, self._inside
 
     def forced(self, room: int) -> int | None:
         """The token to take now so that JSON cut off by the length limit still parses: once
