@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from cortex.errors import InvalidRequest
@@ -63,7 +63,6 @@ class Rules:
     calls: CallMode = "none"
     parallel: bool = True
     param: str = "response_format"
-    kinds: tuple[str, ...] = field(default=())
 
 
 def rules(request: ChatCompletionRequest, fmt: Format) -> Rules | None:
@@ -101,7 +100,6 @@ def rules(request: ChatCompletionRequest, fmt: Format) -> Rules | None:
         mode = "required" if forced else "auto"
     if mode == "none" and content is None:
         return None  # calls this format cannot constrain (harmony): steered or free
-    kinds = tuple(k for k in (kind, "tools" if mode != "none" else "") if k)
     return Rules(
         content=content,
         user_grammar=user,
@@ -109,7 +107,6 @@ def rules(request: ChatCompletionRequest, fmt: Format) -> Rules | None:
         calls=mode,
         parallel=request.parallel_tool_calls is not False,
         param=kind if content is not None else "tools",
-        kinds=kinds,
     )
 
 
