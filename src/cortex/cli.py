@@ -38,6 +38,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="cortex gateway and fleet CLI.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cortex {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """cortex gateway and fleet CLI."""
+
+
 app.command()(ops.status)
 app.command()(ops.models)
 app.command()(ops.load)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cortex import __version__
 from cortex.config import NeuronConfig, load_neuron_config
 from cortex.errors import ConfigError
 from cortex.neuron.sizing import default_cpu_threads
@@ -26,6 +27,24 @@ app = typer.Typer(
 )
 
 DEMO_MODEL = "cortex-tiny"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"neuron {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Serve Hugging Face models."""
 
 
 def run(config: NeuronConfig, *, log_level: str = "info", access_log: bool = False) -> None:
