@@ -30,8 +30,8 @@ from cortex.neuron.formats.base import (
     typed_value,
     value_text,
 )
-from cortex.neuron.formats.grammar import GrammarTool, alternatives, lit, repeat, token
-from cortex.neuron.formats.qwen3_coder import text_value
+from cortex.neuron.formats.grammar import GrammarTool, lit
+from cortex.neuron.formats.qwen3_coder import tagged_calls
 
 __all__ = ["Glm"]
 
@@ -74,28 +74,21 @@ class Glm(ToolSyntax):
         return "" if name is None else f"{name}\n"
 
     def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
-        rules: list[str] = []
-        terminals: list[str] = []
-        for i, tool in enumerate(tools):
-            parameters = []
-            for j, (key, schema, required) in enumerate(tool.property_schemas()):
-                value, lines = text_value(
-                    tool,
-                    schema,
-                    close=_VALUE_END,
-                    suffix="",
-                    terminal=f"CALL_VALUE_{i}_{j}",
-                )
-                # The tags by name (<arg_key>): llguidance matches each as its one token.
-                pair = f"{_KEY} {lit(key)} {_KEY_END} {_NEWLINE} {_VALUE} {value} {_VALUE_END}"
-                rules.append(f"call_{i}_{j}: {pair} {_NEWLINE}")
-                terminals += lines
-                parameters.append(f"call_{i}_{j}" + ("" if required else "?"))
-            rules.append(f"call_{i}: " + " ".join([lit(tool.name + "\n"), *parameters]))
-        named = alternatives(f"call_{i}" for i in range(len(tools)))
-        call = f"call: {token(self.start.id)} {named} {token(self.end.id)}"
-        calls = f"calls: {repeat('call', parallel, _NEWLINE)}"
-        return "\n".join([calls, call, *rules, *terminals]) + "\n"
+        # The tags by name (<arg_key>): llguidance matches each as its one token.
+        return tagged_calls(
+            self.start,
+            self.end,
+            tools,
+            parallel,
+            separator=_NEWLINE,
+            head=lambda tool: lit(tool.name + "\n"),
+            pair=lambda key, value: (
+                f"{_KEY} {lit(key)} {_KEY_END} {_NEWLINE} {_VALUE} {value} {_VALUE_END} {_NEWLINE}"
+            ),
+            tail="",
+            close=_VALUE_END,
+            suffix="",
+        )
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         return "\n".join(

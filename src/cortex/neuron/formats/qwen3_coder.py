@@ -23,7 +23,7 @@ is JSON matching its schema. ``text_value`` writes such values for GLM's tags to
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,28 +106,18 @@ class Qwen3Coder(ToolSyntax):
         return "\n" if name is None else f"\n<function={name}>\n"
 
     def call_grammar(self, tools: Sequence[GrammarTool], parallel: bool) -> str | None:
-        rules: list[str] = []
-        terminals: list[str] = []
-        for i, tool in enumerate(tools):
-            parameters = []
-            for j, (key, schema, required) in enumerate(tool.property_schemas()):
-                value, lines = text_value(
-                    tool,
-                    schema,
-                    close=_PARAMETER_CLOSE,
-                    suffix=f"\n{_PARAMETER_CLOSE}\n",
-                    terminal=f"CALL_VALUE_{i}_{j}",
-                )
-                opening = lit(f"<parameter={key}>\n")
-                rules.append(f"call_{i}_{j}: {opening} {value}")
-                terminals += lines
-                parameters.append(f"call_{i}_{j}" + ("" if required else "?"))
-            opening, closing = lit(f"\n<function={tool.name}>\n"), lit(f"{_FUNCTION_CLOSE}\n")
-            rules.append(f"call_{i}: " + " ".join([opening, *parameters, closing]))
-        named = alternatives(f"call_{i}" for i in range(len(tools)))
-        call = f"call: {token(self.start.id)} {named} {token(self.end.id)}"
-        calls = "calls: " + repeat("call", parallel, lit("\n"))
-        return "\n".join([calls, call, *rules, *terminals]) + "\n"
+        return tagged_calls(
+            self.start,
+            self.end,
+            tools,
+            parallel,
+            separator=lit("\n"),
+            head=lambda tool: lit(f"\n<function={tool.name}>\n"),
+            pair=lambda key, value: f"{lit(f'<parameter={key}>{chr(10)}')} {value}",
+            tail=lit(f"{_FUNCTION_CLOSE}\n"),
+            close=_PARAMETER_CLOSE,
+            suffix=f"\n{_PARAMETER_CLOSE}\n",
+        )
 
     def write(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         blocks = []
@@ -192,6 +182,42 @@ def _bodies(schema: Mapping[str, Any]) -> Iterator[str]:
     pattern = _pattern(schema.get("pattern"))
     if pattern is not None:
         yield pattern
+
+
+def tagged_calls(
+    start: Marker,
+    end: Marker,
+    tools: Sequence[GrammarTool],
+    parallel: bool,
+    *,
+    separator: str,
+    head: Callable[[GrammarTool], str],
+    pair: Callable[[str, str], str],
+    tail: str,
+    close: str,
+    suffix: str,
+) -> str:
+    """The call rules of a format that writes parameters as tags between ``start`` and ``end``
+    (Qwen3-Coder, GLM): per tool, ``head`` (its name), each declared parameter as ``pair(key,
+    value)`` in order (the required ones always, the others optionally), then ``tail``; values
+    as ``text_value`` writes them, closed by ``close`` and followed by ``suffix``; calls
+    separated by ``separator`` (Lark expressions all)."""
+    rules: list[str] = []
+    terminals: list[str] = []
+    for i, tool in enumerate(tools):
+        parameters = []
+        for j, (key, schema, required) in enumerate(tool.property_schemas()):
+            value, lines = text_value(
+                tool, schema, close=close, suffix=suffix, terminal=f"CALL_VALUE_{i}_{j}"
+            )
+            rules.append(f"call_{i}_{j}: {pair(key, value)}")
+            terminals += lines
+            parameters.append(f"call_{i}_{j}" + ("" if required else "?"))
+        rules.append(f"call_{i}: " + " ".join([head(tool), *parameters, *([tail] if tail else [])]))
+    named = alternatives(f"call_{i}" for i in range(len(tools)))
+    call = f"call: {token(start.id)} {named} {token(end.id)}"
+    calls = f"calls: {repeat('call', parallel, separator)}"
+    return "\n".join([calls, call, *rules, *terminals]) + "\n"
 
 
 def text_value(
