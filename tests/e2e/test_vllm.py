@@ -229,6 +229,15 @@ def test_greedy_is_the_same_on_both_engines_for_the_same_weights(
             ]
 
 
+def test_a_client_grammar_is_refused_on_vllm_with_a_400(fleet: tuple[Neuron, Gateway]) -> None:
+    body = {**_fixture_body("plain"), "structured_outputs": {"grammar": 'root ::= "yes"'}}
+    reply = fleet[0].post("/v1/chat/completions", json={"model": "v", **body})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == "structured_outputs.grammar"
+    on_transformers = fleet[0].post("/v1/chat/completions", json={"model": "vt", **body})
+    assert on_transformers.json()["choices"][0]["message"]["content"] == "yes"
+
+
 def test_json_cut_by_the_length_limit_still_parses_on_vllm(fleet: tuple[Neuron, Gateway]) -> None:
     """The trained model writes no JSON of its own: a long key, closed as the limit comes."""
     body = {**_fixture_body("plain"), "response_format": {"type": "json_object"}}

@@ -68,6 +68,13 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
     if forced:
         _check_forced(request, model)
     rules = structured.rules(request, fmt)
+    if rules is not None and rules.user_grammar is not None and model.record.engine == "vllm":
+        raise InvalidRequest(
+            "structured_outputs.grammar is not available on the vLLM engine yet: cortex's "
+            "grammar around it is a list of grammars, which vLLM does not take; use json, "
+            "regex or choice there, or the transformers engine",
+            param="structured_outputs.grammar",
+        )
     if forced and (rules is None or rules.calls != "required"):
         steer = _open_call(request, model, prompt, start)  # no grammar for its calls: steer
         if steer.in_prompt:
