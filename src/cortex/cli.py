@@ -63,6 +63,7 @@ app.command()(ops.models)
 app.command()(ops.load)
 app.command()(ops.unload)
 app.command()(ops.pin)
+app.command()(ops.events)
 app.add_typer(keys.app, name="keys")
 
 DEMO_MODEL = "cortex-tiny"

@@ -307,3 +307,36 @@ def pin(
         result = fleet_action(url, "/fleet/pin", body, QUICK_TIMEOUT, api_key)
         line = Text(f"{result.model} {'unpinned' if unpin else 'pinned'}")
         _console().print(with_message(line, result.message), soft_wrap=True)
+
+
+def events(
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Wait for more (default), or stop.")
+    ] = True,
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+    json_output: JsonOpt = False,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Tail the fleet's lifecycle: loads, evictions and why, failed loads, nodes up and down."""
+    with _reporting():
+        base = gateway_url(gateway)
+        query = "" if follow else "?follow=0"
+        try:
+            with (
+                httpx.Client(timeout=ACTION_TIMEOUT) as client,
+                client.stream("GET", f"{base}/fleet/events{query}", headers=_auth(api_key)) as got,
+            ):
+                if got.status_code >= 400:
+                    got.read()
+                    raise _http_error(base, got)
+                for event in sse.events(got.iter_bytes()):
+                    if not event.data:
+                        continue
+                    data = json.loads(event.data)
+                    if json_output:
+                        typer.echo(json.dumps(data))
+                        continue
+                    when = time.strftime("%H:%M:%S", time.localtime(data.get("at", 0)))
+                    typer.echo(f"{when}  {event.name:<12} {data.get('message', '')}")
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _transport_error(base, exc) from None

@@ -129,6 +129,7 @@ class GatewayApp:
             Route("/health", self.health, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/fleet", self.fleet_status, methods=["GET"]),
+            Route("/fleet/events", self.fleet_events, methods=["GET"]),
             Route("/fleet/load", self.fleet_load, methods=["POST"]),
             Route("/fleet/unload", self.fleet_unload, methods=["POST"]),
             Route("/fleet/pin", self.fleet_pin, methods=["POST"]),
@@ -176,6 +177,12 @@ class GatewayApp:
 
     async def fleet_status(self, request: Request) -> Response:
         return json_response(fleet_view(self.fleet.snapshot))
+
+    async def fleet_events(self, request: Request) -> Response:
+        """The fleet's lifecycle events as SSE: the last ones, then (unless ``follow=0``) each
+        as it happens."""
+        follow = request.query_params.get("follow", "1") not in ("0", "false", "no")
+        return sse_response(self.fleet.events.stream(follow=follow))
 
     async def fleet_load(self, request: Request) -> Response:
         self._operator(request)

@@ -34,6 +34,7 @@ from typing import Any
 
 from cortex.config import CortexConfig, ModelsConfig
 from cortex.errors import InsufficientMemory, ModelNotFound, NeuronUnavailable, NoCapacity
+from cortex.gateway.events import FleetEvents
 from cortex.gateway.fleet_tasks import FleetTasks
 from cortex.gateway.inbox import (
     Barrier,
@@ -82,6 +83,7 @@ class Fleet:
         nodes = {n.name: NodeState(n.name, n.endpoint, n.token) for n in config.neurons}
         self.snapshot = Snapshot(nodes=nodes, models=models, strategy=config.eviction.strategy)
         self.in_flight = InFlight()
+        self.events = FleetEvents()  # the lifecycle, for GET /fleet/events
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         # The owner's own bookkeeping: only the owner task reads or writes these.
         self._loads: dict[str, LoadState] = {}  # the waiters of each load in snapshot.pending
@@ -366,11 +368,10 @@ class Fleet:
             snap = self.snapshot
 
     def _publish(self, snapshot: Snapshot, *touched: str) -> None:
-        """Make ``snapshot`` the current one, the model states on ``touched`` settled anew.
-
-        Every transition names the nodes whose records or loads/unloads in flight it
-        changed; ``settle`` then decides their models' states from those alone.
-        """
+        """Make ``snapshot`` the current one, the model states on ``touched`` settled anew
+        (every transition names the nodes whose records or loads/unloads in flight it
+        changed; ``settle`` decides their models' states from those alone), and tell the
+        lifecycle's listeners what changed."""
         if touched:
             nodes = dict(snapshot.nodes)
             for name in touched:
@@ -378,7 +379,8 @@ class Fleet:
                 unloading = [m for n, m in self._unloading if n == name]
                 nodes[name] = settle(nodes[name], loading, unloading)
             snapshot = replace(snapshot, nodes=nodes)
-        self.snapshot = replace(snapshot, version=self.snapshot.version + 1)
+        before, self.snapshot = self.snapshot, replace(snapshot, version=self.snapshot.version + 1)
+        self.events.observe(before, self.snapshot)
 
     # --- helpers ---------------------------------------------------------------------
 
