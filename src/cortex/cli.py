@@ -31,6 +31,7 @@ from cortex.config import (
 from cortex.errors import ConfigError
 from cortex.gateway.auth import load_entries
 from cortex.server import UvicornService, run
+from cortex.versioning import add_version_option
 
 app = typer.Typer(
     add_completion=False,
@@ -40,22 +41,7 @@ app = typer.Typer(
 )
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"cortex {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _options(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-) -> None:
-    """cortex gateway and fleet CLI."""
+add_version_option(app, "cortex", "cortex gateway and fleet CLI.")
 
 
 app.command()(ops.status)

@@ -14,10 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
-from cortex import __version__
 from cortex.config import NeuronConfig, load_neuron_config
 from cortex.errors import ConfigError
 from cortex.neuron.sizing import default_cpu_threads
+from cortex.versioning import add_version_option
 
 app = typer.Typer(
     add_completion=False,
@@ -29,22 +29,7 @@ app = typer.Typer(
 DEMO_MODEL = "cortex-tiny"
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"neuron {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _options(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-) -> None:
-    """Serve Hugging Face models."""
+add_version_option(app, "neuron", "Serve Hugging Face models.")
 
 
 def run(config: NeuronConfig, *, log_level: str = "info", access_log: bool = False) -> None:
