@@ -8,6 +8,7 @@ from dataclasses import replace
 from cortex.config import ModelsConfig
 from cortex.gateway.events import FleetEvent, FleetEvents, changes
 from cortex.gateway.state import ModelState, NodeState, PendingLoad, Snapshot
+from cortex.protocol.fleet import FleetProgress
 
 READY, LOADING, UNLOADING = ModelState.READY, ModelState.LOADING, ModelState.UNLOADING
 
@@ -69,3 +70,14 @@ def test_the_bus_keeps_a_backlog_numbers_events_and_drops_a_listener_that_falls_
         assert [e.seq for e in bus.backlog][-1] == 1002
 
     asyncio.run(scenario())
+
+
+def test_a_load_s_progress_is_an_event_with_its_stage_but_placing_is_not() -> None:
+    bus = FleetEvents()
+    bus.progress(FleetProgress(model="m1", node="a", stage="placing", message="placing on a"))
+    bus.progress(FleetProgress(model="m1", node="a", stage="loading", message="reading weights"))
+    (event,) = bus.backlog  # placing is already said by the `loading` lifecycle event
+    assert (event.kind, event.stage, event.seq) == ("progress", "loading", 1)
+    assert event.message == "m1 on a: reading weights"
+    assert (event.model, event.node) == ("m1", "a")
+    assert event.as_dict()["stage"] == "loading"

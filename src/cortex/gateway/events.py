@@ -9,7 +9,9 @@ gateway, a poll that found a neuron's own load, a node that went away). The kind
 * ``loading`` (where, and the models it evicts to make room), ``loaded``, ``load_failed`` (with
   the neuron's reason), ``waking``;
 * ``evicting`` (a model unloaded to make room for another: the reason names it), ``unloaded``
-  (a model gone from a node), ``sleeping``.
+  (a model gone from a node), ``sleeping``;
+* ``progress``: a step of a load in flight, with its ``stage`` (the fleet owner's own, and
+  what the neuron reports as it loads).
 
 Everything runs on the event loop, as the fleet owner does. A listener too slow to take its
 events is dropped rather than let its queue grow.
@@ -21,11 +23,12 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cortex import sse
 from cortex.gateway.state import ModelState, NodeState, Snapshot
+from cortex.protocol.fleet import FleetProgress
 
 __all__ = ["FleetEvent", "FleetEvents", "changes"]
 
@@ -41,6 +44,7 @@ class FleetEvent:
     model: str | None = None
     at: float = field(default_factory=time.time)
     seq: int = 0
+    stage: str | None = None  # progress events: the load's stage
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,9 +120,18 @@ class FleetEvents:
         for event in changes(before, after):
             self.publish(event)
 
+    def progress(self, progress: FleetProgress) -> None:
+        """A step of a load in flight (the neuron resolving, checking, loading; an eviction on
+        its way), as a ``progress`` event with its ``stage``. Placing is left out: the
+        ``loading`` event already says it."""
+        if progress.stage != "placing":
+            message = f"{progress.model} on {progress.node}: {progress.message}"
+            event = FleetEvent("progress", message, progress.node, progress.model)
+            self.publish(replace(event, stage=progress.stage))
+
     def publish(self, event: FleetEvent) -> None:
         self._seq += 1
-        event = FleetEvent(event.kind, event.message, event.node, event.model, event.at, self._seq)
+        event = replace(event, seq=self._seq)
         self._backlog.append(event)
         for queue in list(self._listeners):
             try:

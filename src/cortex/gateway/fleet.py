@@ -390,10 +390,10 @@ class Fleet:
         task.add_done_callback(self._tasks.discard)
 
     def _notify(self, event: FleetProgress) -> None:
-        """Tell the listening waiters of ``event.model``'s load (none once it is over)."""
+        """Tell the lifecycle's listeners, and the listening waiters of ``event.model``'s load
+        (none once it is over)."""
+        self.events.progress(event)
         state = self._loads.get(event.model)
-        if state is None:
-            return
-        for waiter in state.waiters:
+        for waiter in state.waiters if state is not None else ():
             if waiter.listener is not None:
                 waiter.listener(event)

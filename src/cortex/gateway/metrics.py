@@ -27,6 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from cortex.gateway.recent import RecentTraffic
 from cortex.gateway.state import NodeState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -215,6 +216,7 @@ class GatewayMetrics(Collector):
             "Neuron memory (summed over devices)",
             ("node", "kind"),
         )
+        self.recent = RecentTraffic()  # the last minutes per model, for the web console
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -296,6 +298,8 @@ class RequestRecorder:
         m.in_flight.value(model).dec()
         m.requests.value(model, node, dialect, str(status), *key).inc()
         m.duration.distribution(model, node, dialect).observe(now - self.start)
+        ttft = None if self._first is None else self._first - self.start
+        m.recent.record(model, status, ttft, completion_tokens)
         if prompt_tokens:
             m.prompt_tokens.value(model, node, *key).inc(prompt_tokens)
         if completion_tokens:
