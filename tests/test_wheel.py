@@ -102,6 +102,8 @@ def test_cortex_up_serves_from_the_wheel(installed: Path, tmp_path: Path) -> Non
         assert reply.json()["choices"][0]["message"]["content"]
         status = httpx.get(f"{url}/fleet", timeout=10).json()
         assert [node["version"] for node in status["nodes"]] == [cortex.__version__], status
+        for name in ("", "console.js", "console.css"):  # the console's files are in the wheel
+            assert httpx.get(f"{url}/ui/{name}", timeout=10).status_code == 200, name
     finally:
         process.send_signal(signal.SIGINT)
         try:

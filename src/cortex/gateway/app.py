@@ -8,7 +8,8 @@ does not parse, a bug), OpenAI's everywhere else. ``HEAD`` on any path answers 2
 (Claude Code probes ``HEAD /`` and preconnects with ``HEAD`` on other paths).
 
 With API keys (``gateway.auth``): the model routes and ``/v1/models`` need a key, the
-fleet's operator actions an admin key; ``/health`` and ``GET /fleet`` stay open.
+fleet's operator actions an admin key; ``/health``, ``GET /fleet`` (its status, events and
+stats) and the console's files at ``/ui/`` stay open.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cortex import __version__
 from cortex.config import CortexConfig, ModelsConfig
 from cortex.errors import CortexError, InvalidRequest, NotFound, Unauthorized
 from cortex.gateway.auth import Key, KeyTable
 from cortex.gateway.bridge import call_asgi
 from cortex.gateway.catalogue import Catalogue, anthropic_models, fleet_view, placements
+from cortex.gateway.console import Console, refuse_other_sites
 from cortex.gateway.dialects.anthropic import AnthropicDialect, count_tokens, request_id
 from cortex.gateway.dialects.openai import OpenAIDialect
 from cortex.gateway.fleet import Fleet
@@ -130,9 +133,11 @@ class GatewayApp:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/fleet", self.fleet_status, methods=["GET"]),
             Route("/fleet/events", self.fleet_events, methods=["GET"]),
+            Route("/fleet/stats", self.fleet_stats, methods=["GET"]),
             Route("/fleet/load", self.fleet_load, methods=["POST"]),
             Route("/fleet/unload", self.fleet_unload, methods=["POST"]),
             Route("/fleet/pin", self.fleet_pin, methods=["POST"]),
+            *Console().routes(),
         ]
         return Starlette(
             routes=routes,
@@ -184,6 +189,11 @@ class GatewayApp:
         follow = request.query_params.get("follow", "1") not in ("0", "false", "no")
         return sse_response(self.fleet.events.stream(follow=follow))
 
+    async def fleet_stats(self, request: Request) -> Response:
+        """The last minutes of traffic per model (``gateway.recent``), for the console."""
+        view = self.metrics.recent.view()
+        return json_response({"version": __version__, "keys": self.keys.enabled, **view})
+
     async def fleet_load(self, request: Request) -> Response:
         self._operator(request)
         body = openai.parse_request(FleetLoadRequest, await self._body(request))
@@ -228,7 +238,9 @@ class GatewayApp:
         await count_tokens(request, responder, self.fleet.snapshot, self.pool, may_use)
 
     def _operator(self, request: Request) -> None:
-        """An operator action needs an admin key when the gateway has keys."""
+        """An operator action needs an admin key when the gateway has keys, and is never
+        taken from another site's page."""
+        refuse_other_sites(request)
         if self.keys.enabled:
             self.keys.operator(request.scope["headers"])
 

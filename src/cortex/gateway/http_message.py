@@ -23,7 +23,8 @@ class Wire(Protocol):
 
 
 _REASONS = {
-    200: b"OK", 204: b"No Content", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
+    200: b"OK", 204: b"No Content", 304: b"Not Modified", 307: b"Temporary Redirect",
+    308: b"Permanent Redirect", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
     404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
     413: b"Payload Too Large", 414: b"URI Too Long", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 499: b"Client Closed Request",
