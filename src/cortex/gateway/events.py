@@ -55,8 +55,8 @@ def changes(before: Snapshot, after: Snapshot) -> list[FleetEvent]:
     found: list[FleetEvent] = []
     for name, node in after.nodes.items():
         old = before.nodes.get(name)
-        if old is None:
-            continue
+        if old is None or node is old or (node.up == old.up and node.states == old.states):
+            continue  # nothing to tell (most transitions touch one node of many)
         if node.up != old.up:
             if node.up:
                 found.append(FleetEvent("node_up", f"{name} is up", node=name))

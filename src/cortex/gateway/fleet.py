@@ -27,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
 from cortex.config import CortexConfig, ModelsConfig
 from cortex.errors import InsufficientMemory, ModelNotFound, NeuronUnavailable, NoCapacity
+from cortex.gateway import clock
 from cortex.gateway.events import FleetEvents
 from cortex.gateway.fleet_tasks import FleetTasks
 from cortex.gateway.inbox import (
@@ -153,7 +153,7 @@ class Fleet:
 
     def node_failed(self, node: str, error: str) -> None:
         """The proxy could not reach ``node``: mark it down now, not at the next poll."""
-        self._inbox.put_nowait(Polled(node, Reading(None, time.monotonic(), error)))
+        self._inbox.put_nowait(Polled(node, Reading(None, clock.monotonic(), error)))
         self.poke(node)
 
     def poke(self, node: str) -> None:
@@ -223,7 +223,7 @@ class Fleet:
     def _start_load(self, model: str, placement: Placement) -> None:
         """(node, model) → LOADING, each victim → UNLOADING, until the load reports back."""
         snap, node, evicting = self.snapshot, placement.node, placement.victims
-        load = PendingLoad(model, node, placement.needed, evicting, time.time(), placement.wake)
+        load = PendingLoad(model, node, placement.needed, evicting, clock.wall(), placement.wake)
         self._unloading |= {(node, v) for v in evicting}
         self._publish(replace(snap, pending={**snap.pending, model: load}), node)
         victims = f", evicting {', '.join(evicting)}" if evicting else ""
@@ -273,7 +273,7 @@ class Fleet:
         elif isinstance(error, NeuronUnavailable) and self._place_again(load, state, error):
             return
         elif self.snapshot.is_pinned(load.model):
-            self._pin_failed[load.model] = time.monotonic()
+            self._pin_failed[load.model] = clock.monotonic()
         self._failed_on.pop(load.model, None)
         for waiter in state.waiters:
             if waiter.future.done():
@@ -356,7 +356,7 @@ class Fleet:
             if not snap.is_pinned(model) or snap.ready_on(model) or model in snap.pending:
                 continue
             failed_at = self._pin_failed.get(model)
-            if failed_at is not None and time.monotonic() - failed_at < PIN_RETRY:
+            if failed_at is not None and clock.monotonic() - failed_at < PIN_RETRY:
                 continue
             if not any(snap.nodes[n].up for n in snap.allowed_nodes(model)):
                 continue
@@ -364,7 +364,7 @@ class Fleet:
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._on_ensure(Ensure(model, Waiter(future, None)))
             if future.done() and future.exception() is not None:
-                self._pin_failed[model] = time.monotonic()
+                self._pin_failed[model] = clock.monotonic()
             snap = self.snapshot
 
     def _publish(self, snapshot: Snapshot, *touched: str) -> None:

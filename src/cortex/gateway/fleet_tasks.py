@@ -9,10 +9,10 @@ or from the public snapshot; it never reads the owner's own bookkeeping.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from cortex.errors import CortexError
+from cortex.gateway import clock
 from cortex.gateway.inbox import LoadDone, Message, Progress, Reading, Unload, UnloadDone
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
@@ -38,7 +38,7 @@ class FleetTasks:
         self._post = post
 
     async def load(self, load: PendingLoad) -> None:
-        started = time.monotonic()
+        started = clock.monotonic()
         node = self._snapshot().nodes[load.node]
         error: CortexError | None = None
         try:
@@ -65,7 +65,7 @@ class FleetTasks:
         except CortexError as exc:
             error = exc
         reading = await read(self.client, node)
-        self._post(LoadDone(load, reading, error, time.monotonic() - started))
+        self._post(LoadDone(load, reading, error, clock.monotonic() - started))
 
     async def unload(self, message: Unload, targets: list[str]) -> None:
         readings: dict[str, Reading] = {}

@@ -8,11 +8,11 @@ are how the owner answers: it resolves them once the message has been applied.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from cortex.errors import CortexError
+from cortex.gateway import clock
 from cortex.gateway.state import NodeState, PendingLoad
 from cortex.protocol.fleet import FleetProgress
 from cortex.protocol.lifecycle import AvailableModel, NodeStatus
@@ -46,7 +46,7 @@ class Reading:
     """What a node said (or that it did not answer), and when the question was asked."""
 
     status: NodeStatus | None
-    taken_at: float  # time.monotonic() before the request went out
+    taken_at: float  # clock.monotonic() before the request went out
     error: str | None = None
     available: list[AvailableModel] | None = None
 
@@ -126,7 +126,7 @@ def apply_reading(node: NodeState, reading: Reading) -> NodeState:
         status=reading.status,
         # When the reading was taken, in wall-clock time: what the neuron said counts
         # every request the gateway released before this moment, none released after.
-        last_seen=time.time() - (time.monotonic() - reading.taken_at),
+        last_seen=clock.wall() - (clock.monotonic() - reading.taken_at),
         error=None,
         failures=0,
         status_at=reading.taken_at,

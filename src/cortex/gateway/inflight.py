@@ -18,9 +18,9 @@ Contracts:
 
 from __future__ import annotations
 
-import time
 from types import MappingProxyType
 
+from cortex.gateway import clock
 from cortex.gateway.state import Busy, LastUsed
 
 
@@ -31,7 +31,7 @@ class InFlight:
         self._busy: dict[tuple[str, str], int] = {}
         self._last_used: dict[tuple[str, str], float] = {}
         self.busy: Busy = MappingProxyType(self._busy)  # live, read-only
-        self.last_used: LastUsed = MappingProxyType(self._last_used)  # time.time() stamps
+        self.last_used: LastUsed = MappingProxyType(self._last_used)  # clock.wall() stamps
 
     def acquire(self, node: str, model: str) -> None:
         """Count one request on ``node`` for ``model`` (release it when it ends)."""
@@ -41,7 +41,7 @@ class InFlight:
     def release(self, node: str, model: str) -> None:
         """One request counted by ``acquire`` ended: uncount it and stamp the use."""
         key = (node, model)
-        self._last_used[key] = time.time()
+        self._last_used[key] = clock.wall()
         left = self._busy.get(key, 1) - 1
         if left:
             self._busy[key] = left

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 
 from cortex.errors import CortexError
+from cortex.gateway import clock
 from cortex.gateway.inbox import Message, Polled, Reading
 from cortex.gateway.neurons import NeuronClient
 from cortex.gateway.state import NodeState, Snapshot
@@ -22,7 +22,7 @@ AVAILABLE_EVERY = 15  # polls between refreshes of what a node has on disk
 
 async def read(client: NeuronClient, node: NodeState, *, with_available: bool = False) -> Reading:
     """One reading of ``node``: its status (and what it has on disk), or why not."""
-    taken_at = time.monotonic()
+    taken_at = clock.monotonic()
     try:
         status = await client.node(node)
         available = await client.available(node) if with_available else None

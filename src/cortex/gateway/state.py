@@ -153,6 +153,11 @@ class Snapshot:
     # Bytes a model needs on a node, learnt from a neuron's 507 answer.
     learnt_sizes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     version: int = 0
+    # ``ready_on``'s answers, worked out once per snapshot (a snapshot never changes; a
+    # replaced one starts empty): the hot path asks it for every request.
+    _ready: dict[str, tuple[str, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def profile(self, model: str) -> ModelProfile | None:
         return self.models.profile(model)
@@ -201,8 +206,11 @@ class Snapshot:
 
     def ready_on(self, model: str) -> list[str]:
         """Up nodes where ``model`` is READY (so not being evicted)."""
-        return [
-            name
-            for name, node in self.nodes.items()
-            if node.up and node.states.get(model) is ModelState.READY
-        ]
+        ready = self._ready.get(model)
+        if ready is None:
+            ready = self._ready[model] = tuple(
+                name
+                for name, node in self.nodes.items()
+                if node.up and node.states.get(model) is ModelState.READY
+            )
+        return list(ready)
