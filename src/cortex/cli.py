@@ -31,6 +31,7 @@ from cortex.config import (
 from cortex.errors import ConfigError
 from cortex.gateway.auth import load_entries
 from cortex.server import UvicornService, run
+from cortex.sim import cli as sim_cli
 from cortex.versioning import add_version_option
 
 app = typer.Typer(
@@ -50,6 +51,7 @@ app.command()(ops.load)
 app.command()(ops.unload)
 app.command()(ops.pin)
 app.command()(ops.events)
+app.command(name="sim")(sim_cli.sim)
 app.add_typer(keys.app, name="keys")
 
 DEMO_MODEL = "cortex-tiny"

@@ -1,0 +1,3 @@
+from cortex.sim.cli import main
+
+main()

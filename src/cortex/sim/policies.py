@@ -1,0 +1,23 @@
+"""The policies ``cortex sim`` compares, by name: two baselines and cortex's own strategies.
+
+The baselines use the same fleet owner with placement taken out of its hands:
+``per-host-lru`` gives each model one fixed host (a seeded draw among the nodes it fits,
+collisions included: nobody planned the spread), as a llama-swap or Ollama per machine
+behind a static route; ``random-lru`` loads on a random node each time. Both evict by LRU
+on that node. The ``cortex-…`` policies are what cortex.toml can select.
+"""
+
+from __future__ import annotations
+
+from cortex.sim.run import Policy
+
+BASELINE = "per-host-lru"
+
+POLICIES: dict[str, Policy] = {
+    policy.name: policy
+    for policy in (
+        Policy("per-host-lru", home=True, about="one fixed host per model, LRU there"),
+        Policy("random-lru", random=True, about="a random node per load, LRU there"),
+        Policy("cortex-lru", about="first node that fits, else the first that can evict (LRU)"),
+    )
+}
