@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cortex.config import ModelProfile, ModelsConfig
 from cortex.errors import NoCapacity
+from cortex.gateway import clock
 from cortex.gateway.evictor import eviction_order, is_evictable
+from cortex.gateway.inflight import InFlight
 from cortex.gateway.router import Placement, Unplaceable, free_bytes, pick_ready, plan
-from cortex.gateway.state import ModelState, NodeState, PendingLoad, Snapshot, settle
+from cortex.gateway.state import (
+    HALF_LIFE,
+    ModelState,
+    NodeState,
+    PendingLoad,
+    Snapshot,
+    frequency,
+    learn_speed,
+    settle,
+)
 from cortex.protocol.lifecycle import DeviceInfo, ModelRecord, NodeStatus
 
 MODELS = [f"m{i}" for i in range(6)]
@@ -20,6 +33,8 @@ NODES = ["a", "b", "c"]
 
 @st.composite
 def fleets(draw: Any) -> tuple[Snapshot, dict[tuple[str, str], int]]:
+    """A random fleet under any eviction strategy and placement, with busy models and (for
+    gdsf) request counts; the invariants must hold under each."""
     sizes = {m: draw(st.integers(1, 5)) * 100 for m in MODELS}
     profiles = [
         ModelProfile(
@@ -67,18 +82,34 @@ def fleets(draw: Any) -> tuple[Snapshot, dict[tuple[str, str], int]]:
     snapshot = Snapshot(
         nodes=nodes,
         models=ModelsConfig(models=profiles),
-        strategy=draw(st.sampled_from(["lru", "priority"])),
+        strategy=draw(st.sampled_from(["lru", "priority", "gdsf"])),
+        placement=draw(st.sampled_from(["first-fit", "best-fit"])),
+        load_speed={
+            n: draw(st.sampled_from([1e8, 1e9, 5e9])) for n in NODES if draw(st.booleans())
+        },
     )
     return snapshot, busy
 
 
-@settings(max_examples=300, deadline=None)
-@given(fleets(), st.sampled_from(MODELS))
+@st.composite
+def counts(draw: Any) -> dict[tuple[str, str], tuple[float, float]]:
+    return {
+        (n, m): (draw(st.floats(0, 50)), clock.wall() - draw(st.floats(0, 7200)))
+        for n in NODES
+        for m in MODELS
+        if draw(st.booleans())
+    }
+
+
+@settings(max_examples=500, deadline=None)
+@given(fleets(), st.sampled_from(MODELS), counts())
 def test_plan_never_evicts_pinned_or_busy_and_only_places_where_it_fits(
-    fleet: tuple[Snapshot, dict[tuple[str, str], int]], model: str
+    fleet: tuple[Snapshot, dict[tuple[str, str], int]],
+    model: str,
+    uses: dict[tuple[str, str], tuple[float, float]],
 ) -> None:
     snapshot, busy = fleet
-    decision = plan(snapshot, model, busy)
+    decision = plan(snapshot, model, busy, uses=uses)
     if isinstance(decision, Placement):
         node = snapshot.nodes[decision.node]
         assert node.up
@@ -103,7 +134,9 @@ def test_plan_never_evicts_pinned_or_busy_and_only_places_where_it_fits(
             node = snapshot.nodes[name]
             if not node.up:
                 continue
-            evictable = sum(r.memory_bytes for r in eviction_order(snapshot, name, busy))
+            evictable = sum(
+                r.memory_bytes for r in eviction_order(snapshot, name, busy, None, uses)
+            )
             assert free_bytes(snapshot, name) + evictable < decision.error.extra[
                 "needed_bytes"
             ] or (node.record(model) is not None)
@@ -211,3 +244,88 @@ def test_a_neurons_busy_figure_taken_before_the_gateways_release_is_not_trusted(
     # Ended before the reading: the request the neuron counts is someone else's.
     assert not is_evictable(snapshot, "a", record, {}, {("a", "m"): 99.0})
     assert not is_evictable(snapshot, "a", record, {})
+
+
+def _node(name: str, budget: int, models: dict[str, tuple[int, float]]) -> NodeState:
+    """A node with a memory budget and ready models: id → (bytes, last used)."""
+    records = [
+        ModelRecord(id=m, state="ready", source=m, memory_bytes=size, last_used_at=used)
+        for m, (size, used) in models.items()
+    ]
+    used = sum(size for size, _ in models.values())
+    device = DeviceInfo(
+        index=0, kind="cuda", name="g", memory_total=budget, memory_free=budget - used,
+        memory_used_by_models=used, memory_budget=budget,
+    )  # fmt: skip
+    status = NodeStatus(name=name, version="0", engine="x", devices=[device], models=records)
+    return settle(NodeState(name, f"http://{name}", up=True, status=status))
+
+
+def test_gdsf_evicts_the_least_requested_per_byte_lately() -> None:
+    now = clock.wall()
+    node = _node("a", 1000, {"big-rare": (500, 9.0), "small-hot": (100, 1.0), "mid": (300, 5.0)})
+    snapshot = Snapshot({"a": node}, ModelsConfig(), strategy="gdsf")
+    uses = {
+        ("a", "big-rare"): (10.0, now),  # 10 requests over 500 bytes
+        ("a", "small-hot"): (10.0, now),  # 10 over 100
+        ("a", "mid"): (40.0, now - 2 * 3600),  # 40, two half-lives ago: 10 now, over 300
+    }
+    order = [r.id for r in eviction_order(snapshot, "a", {}, None, uses)]
+    assert order == ["big-rare", "mid", "small-hot"]
+    lru = [r.id for r in eviction_order(replace(snapshot, strategy="lru"), "a", {})]
+    assert lru == ["small-hot", "mid", "big-rare"]
+
+
+def test_best_fit_loads_where_it_is_ready_soonest_and_fits_tightest() -> None:
+    models = ModelsConfig(models=[ModelProfile(id="new", memory=300)])
+    nodes = {
+        "roomy": _node("roomy", 1000, {}),
+        "tight": _node("tight", 400, {}),
+        "slow": _node("slow", 300, {}),
+    }
+    first = Snapshot(nodes, models)
+    assert plan(first, "new", {}) == Placement("roomy", 300)  # first-fit: the first that fits
+    best = replace(first, placement="best-fit")
+    assert plan(best, "new", {}) == Placement("slow", 300)  # all unmeasured: tightest fit
+    measured = replace(best, load_speed={"slow": 1e8, "roomy": 1e9, "tight": 1e9})
+    assert plan(measured, "new", {}) == Placement("tight", 300)  # faster, then tighter
+
+
+def test_best_fit_evicts_where_it_costs_least_across_the_fleet() -> None:
+    models = ModelsConfig(models=[ModelProfile(id="new", memory=500)])
+    nodes = {
+        "a": _node("a", 500, {"used-lately": (500, 90.0)}),
+        "b": _node("b", 500, {"idle-for-long": (500, 10.0)}),
+    }
+    first = Snapshot(nodes, models)
+    assert plan(first, "new", {}) == Placement("a", 500, ("used-lately",))
+    best = replace(first, placement="best-fit")
+    assert plan(best, "new", {}) == Placement("b", 500, ("idle-for-long",))
+    now = clock.wall()
+    uses = {("a", "used-lately"): (1.0, now), ("b", "idle-for-long"): (30.0, now)}
+    gdsf = replace(best, strategy="gdsf")
+    assert plan(gdsf, "new", {}, uses=uses) == Placement("a", 500, ("used-lately",))
+
+
+def test_a_node_s_load_speed_is_learnt_from_its_loads() -> None:
+    snapshot = Snapshot({}, ModelsConfig())
+    load = PendingLoad("m", "a", 4_000_000_000, (), 0.0)
+    once = learn_speed(snapshot, load, 4.0)
+    assert once.load_speed == {"a": 1e9}
+    twice = learn_speed(once, load, 1.0)
+    assert twice.load_speed == {"a": 2.5e9}  # the average of the two
+    assert learn_speed(twice, replace(load, wake=True), 0.1) is twice  # a wake is no load
+
+
+def test_in_flight_counts_uses_with_a_half_life() -> None:
+    times = iter([1000.0, 1000.0 + HALF_LIFE])
+    clock.use(lambda: next(times), clock.monotonic)
+    try:
+        in_flight = InFlight()
+        in_flight.acquire("a", "m")
+        in_flight.acquire("a", "m")  # one half-life later: 1 → 0.5, plus this one
+    finally:
+        clock.reset()
+    assert frequency(in_flight.uses, "a", "m", 1000.0 + HALF_LIFE) == pytest.approx(1.5)
+    assert frequency(in_flight.uses, "a", "m", 1000.0 + 2 * HALF_LIFE) == pytest.approx(0.75)
+    assert frequency(in_flight.uses, "b", "m", 0.0) == 0.0

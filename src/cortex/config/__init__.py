@@ -16,6 +16,7 @@ from cortex.config.gateway import (
     ModelProfile,
     ModelsConfig,
     NeuronEntry,
+    PlacementSection,
     load_gateway_config,
     read_keys_file,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "ModelsConfig",
     "NeuronConfig",
     "NeuronEntry",
+    "PlacementSection",
     "Size",
     "check_token",
     "load_gateway_config",

@@ -59,9 +59,23 @@ class GatewaySection(BaseModel):
 class EvictionSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    strategy: Literal["lru", "priority"] = "lru"
+    # Which idle model makes room: the least recently used; the lowest priority (then lru);
+    # or the least requested per byte lately (gdsf: requests decayed with a half-life of an
+    # hour, over the memory the model holds). See docs/placement.md.
+    strategy: Literal["lru", "priority", "gdsf"] = "lru"
     # After this many eviction cycles on a node, ask it to defrag; 0 never asks.
     defrag_after_cycles: int = Field(default=50, ge=0)
+
+
+class PlacementSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Where a model ready nowhere is loaded. first-fit: the first allowed node (in profile,
+    # else cortex.toml, order) where it fits, else the first that can evict enough.
+    # best-fit: the node where it is ready soonest (its measured load speed) and fits most
+    # tightly; else the node whose victims are worth least (the eviction strategy's own
+    # measure), then the soonest ready.
+    strategy: Literal["first-fit", "best-fit"] = "first-fit"
 
 
 class NeuronEntry(BaseModel):
@@ -130,6 +144,7 @@ class CortexConfig(BaseModel):
 
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     eviction: EvictionSection = Field(default_factory=EvictionSection)
+    placement: PlacementSection = Field(default_factory=PlacementSection)
     neurons: list[NeuronEntry] = Field(default_factory=list)
     keys: list[KeyEntry] = Field(default_factory=list)
     keys_file: Path | None = None  # relative to cortex.toml; reloaded on SIGHUP

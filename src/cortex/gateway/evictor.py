@@ -6,12 +6,18 @@ neuron's figures are as old as its last reading: when the gateway released a req
 on that model after the reading was taken, they still count that request, so they are
 not trusted until the next reading.
 ``lru`` takes the least recently used first; ``priority`` the lowest priority first,
-then lru.
+then lru; ``gdsf`` the least requested per byte it holds, lately (a GreedyDual-Size-Frequency
+order, where a model's requests decay with a half-life instead of the classic running
+inflation; ties by lru).
+
+``victims_cost`` says what evicting a set of victims loses, in the strategy's own measure, so
+that best-fit placement can take room where it costs least across the fleet.
 """
 
 from __future__ import annotations
 
-from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot
+from cortex.gateway import clock
+from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot, Uses, frequency
 from cortex.protocol.lifecycle import ModelRecord
 
 
@@ -30,44 +36,86 @@ def is_evictable(
     )
 
 
+def last_used(record: ModelRecord, node: str, recent: LastUsed | None) -> float:
+    """When ``record`` last served: the neuron's word or the gateway's, the fresher."""
+    neuron = record.last_used_at or record.loaded_at or 0.0
+    return max(neuron, (recent or {}).get((node, record.id), 0.0))
+
+
 def eviction_order(
-    snapshot: Snapshot, node: str, busy: Busy, recent: LastUsed | None = None
+    snapshot: Snapshot,
+    node: str,
+    busy: Busy,
+    recent: LastUsed | None = None,
+    uses: Uses | None = None,
 ) -> list[ModelRecord]:
     """Evictable models on ``node``, first victim first.
 
     ``recent`` holds the gateway's own last-use stamps, fresher than the neuron's figures
-    in the snapshot (which are as old as the last poll).
+    in the snapshot (which are as old as the last poll); ``uses`` its decayed request
+    counts (``gdsf``).
     """
     records = snapshot.nodes[node].records
     candidates = [r for r in records if is_evictable(snapshot, node, r, busy, recent)]
-    stamps = recent or {}
-
-    def last_used(record: ModelRecord) -> float:
-        neuron = record.last_used_at or record.loaded_at or 0.0
-        return max(neuron, stamps.get((node, record.id), 0.0))
-
     if snapshot.strategy == "priority":
-        candidates.sort(key=lambda r: (snapshot.priority(r.id), last_used(r), r.id))
+        candidates.sort(key=lambda r: (snapshot.priority(r.id), last_used(r, node, recent), r.id))
+    elif snapshot.strategy == "gdsf":
+        now = clock.wall()
+
+        def per_byte(r: ModelRecord) -> float:
+            return frequency(uses, node, r.id, now) / max(r.memory_bytes, 1)
+
+        candidates.sort(key=lambda r: (per_byte(r), last_used(r, node, recent), r.id))
     else:
-        candidates.sort(key=lambda r: (last_used(r), r.id))
+        candidates.sort(key=lambda r: (last_used(r, node, recent), r.id))
     return candidates
 
 
 def evictable_bytes(
-    snapshot: Snapshot, node: str, busy: Busy, recent: LastUsed | None = None
+    snapshot: Snapshot,
+    node: str,
+    busy: Busy,
+    recent: LastUsed | None = None,
+    uses: Uses | None = None,
 ) -> int:
-    return sum(r.memory_bytes for r in eviction_order(snapshot, node, busy, recent))
+    return sum(r.memory_bytes for r in eviction_order(snapshot, node, busy, recent, uses))
 
 
 def choose_victims(
-    snapshot: Snapshot, node: str, shortfall: int, busy: Busy, recent: LastUsed | None = None
+    snapshot: Snapshot,
+    node: str,
+    shortfall: int,
+    busy: Busy,
+    recent: LastUsed | None = None,
+    uses: Uses | None = None,
 ) -> tuple[str, ...] | None:
     """The fewest models, in eviction order, that free ``shortfall`` bytes; None if impossible."""
     victims: list[str] = []
     freed = 0
-    for record in eviction_order(snapshot, node, busy, recent):
+    for record in eviction_order(snapshot, node, busy, recent, uses):
         if freed >= shortfall:
             break
         victims.append(record.id)
         freed += record.memory_bytes
     return tuple(victims) if freed >= shortfall else None
+
+
+def victims_cost(
+    snapshot: Snapshot,
+    node: str,
+    victims: tuple[str, ...],
+    recent: LastUsed | None = None,
+    uses: Uses | None = None,
+) -> tuple[float, ...]:
+    """What evicting ``victims`` from ``node`` loses, lower is cheaper: for ``gdsf`` the
+    requests they drew lately; for ``priority`` their highest priority, then how recently
+    the latest of them was used; for ``lru`` that last (so the fleet evicts its least
+    recently used models first, wherever they are)."""
+    records = [r for r in snapshot.nodes[node].records if r.id in victims]
+    latest = max((last_used(r, node, recent) for r in records), default=0.0)
+    if snapshot.strategy == "gdsf":
+        now = clock.wall()
+        return (sum(frequency(uses, node, r.id, now) for r in records), latest)
+    if snapshot.strategy == "priority":
+        return (max((snapshot.priority(r.id) for r in records), default=0), latest)
+    return (latest,)

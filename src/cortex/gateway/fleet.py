@@ -12,11 +12,9 @@ Contracts:
   and stamps when each last ended; the proxy acquires and releases around each request,
   synchronously. Only the owner reads it for decisions: the evictor never picks a busy
   model, and ranks by the fresher of these stamps and the neuron's polled figures.
-* ``ensure(model)`` is single-flight across the fleet: every caller for a model that
-  is being loaded waits on that one load.
-* Pinned models are loaded once their nodes are first seen and again whenever they
-  are ready nowhere (a node restarted, came back); a failed pinned load is retried
-  after a back-off, not on every poll.
+* ``ensure(model)`` is single-flight: every caller for a model being loaded waits on it.
+* Pinned models are loaded once their nodes are first seen and again whenever they are
+  ready nowhere (a node restarted); a failed pinned load is retried after a back-off.
 * A load that fails because its node did (``NeuronUnavailable``: the neuron died, or
   answered 502-504) is placed again on an allowed node where it has not failed, for the
   waiters that did not ask for that node; they wait on, within their own deadlines.
@@ -57,7 +55,7 @@ from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
 from cortex.gateway.poller import Poller
 from cortex.gateway.router import Placement, Unplaceable, plan
-from cortex.gateway.state import NodeState, PendingLoad, Snapshot, settle
+from cortex.gateway.state import NodeState, PendingLoad, Snapshot, learn_speed, settle
 from cortex.protocol.fleet import FleetProgress
 
 log = logging.getLogger(__name__)
@@ -81,7 +79,8 @@ class Fleet:
             poll_timeout=max(2.0, poll), load_timeout=config.gateway.load_timeout
         )
         nodes = {n.name: NodeState(n.name, n.endpoint, n.token) for n in config.neurons}
-        self.snapshot = Snapshot(nodes=nodes, models=models, strategy=config.eviction.strategy)
+        strategy, placement = config.eviction.strategy, config.placement.strategy
+        self.snapshot = Snapshot(nodes, models, strategy=strategy, placement=placement)
         self.in_flight = InFlight()
         self.events = FleetEvents()  # the lifecycle, for GET /fleet/events
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
@@ -216,9 +215,9 @@ class Fleet:
         self._start_load(model, decision)
 
     def _plan(self, model: str, only: str | None = None) -> Placement | Unplaceable:
-        busy, recent = self.in_flight.busy, self.in_flight.last_used
+        busy, recent, uses = self.in_flight.busy, self.in_flight.last_used, self.in_flight.uses
         failed = self._failed_on.get(model, ())
-        return plan(self.snapshot, model, busy, only=only, recent=recent, exclude=failed)
+        return plan(self.snapshot, model, busy, only, recent, exclude=failed, uses=uses)
 
     def _start_load(self, model: str, placement: Placement) -> None:
         """(node, model) → LOADING, each victim → UNLOADING, until the load reports back."""
@@ -269,6 +268,7 @@ class Fleet:
             kind = "wake" if load.wake else "load"
             duration = self.metrics.load_duration.distribution(load.model, load.node, kind)
             duration.observe(message.duration)
+            self._publish(learn_speed(self.snapshot, load, message.duration))
             self._pin_failed.pop(load.model, None)
         elif isinstance(error, NeuronUnavailable) and self._place_again(load, state, error):
             return

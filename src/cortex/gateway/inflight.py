@@ -18,25 +18,32 @@ Contracts:
 
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 
 from cortex.gateway import clock
-from cortex.gateway.state import Busy, LastUsed
+from cortex.gateway.state import DECAY, Busy, LastUsed, Uses
 
 
 class InFlight:
-    __slots__ = ("_busy", "_last_used", "busy", "last_used")
+    __slots__ = ("_busy", "_last_used", "_uses", "busy", "last_used", "uses")
 
     def __init__(self) -> None:
         self._busy: dict[tuple[str, str], int] = {}
         self._last_used: dict[tuple[str, str], float] = {}
+        self._uses: dict[tuple[str, str], tuple[float, float]] = {}
         self.busy: Busy = MappingProxyType(self._busy)  # live, read-only
         self.last_used: LastUsed = MappingProxyType(self._last_used)  # clock.wall() stamps
+        self.uses: Uses = MappingProxyType(self._uses)  # (decayed count, when), for gdsf
 
     def acquire(self, node: str, model: str) -> None:
-        """Count one request on ``node`` for ``model`` (release it when it ends)."""
+        """Count one request on ``node`` for ``model`` (release it when it ends), and one
+        more use in its decayed request count (``state.frequency``)."""
         key = (node, model)
         self._busy[key] = self._busy.get(key, 0) + 1
+        now = clock.wall()
+        count, at = self._uses.get(key, (0.0, now))
+        self._uses[key] = (count * math.exp((at - now) * DECAY) + 1.0, now)
 
     def release(self, node: str, model: str) -> None:
         """One request counted by ``acquire`` ended: uncount it and stamp the use."""

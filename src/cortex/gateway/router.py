@@ -1,9 +1,12 @@
 """Where a request goes, and where a model should be loaded: pure functions.
 
 ``pick_ready`` is the hot path: the least busy up node where the model is ready.
-``plan`` decides a placement for a model that is ready nowhere: the first allowed
-node (profile order) where it fits, counting loads already in flight; else the first
-where evicting idle, unpinned models makes room; else a reason it cannot be placed.
+``plan`` decides a placement for a model that is ready nowhere. ``first-fit`` (the
+snapshot's ``placement``): the first allowed node (profile order) where it fits, counting
+loads already in flight; else the first where evicting idle, unpinned models makes room.
+``best-fit``: of the nodes where it fits, the one where it is ready soonest (the node's
+measured load speed), then the tightest fit; else the node whose victims cost least
+(``evictor.victims_cost``), then the soonest ready. Else a reason it cannot be placed.
 The owner asks ``plan`` only about a model it is not loading already, so a model
 LOADING on a node is a load someone else started there (a preload), which it joins.
 """
@@ -14,8 +17,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from cortex.errors import CortexError, ModelNotFound, NeuronUnavailable, NoCapacity
-from cortex.gateway.evictor import choose_victims, evictable_bytes
-from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot
+from cortex.gateway.evictor import choose_victims, evictable_bytes, victims_cost
+from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot, Uses
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,21 @@ def free_bytes(snapshot: Snapshot, node: str) -> int:
     return snapshot.nodes[node].free_bytes() - reserved
 
 
+DEFAULT_LOAD_SPEED = 1e9  # bytes/s assumed of a node before any load there was timed
+
+
+def load_seconds(snapshot: Snapshot, node: str, size: int) -> float:
+    """How long ``node`` should take to have ``size`` more bytes loaded: after the loads
+    already in flight there, by its measured speed (else the fleet's median, else
+    ``DEFAULT_LOAD_SPEED``)."""
+    speed = snapshot.load_speed.get(node)
+    if speed is None:
+        known = sorted(snapshot.load_speed.values())
+        speed = known[len(known) // 2] if known else DEFAULT_LOAD_SPEED
+    queued = sum(p.needed for p in snapshot.pending.values() if p.node == node)
+    return (queued + size) / speed
+
+
 def plan(
     snapshot: Snapshot,
     model: str,
@@ -70,9 +88,10 @@ def plan(
     only: str | None = None,
     recent: LastUsed | None = None,
     exclude: Collection[str] = (),
+    uses: Uses | None = None,
 ) -> Placement | Unplaceable:
     """Where to load ``model`` (see the module doc); never on a node in ``exclude`` (ones
-    where this load already failed)."""
+    where this load already failed). ``uses``: the gateway's request counts (``gdsf``)."""
     if not snapshot.is_known(model):
         return Unplaceable(ModelNotFound(f"The model {model!r} does not exist", param="model"))
     allowed = snapshot.allowed_nodes(model)
@@ -103,20 +122,29 @@ def plan(
             needed = record.memory_bytes if record is not None else 0
             shortfall = needed - free_bytes(snapshot, node)
             victims = (
-                () if shortfall <= 0 else choose_victims(snapshot, node, shortfall, busy, recent)
+                ()
+                if shortfall <= 0
+                else choose_victims(snapshot, node, shortfall, busy, recent, uses)
             )
             if victims is not None:
                 return Placement(node, needed, victims, wake=True)
-    for node in up:
-        if needed_bytes(snapshot, model, node) <= free_bytes(snapshot, node):
-            return Placement(node, needed_bytes(snapshot, model, node))
-    for node in up:
-        needed = needed_bytes(snapshot, model, node)
-        shortfall = needed - free_bytes(snapshot, node)
-        victims = choose_victims(snapshot, node, shortfall, busy, recent)
-        if victims is not None:
-            return Placement(node, needed, victims)
-    largest = max(free_bytes(snapshot, n) + evictable_bytes(snapshot, n, busy, recent) for n in up)
+    if snapshot.placement == "best-fit":
+        best = _best_fit(snapshot, model, up, busy, recent, uses)
+        if best is not None:
+            return best
+    else:
+        for node in up:
+            if needed_bytes(snapshot, model, node) <= free_bytes(snapshot, node):
+                return Placement(node, needed_bytes(snapshot, model, node))
+        for node in up:
+            needed = needed_bytes(snapshot, model, node)
+            shortfall = needed - free_bytes(snapshot, node)
+            victims = choose_victims(snapshot, node, shortfall, busy, recent, uses)
+            if victims is not None:
+                return Placement(node, needed, victims)
+    largest = max(
+        free_bytes(snapshot, n) + evictable_bytes(snapshot, n, busy, recent, uses) for n in up
+    )
     needed = min(needed_bytes(snapshot, model, n) for n in up)
     return Unplaceable(
         NoCapacity(
@@ -125,3 +153,37 @@ def plan(
             extra={"needed_bytes": needed, "largest_free_bytes": largest},
         )
     )
+
+
+def _best_fit(
+    snapshot: Snapshot,
+    model: str,
+    up: list[str],
+    busy: Busy,
+    recent: LastUsed | None,
+    uses: Uses | None,
+) -> Placement | None:
+    fits: list[tuple[float, int, int, str]] = []
+    for order, node in enumerate(up):
+        needed = needed_bytes(snapshot, model, node)
+        room = free_bytes(snapshot, node)
+        if needed <= room:
+            fits.append((load_seconds(snapshot, node, needed), room - needed, order, node))
+    if fits:
+        node = min(fits)[3]
+        return Placement(node, needed_bytes(snapshot, model, node))
+    options: list[tuple[tuple[float, ...], float, int, str, int, tuple[str, ...]]] = []
+    for order, node in enumerate(up):
+        needed = needed_bytes(snapshot, model, node)
+        victims = choose_victims(
+            snapshot, node, needed - free_bytes(snapshot, node), busy, recent, uses
+        )
+        if victims is not None:
+            cost = victims_cost(snapshot, node, victims, recent, uses)
+            options.append(
+                (cost, load_seconds(snapshot, node, needed), order, node, needed, victims)
+            )
+    if not options:
+        return None
+    _, _, _, node, needed, victims = min(options)
+    return Placement(node, needed, victims)

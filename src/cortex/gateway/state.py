@@ -11,6 +11,7 @@ the neuron's last word and the owner's own loads and unloads in flight; readers 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -23,6 +24,18 @@ from cortex.protocol.lifecycle import AvailableModel, ModelRecord, NodeStatus
 Busy = Mapping[tuple[str, str], int]
 # When the gateway last finished a request, by (node, model) (time.time()).
 LastUsed = Mapping[tuple[str, str], float]
+
+# Requests per (node, model) as a count that halves every HALF_LIFE seconds, with the wall
+# time it was last brought up to date: (count, when). ``frequency`` reads it at a moment.
+Uses = Mapping[tuple[str, str], tuple[float, float]]
+HALF_LIFE = 3600.0
+DECAY = math.log(2) / HALF_LIFE  # per second
+
+
+def frequency(uses: Uses | None, node: str, model: str, now: float) -> float:
+    """``model``'s decayed request count on ``node`` as of ``now``."""
+    count, at = (uses or {}).get((node, model), (0.0, now))
+    return count * math.exp(-max(0.0, now - at) * DECAY)
 
 
 class ModelState(StrEnum):
@@ -147,11 +160,14 @@ class PendingLoad:
 class Snapshot:
     nodes: Mapping[str, NodeState]  # in cortex.toml order
     models: ModelsConfig
-    strategy: str = "lru"
+    strategy: str = "lru"  # eviction: lru, priority, gdsf
+    placement: str = "first-fit"  # or best-fit
     pending: Mapping[str, PendingLoad] = field(default_factory=dict)  # loads in flight, by model
     pins: Mapping[str, bool] = field(default_factory=dict)  # runtime overrides (/fleet/pin)
     # Bytes a model needs on a node, learnt from a neuron's 507 answer.
     learnt_sizes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # Bytes per second each node loaded at (a moving average of its loads' own figures).
+    load_speed: Mapping[str, float] = field(default_factory=dict)
     version: int = 0
     # ``ready_on``'s answers, worked out once per snapshot (a snapshot never changes; a
     # replaced one starts empty): the hot path asks it for every request.
@@ -214,3 +230,13 @@ class Snapshot:
                 if node.up and node.states.get(model) is ModelState.READY
             )
         return list(ready)
+
+
+def learn_speed(snapshot: Snapshot, load: PendingLoad, seconds: float) -> Snapshot:
+    """``snapshot`` knowing how fast ``load``'s node loaded it (loads from storage only)."""
+    if load.wake or load.needed <= 0 or seconds <= 0:
+        return snapshot
+    measured = load.needed / seconds
+    old = snapshot.load_speed.get(load.node)
+    speed = measured if old is None else (old + measured) / 2
+    return replace(snapshot, load_speed={**snapshot.load_speed, load.node: speed})

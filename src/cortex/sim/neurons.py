@@ -3,10 +3,11 @@ from a model of each machine instead of over HTTP.
 
 A node has device memory, a load bandwidth (disk or network to device), a memory bandwidth
 that sets decode speed, and host memory for sleeping models. A load takes a fixed start-up
-plus its bytes over the load bandwidth, and is refused (507, as a neuron does) when the
-bytes do not fit. Each loaded model serves ``SLOTS`` requests at once (a batch), each at
-the node's decode speed for that model's size; the rest wait in the neuron's queue, which
-its status reports (``queued``, ``queue_wait``) as a real neuron's does.
+plus its bytes over the load bandwidth (loads on one node read one after another), and is
+refused (507, as a neuron does) when the bytes do not fit. Each loaded model serves
+``SLOTS`` requests at once (a batch), each at the node's decode speed for that model's size;
+the rest wait in the neuron's queue, which its status reports (``queued``, ``queue_wait``)
+as a real neuron's does.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class SimNode:
         self.replicas: dict[str, Replica] = {}
         self.used = 0  # device bytes held by models (loading ones included)
         self.host_used = 0
+        self.reading_until = 0.0  # when its storage is done with the loads under way
 
     def decode_seconds(self, size: int, prompt: int, output: int) -> float:
         rate = self.spec.memory_bandwidth / max(size, 1)  # tokens/s of one stream
@@ -107,7 +109,7 @@ class SimNode:
             state=state,
             source=r.model,
             devices=["cuda:0"],
-            memory_bytes=0 if r.asleep else r.size,
+            memory_bytes=r.size,  # a sleeping model keeps its size (a neuron reports it so)
             loaded_at=r.loaded_at,
             last_used_at=r.last_used_at,
             in_flight=r.running,
@@ -157,7 +159,10 @@ class SimNeurons:
             )
         sim.used += size
         replica = sim.replicas[model] = Replica(model, size, clock.wall())
-        await asyncio.sleep(LOAD_OVERHEAD + size / sim.spec.load_bandwidth)
+        # Loads on one node share its storage: each reads after those before it.
+        now = clock.monotonic()
+        sim.reading_until = max(now, sim.reading_until) + size / sim.spec.load_bandwidth
+        await asyncio.sleep(LOAD_OVERHEAD + sim.reading_until - now)
         replica.ready = True
         replica.loaded_at = clock.wall()
         self.counters.loads += 1

@@ -18,6 +18,15 @@ POLICIES: dict[str, Policy] = {
     for policy in (
         Policy("per-host-lru", home=True, about="one fixed host per model, LRU there"),
         Policy("random-lru", random=True, about="a random node per load, LRU there"),
-        Policy("cortex-lru", about="first node that fits, else the first that can evict (LRU)"),
+        Policy("cortex-lru", about="today's default: first-fit placement, LRU eviction"),
+        Policy("cortex-best-lru", placement="best-fit", about="best-fit placement, LRU"),
+        Policy("cortex-gdsf", placement="best-fit", strategy="gdsf", about="best-fit, GDSF"),
+        Policy(
+            "cortex-gdsf-sleep",
+            placement="best-fit",
+            strategy="gdsf",
+            sleep=True,
+            about="best-fit, GDSF, evicted models asleep in host memory (vLLM on CUDA)",
+        ),
     )
 }

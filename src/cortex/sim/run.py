@@ -25,6 +25,7 @@ from cortex.config import (
     ModelProfile,
     ModelsConfig,
     NeuronEntry,
+    PlacementSection,
 )
 from cortex.errors import CortexError
 from cortex.gateway.fleet import Fleet
@@ -41,6 +42,7 @@ SAMPLE_EVERY = 300.0  # seconds between samples of memory in use
 class Policy:
     name: str
     strategy: str = "lru"  # cortex.toml [eviction] strategy
+    placement: str = "first-fit"  # cortex.toml [placement] strategy
     home: bool = False  # each model on one fixed node (per-host, llama-swap/Ollama style)
     random: bool = False  # each load on a random node where it may go
     sleep: bool = False  # nodes keep evicted models asleep in host memory where they can
@@ -102,12 +104,12 @@ class RandomFleet(Fleet):
             return super()._plan(model, only)
         nodes = list(self.snapshot.allowed_nodes(model))
         self._rng.shuffle(nodes)
-        busy, recent = self.in_flight.busy, self.in_flight.last_used
+        busy, recent, uses = self.in_flight.busy, self.in_flight.last_used, self.in_flight.uses
         for node in nodes:
-            decision = plan(self.snapshot, model, busy, only=node, recent=recent)
+            decision = plan(self.snapshot, model, busy, only=node, recent=recent, uses=uses)
             if isinstance(decision, Placement):
                 return decision
-        return plan(self.snapshot, model, busy, recent=recent)  # why it cannot be placed
+        return plan(self.snapshot, model, busy, recent=recent, uses=uses)  # why it cannot
 
 
 def home_nodes(trace: Trace, specs: list[NodeSpec]) -> dict[str, str]:
@@ -134,6 +136,7 @@ def fleet_config(
             poll_interval=poll_interval, load_timeout=timeout, request_timeout=timeout
         ),
         eviction=EvictionSection(strategy=policy.strategy, defrag_after_cycles=0),
+        placement=PlacementSection(strategy=policy.placement),
         neurons=neurons,
     )
     homes = home_nodes(trace, specs) if policy.home else {}
