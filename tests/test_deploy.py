@@ -98,6 +98,8 @@ def test_gateway_configs_load() -> None:
     cortex, models = load_gateway_config(DEPLOY / "cortex.toml")  # models.toml beside it
     assert [n.name for n in cortex.neurons] == ["gpu-a", "gpu-b"]
     assert cortex.keys_file == DEPLOY / "keys.toml"
+    assert cortex.placement.strategy == "best-fit"
+    assert cortex.placement.replica_after == 30.0
     assert models.models, "models.toml has profiles"
     for profile in models.models:
         assert set(profile.neurons) <= {"gpu-a", "gpu-b"}

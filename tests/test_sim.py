@@ -150,3 +150,17 @@ def test_the_command_line_prints_one_object_per_policy(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2
     assert "unknown policy nope" in refused.stderr
+
+
+def test_a_queue_past_replica_after_brings_a_second_replica() -> None:
+    # 2 requests/s for 100 s, each 30 s of decoding: 60 at once wanted, 32 slots per copy.
+    rows = [(t / 2, 0, 0, 3000) for t in range(200)]
+    trace = _trace(rows, [1])
+    nodes = [_node("a", 10), _node("b", 10)]
+    one = run(trace, nodes, Policy("one"), poll_interval=2.0).summary()
+    two = run(trace, nodes, Policy("two", replica_after=5.0), poll_interval=2.0).summary()
+    assert one["cold_loads"] == 1
+    assert two["cold_loads"] == 1  # the replica is no cold start: nobody waited for it
+    assert two["replica_loads"] == 1
+    assert two["queue_wait_p95_s"] < one["queue_wait_p95_s"] / 2
+    assert two["evictions"] == {}

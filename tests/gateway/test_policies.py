@@ -9,12 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cortex.config import ModelProfile, ModelsConfig
+from cortex.config import ModelProfile, ModelsConfig, PlacementSection
 from cortex.errors import NoCapacity
 from cortex.gateway import clock
 from cortex.gateway.evictor import eviction_order, is_evictable
 from cortex.gateway.inflight import InFlight
-from cortex.gateway.router import Placement, Unplaceable, free_bytes, pick_ready, plan
+from cortex.gateway.router import (
+    Placement,
+    Unplaceable,
+    free_bytes,
+    pick_ready,
+    plan,
+    replicas_wanted,
+)
 from cortex.gateway.state import (
     HALF_LIFE,
     ModelState,
@@ -329,3 +336,24 @@ def test_in_flight_counts_uses_with_a_half_life() -> None:
     assert frequency(in_flight.uses, "a", "m", 1000.0 + HALF_LIFE) == pytest.approx(1.5)
     assert frequency(in_flight.uses, "a", "m", 1000.0 + 2 * HALF_LIFE) == pytest.approx(0.75)
     assert frequency(in_flight.uses, "b", "m", 0.0) == 0.0
+
+
+def test_a_model_queued_past_replica_after_wants_a_replica_up_to_max_replicas() -> None:
+    def node(name: str, queued: int, wait: float) -> NodeState:
+        record = ModelRecord(
+            id="m", state="ready", source="m", memory_bytes=100, queued=queued, queue_wait=wait
+        )
+        status = NodeStatus(name=name, version="0", engine="x", devices=[], models=[record])
+        return settle(NodeState(name, f"http://{name}", up=True, status=status))
+
+    models = ModelsConfig(models=[ModelProfile(id="m")])
+    rule = PlacementSection(replica_after=10.0, max_replicas=2)
+    waiting = Snapshot({"a": node("a", 3, 12.0), "b": NodeState("b", "http://b", up=True)}, models)
+    assert replicas_wanted(waiting, "a", rule) == ["m"]
+    assert replicas_wanted(waiting, "a", PlacementSection(replica_after=0)) == []  # off
+    short = Snapshot({"a": node("a", 3, 4.0)}, models)
+    assert replicas_wanted(short, "a", rule) == []  # not waited long enough
+    loading = replace(waiting, pending={"m": PendingLoad("m", "b", 100, (), 0.0)})
+    assert replicas_wanted(loading, "a", rule) == []  # one is on its way
+    both = Snapshot({"a": node("a", 3, 12.0), "b": node("b", 0, 0.0)}, models)
+    assert replicas_wanted(both, "a", rule) == []  # max_replicas reached

@@ -76,6 +76,11 @@ class PlacementSection(BaseModel):
     # tightly; else the node whose victims are worth least (the eviction strategy's own
     # measure), then the soonest ready.
     strategy: Literal["first-fit", "best-fit"] = "first-fit"
+    # A model whose oldest queued request at a node has waited this long gets another
+    # replica on another node (placed as any load is), up to max_replicas copies; 0: never.
+    # Idle replicas go as any idle model does, when the room is wanted.
+    replica_after: Duration = 30.0
+    max_replicas: int = Field(default=4, ge=1)
 
 
 class NeuronEntry(BaseModel):

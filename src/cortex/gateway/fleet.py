@@ -1,23 +1,18 @@
 """``Fleet``: the one owner of fleet state, fed by a queue (the story: ``docs/fleet.md``).
 
-Contracts:
+Contracts (``docs/fleet.md`` has them at length):
 
-* Only the owner task (``_run``) changes fleet state: the snapshot, with each model's
-  ``ModelState`` on each node, and its own bookkeeping of loads and unloads in flight.
-  It handles one message at a time and never awaits while deciding, so decisions
-  (placement, victims) see a consistent snapshot including loads already in flight.
-  I/O (polls, loads, unloads) runs in tasks that report back with messages.
-* ``snapshot`` may be read by anyone at any time; it is replaced, never mutated.
-* ``in_flight`` (see ``inflight``) counts the gateway's own requests per (node, model)
-  and stamps when each last ended; the proxy acquires and releases around each request,
-  synchronously. Only the owner reads it for decisions: the evictor never picks a busy
-  model, and ranks by the fresher of these stamps and the neuron's polled figures.
+* Only the owner task (``_run``) changes fleet state, one message at a time, never
+  awaiting while it decides; I/O runs in tasks that report back. ``snapshot`` (each
+  model's ``ModelState`` on each node) is replaced, never mutated: anyone may read it.
+* ``in_flight`` counts the gateway's own requests per (node, model); only the owner reads
+  it for decisions, so the evictor never picks a busy model.
 * ``ensure(model)`` is single-flight: every caller for a model being loaded waits on it.
 * Pinned models are loaded once their nodes are first seen and again whenever they are
-  ready nowhere (a node restarted); a failed pinned load is retried after a back-off.
-* A load that fails because its node did (``NeuronUnavailable``: the neuron died, or
-  answered 502-504) is placed again on an allowed node where it has not failed, for the
-  waiters that did not ask for that node; they wait on, within their own deadlines.
+  ready nowhere; a failed pinned load is retried after a back-off.
+* A load that fails because its node did is placed again where it has not failed.
+* A model whose requests wait at a node past ``[placement] replica_after`` gets another
+  replica on another node (at most ``max_replicas``), as any load is placed.
 """
 
 from __future__ import annotations
@@ -54,7 +49,13 @@ from cortex.gateway.inflight import InFlight
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neurons import NeuronClient
 from cortex.gateway.poller import Poller
-from cortex.gateway.router import Placement, Unplaceable, plan
+from cortex.gateway.router import (
+    Placement,
+    Unplaceable,
+    pinned_missing,
+    plan,
+    replicas_wanted,
+)
 from cortex.gateway.state import NodeState, PendingLoad, Snapshot, learn_speed, settle
 from cortex.protocol.fleet import FleetProgress
 
@@ -314,6 +315,17 @@ class Fleet:
         self._publish(replace(snap, nodes={**snap.nodes, node.name: node}), node.name)
         self.metrics.record_node(node)
         self._ensure_pinned()
+        for model in replicas_wanted(self.snapshot, node.name, self.config.placement):
+            self._add_replica(model)
+
+    def _add_replica(self, model: str) -> None:
+        """Another copy of a busy ``model``, on a node that has none (no one waits on it)."""
+        busy, recent, uses = self.in_flight.busy, self.in_flight.last_used, self.in_flight.uses
+        have = [*self.snapshot.ready_on(model), *self._failed_on.get(model, ())]
+        decision = plan(self.snapshot, model, busy, None, recent, exclude=have, uses=uses)
+        if isinstance(decision, Placement):
+            self._loads[model] = LoadState()
+            self._start_load(model, decision)
 
     def _on_unload(self, message: Unload) -> None:
         """Each target (node, model) → UNLOADING until the unload reports back."""
@@ -348,24 +360,12 @@ class Fleet:
         self._ensure_pinned()
 
     def _ensure_pinned(self) -> None:
-        snap = self.snapshot
-        pinned = {p.id for p in snap.models.models if p.pinned} | {
-            m for m, on in snap.pins.items() if on
-        }
-        for model in sorted(pinned):
-            if not snap.is_pinned(model) or snap.ready_on(model) or model in snap.pending:
-                continue
-            failed_at = self._pin_failed.get(model)
-            if failed_at is not None and clock.monotonic() - failed_at < PIN_RETRY:
-                continue
-            if not any(snap.nodes[n].up for n in snap.allowed_nodes(model)):
-                continue
+        for model in pinned_missing(self.snapshot, self._pin_failed, clock.monotonic(), PIN_RETRY):
             future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._on_ensure(Ensure(model, Waiter(future, None)))
             if future.done() and future.exception() is not None:
                 self._pin_failed[model] = clock.monotonic()
-            snap = self.snapshot
 
     def _publish(self, snapshot: Snapshot, *touched: str) -> None:
         """Make ``snapshot`` the current one, the model states on ``touched`` settled anew

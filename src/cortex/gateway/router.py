@@ -13,9 +13,10 @@ LOADING on a node is a load someone else started there (a preload), which it joi
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from cortex.config import PlacementSection
 from cortex.errors import CortexError, ModelNotFound, NeuronUnavailable, NoCapacity
 from cortex.gateway.evictor import choose_victims, evictable_bytes, victims_cost
 from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot, Uses
@@ -187,3 +188,40 @@ def _best_fit(
         return None
     _, _, _, node, needed, victims = min(options)
     return Placement(node, needed, victims)
+
+
+def pinned_missing(
+    snapshot: Snapshot, failed_at: Mapping[str, float], now: float, retry: float
+) -> list[str]:
+    """Pinned models ready nowhere and not loading, that an up node may hold, leaving out
+    those whose last load failed less than ``retry`` seconds before ``now``."""
+    pinned = {p.id for p in snapshot.models.models if p.pinned}
+    pinned |= {m for m, on in snapshot.pins.items() if on}
+    missing = []
+    for model in sorted(pinned):
+        if not snapshot.is_pinned(model) or snapshot.ready_on(model) or model in snapshot.pending:
+            continue
+        failed = failed_at.get(model)
+        if failed is not None and now - failed < retry:
+            continue
+        if any(snapshot.nodes[n].up for n in snapshot.allowed_nodes(model)):
+            missing.append(model)
+    return missing
+
+
+def replicas_wanted(snapshot: Snapshot, node: str, placement: PlacementSection) -> list[str]:
+    """Models on ``node`` whose oldest queued request has waited ``replica_after`` or more,
+    with fewer than ``max_replicas`` copies ready and no load of theirs in flight: each should
+    get another replica elsewhere."""
+    after = placement.replica_after
+    if not after or not snapshot.nodes[node].up:
+        return []
+    return [
+        record.id
+        for record in snapshot.nodes[node].records
+        if record.queued
+        and record.queue_wait >= after
+        and record.id not in snapshot.pending
+        and snapshot.state(node, record.id) is ModelState.READY
+        and len(snapshot.ready_on(record.id)) < placement.max_replicas
+    ]

@@ -46,7 +46,7 @@ def sim(
     ] = 600.0,
     poll_interval: Annotated[
         float, typer.Option(help="Seconds between the gateway's polls of each node")
-    ] = 120.0,
+    ] = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of the trace and the fleet")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per policy")] = (
         False
@@ -118,6 +118,7 @@ COLUMNS = (
     ("cold/1000", 10, "cold_loads_per_1000"),
     ("cold p50 s", 10, "cold_start_p50_s"),
     ("cold p95 s", 10, "cold_start_p95_s"),
+    ("replicas", 8, "replica_loads"),
     ("refused", 8, "refused"),
     ("timed out", 9, "timed_out"),
     ("evictions", 10, "evictions"),

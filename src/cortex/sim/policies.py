@@ -18,15 +18,27 @@ POLICIES: dict[str, Policy] = {
     for policy in (
         Policy("per-host-lru", home=True, about="one fixed host per model, LRU there"),
         Policy("random-lru", random=True, about="a random node per load, LRU there"),
-        Policy("cortex-lru", about="today's default: first-fit placement, LRU eviction"),
-        Policy("cortex-best-lru", placement="best-fit", about="best-fit placement, LRU"),
-        Policy("cortex-gdsf", placement="best-fit", strategy="gdsf", about="best-fit, GDSF"),
+        Policy("cortex-lru", about="before this work: first-fit placement, LRU, one copy"),
+        Policy(
+            "cortex-best-lru",
+            placement="best-fit",
+            replica_after=30.0,
+            about="best-fit placement, LRU, replicas past 30 s of queue",
+        ),
+        Policy(
+            "cortex-gdsf",
+            placement="best-fit",
+            strategy="gdsf",
+            replica_after=30.0,
+            about="best-fit placement, GDSF, replicas past 30 s of queue",
+        ),
         Policy(
             "cortex-gdsf-sleep",
             placement="best-fit",
             strategy="gdsf",
+            replica_after=30.0,
             sleep=True,
-            about="best-fit, GDSF, evicted models asleep in host memory (vLLM on CUDA)",
+            about="as cortex-gdsf, evicted models asleep in host memory (vLLM on CUDA)",
         ),
     )
 }

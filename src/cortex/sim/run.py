@@ -43,6 +43,7 @@ class Policy:
     name: str
     strategy: str = "lru"  # cortex.toml [eviction] strategy
     placement: str = "first-fit"  # cortex.toml [placement] strategy
+    replica_after: float = 0.0  # [placement] replica_after (0: one copy per model)
     home: bool = False  # each model on one fixed node (per-host, llama-swap/Ollama style)
     random: bool = False  # each load on a random node where it may go
     sleep: bool = False  # nodes keep evicted models asleep in host memory where they can
@@ -56,7 +57,8 @@ class Result:
     served: int = 0
     refused: int = 0
     timed_out: int = 0
-    cold_loads: int = 0  # loads that moved weights from storage (wakes counted apart)
+    cold_loads: int = 0  # loads from storage that requests waited for (wakes apart)
+    replica_loads: int = 0  # loads of another copy of a busy model (nobody waits on them)
     wakes: int = 0
     cold_waits: list[float] = field(default_factory=list)
     queue_waits: list[float] = field(default_factory=list)
@@ -76,6 +78,7 @@ class Result:
             "requests": self.requests,
             "cold_loads": self.cold_loads,
             "cold_loads_per_1000": round(per_1000, 3),
+            "replica_loads": self.replica_loads,
             "wakes": self.wakes,
             "cold_start_p50_s": round(q(self.cold_waits, 50), 2),
             "cold_start_p95_s": round(q(self.cold_waits, 95), 2),
@@ -91,7 +94,20 @@ class Result:
         }
 
 
-class RandomFleet(Fleet):
+class SimFleet(Fleet):
+    """The gateway's fleet owner as it is, counting the replicas it starts on its own (no
+    request waits for those: they are not cold starts)."""
+
+    replicas = 0
+
+    def _add_replica(self, model: str) -> None:
+        already = model in self.snapshot.pending
+        super()._add_replica(model)
+        if not already and model in self.snapshot.pending:
+            self.replicas += 1
+
+
+class RandomFleet(SimFleet):
     """The random-placement baseline: each load on a node drawn at random among those where
     the model may go (then evicting there by LRU), instead of the router's choice."""
 
@@ -136,7 +152,7 @@ def fleet_config(
             poll_interval=poll_interval, load_timeout=timeout, request_timeout=timeout
         ),
         eviction=EvictionSection(strategy=policy.strategy, defrag_after_cycles=0),
-        placement=PlacementSection(strategy=policy.placement),
+        placement=PlacementSection(strategy=policy.placement, replica_after=policy.replica_after),
         neurons=neurons,
     )
     homes = home_nodes(trace, specs) if policy.home else {}
@@ -156,7 +172,7 @@ async def simulate(
     specs: list[NodeSpec],
     policy: Policy,
     *,
-    poll_interval: float = 30.0,
+    poll_interval: float = 60.0,
     timeout: float = 600.0,
     seed: int = 0,
 ) -> Result:
@@ -168,11 +184,11 @@ async def simulate(
     sizes = dict(zip(trace.models, trace.sizes, strict=True))
     neurons = SimNeurons(specs, sizes)
     metrics = GatewayMetrics()
-    fleet: Fleet
+    fleet: SimFleet
     if policy.random:
         fleet = RandomFleet(config, models, metrics, neurons, seed=seed)
     else:
-        fleet = Fleet(config, models, metrics, neurons)  # type: ignore[arg-type]
+        fleet = SimFleet(config, models, metrics, neurons)  # type: ignore[arg-type]
     result = Result(policy.name, requests=len(trace))
     started = time.perf_counter()
     await fleet.start()
@@ -248,7 +264,8 @@ async def simulate(
         await finished
     result.simulated_seconds = the_loop.time() - begin
     await fleet.aclose()
-    result.cold_loads = neurons.counters.loads
+    result.replica_loads = fleet.replicas
+    result.cold_loads = neurons.counters.loads - fleet.replicas
     result.wakes = neurons.counters.wakes
     for family in metrics.evictions.children.items():
         (_, _, reason), value = family
