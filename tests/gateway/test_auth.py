@@ -19,14 +19,12 @@ from cortex.config import (
     KeyEntry,
     ModelProfile,
     ModelsConfig,
-    NeuronEntry,
 )
 from cortex.errors import ConfigError, Forbidden, ModelNotFound, Overloaded, Unauthorized
 from cortex.gateway.app import GatewayApp, GatewayService, is_loopback
 from cortex.gateway.auth import KeyTable, load_entries
-from cortex.gateway.http import HttpServer
 from tests.gateway.fakes import FakeNeurons
-from tests.gateway.test_proxy import HELLO, FakeChat
+from tests.gateway.test_proxy import HELLO, FakeChat, serve_fleet
 
 
 class Clock:
@@ -236,31 +234,18 @@ class Rig:
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     chat = FakeChat("a")
-    neuron = HttpServer(chat, lambda p, e: (b"application/json", b"{}"), max_body=10**6)
-    await neuron.start("127.0.0.1", 0)
-    config = CortexConfig(
-        gateway=GatewaySection(poll_interval=0.05, request_timeout=0.3, load_timeout=5),
-        neurons=[NeuronEntry(name="a", endpoint=f"http://127.0.0.1:{neuron.port}")],
-        keys=[
-            KeyEntry(name="m0-only", key="sk-m0", models=["m0"], max_concurrent=1),
-            KeyEntry(name="ops", key="sk-ops", admin=True),
-        ],
-    )
+    keys = [
+        KeyEntry(name="m0-only", key="sk-m0", models=["m0"], max_concurrent=1),
+        KeyEntry(name="ops", key="sk-ops", admin=True),
+    ]
     models = ModelsConfig(
         models=[ModelProfile(id="m0", neurons=["a"]), ModelProfile(id="m1", neurons=["a"])],
         aliases={"gpt-4o": "m0", "other": "m1"},
     )
-    fakes = FakeNeurons({"a": 10_000}, {"m0": 100, "m1": 100})
-    app = GatewayApp(config, models, client=fakes)  # type: ignore[arg-type]
-    await app.start()
-    front = app.server()
-    await front.start("127.0.0.1", 0)
-    try:
-        yield Rig(f"http://127.0.0.1:{front.port}", app, chat)
-    finally:
-        await front.stop(grace=0.2)
-        await app.aclose()
-        await neuron.stop(grace=0.2)
+    gateway = GatewaySection(poll_interval=0.05, request_timeout=0.3, load_timeout=5)
+    sizes = {"m0": 100, "m1": 100}
+    async with serve_fleet({"a": chat}, sizes, models, gateway, keys) as (url, app, _):
+        yield Rig(url, app, chat)
 
 
 async def _chat(rig: Rig, model: str, key: str | None, timeout: float = 5.0) -> httpx.Response:

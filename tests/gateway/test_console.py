@@ -12,12 +12,10 @@ import httpx
 import pytest
 
 from cortex import __version__
-from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
+from cortex.config import GatewaySection, ModelProfile, ModelsConfig
 from cortex.gateway.app import GatewayApp
 from cortex.gateway.console import FILES
-from cortex.gateway.http import HttpServer
-from tests.gateway.fakes import FakeNeurons
-from tests.gateway.test_proxy import HELLO, FakeChat
+from tests.gateway.test_proxy import HELLO, FakeChat, serve_fleet
 
 
 @dataclass
@@ -28,24 +26,10 @@ class Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    chat = FakeChat("a")
-    neuron = HttpServer(chat, lambda p, e: (b"application/json", b"{}"), max_body=10**6)
-    await neuron.start("127.0.0.1", 0)
-    config = CortexConfig(
-        gateway=GatewaySection(poll_interval=0.05, load_timeout=5),
-        neurons=[NeuronEntry(name="a", endpoint=f"http://127.0.0.1:{neuron.port}")],
-    )
     models = ModelsConfig(models=[ModelProfile(id="m0", neurons=["a"])])
-    app = GatewayApp(config, models, client=FakeNeurons({"a": 10_000}, {"m0": 100}))  # type: ignore[arg-type]
-    await app.start()
-    front = app.server()
-    await front.start("127.0.0.1", 0)
-    try:
-        yield Rig(f"http://127.0.0.1:{front.port}", app)
-    finally:
-        await front.stop(grace=0.2)
-        await app.aclose()
-        await neuron.stop(grace=0.2)
+    gateway = GatewaySection(poll_interval=0.05, load_timeout=5)
+    async with serve_fleet({"a": FakeChat("a")}, {"m0": 100}, models, gateway) as (url, app, _):
+        yield Rig(url, app)
 
 
 async def test_the_console_is_served_with_headers_that_keep_it_to_itself(rig: Rig) -> None:

@@ -328,7 +328,7 @@ def test_in_flight_counts_uses_with_a_half_life() -> None:
     times = iter([1000.0, 1000.0 + HALF_LIFE])
     clock.use(lambda: next(times), clock.monotonic)
     try:
-        in_flight = InFlight()
+        in_flight = InFlight(count_uses=True)
         in_flight.acquire("a", "m")
         in_flight.acquire("a", "m")  # one half-life later: 1 → 0.5, plus this one
     finally:
@@ -336,6 +336,10 @@ def test_in_flight_counts_uses_with_a_half_life() -> None:
     assert frequency(in_flight.uses, "a", "m", 1000.0 + HALF_LIFE) == pytest.approx(1.5)
     assert frequency(in_flight.uses, "a", "m", 1000.0 + 2 * HALF_LIFE) == pytest.approx(0.75)
     assert frequency(in_flight.uses, "b", "m", 0.0) == 0.0
+    plain = InFlight()  # lru and priority never read the counts: none are kept
+    plain.acquire("a", "m")
+    assert plain.uses == {}
+    assert plain.busy == {("a", "m"): 1}
 
 
 def test_a_model_queued_past_replica_after_wants_a_replica_up_to_max_replicas() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,14 @@ import httpx
 import pytest
 
 from cortex import sse
-from cortex.config import CortexConfig, GatewaySection, ModelProfile, ModelsConfig, NeuronEntry
+from cortex.config import (
+    CortexConfig,
+    GatewaySection,
+    KeyEntry,
+    ModelProfile,
+    ModelsConfig,
+    NeuronEntry,
+)
 from cortex.errors import RequestTooLarge, UpstreamTimeout
 from cortex.gateway import proxy
 from cortex.gateway.app import GatewayApp, error_payload
@@ -94,40 +102,58 @@ class Rig:
     chats: dict[str, FakeChat]
 
 
-@pytest.fixture
-async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
-    """Two nodes with m0 ready on both unless a test's marker-free params say otherwise."""
-    options: dict[str, Any] = getattr(request, "param", {})
-    chats = {name: FakeChat(name) for name in ("a", "b")}
+@asynccontextmanager
+async def serve_fleet(
+    chats: dict[str, FakeChat],
+    sizes: dict[str, int],
+    models: ModelsConfig,
+    gateway: GatewaySection,
+    keys: list[KeyEntry] | None = None,
+) -> AsyncIterator[tuple[str, GatewayApp, FakeNeurons]]:
+    """A gateway in-process on a free port, in front of one HTTP fake neuron per chat (each
+    node 10,000 bytes of memory, ``sizes`` the models'); yields its URL, app and lifecycle
+    fakes, and stops it all after."""
     servers = {}
     for name, chat in chats.items():
         server = HttpServer(chat, lambda p, e: (b"application/json", b"{}"), max_body=10**6)
         await server.start("127.0.0.1", 0)
         servers[name] = server
-    fakes = FakeNeurons({"a": 10_000, "b": 10_000}, {"m0": 100, "m1": 100})
+    fakes = FakeNeurons(dict.fromkeys(chats, 10_000), sizes)
     config = CortexConfig(
-        gateway=GatewaySection(
-            poll_interval=0.05, request_timeout=options.get("request_timeout", 5.0), load_timeout=5
-        ),
+        gateway=gateway,
         neurons=[
             NeuronEntry(name=n, endpoint=f"http://127.0.0.1:{s.port}") for n, s in servers.items()
         ],
-    )
-    models = ModelsConfig(
-        models=[ModelProfile(id="m0", neurons=["a", "b"]), ModelProfile(id="m1", neurons=["a"])],
-        aliases={"gpt-4o": "m0"},
+        keys=keys or [],
     )
     app = GatewayApp(config, models, client=fakes)  # type: ignore[arg-type]
     await app.start()
     front = app.server()
     await front.start("127.0.0.1", 0)
     try:
-        yield Rig(f"http://127.0.0.1:{front.port}", app, fakes, chats)
+        yield f"http://127.0.0.1:{front.port}", app, fakes
     finally:
         await front.stop(grace=0.2)
         await app.aclose()
         for server in servers.values():
             await server.stop(grace=0.2)
+
+
+@pytest.fixture
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """Two nodes with m0 ready on both unless a test's marker-free params say otherwise."""
+    options: dict[str, Any] = getattr(request, "param", {})
+    chats = {name: FakeChat(name) for name in ("a", "b")}
+    gateway = GatewaySection(
+        poll_interval=0.05, request_timeout=options.get("request_timeout", 5.0), load_timeout=5
+    )
+    models = ModelsConfig(
+        models=[ModelProfile(id="m0", neurons=["a", "b"]), ModelProfile(id="m1", neurons=["a"])],
+        aliases={"gpt-4o": "m0"},
+    )
+    sizes = {"m0": 100, "m1": 100}
+    async with serve_fleet(chats, sizes, models, gateway) as (url, app, fakes):
+        yield Rig(url, app, fakes, chats)
 
 
 async def _post(rig: Rig, body: dict[str, Any], timeout: float = 10.0) -> httpx.Response:

@@ -126,8 +126,8 @@ class FleetEvents:
         ``loading`` event already says it."""
         if progress.stage != "placing":
             message = f"{progress.model} on {progress.node}: {progress.message}"
-            event = FleetEvent("progress", message, progress.node, progress.model)
-            self.publish(replace(event, stage=progress.stage))
+            node, model, stage = progress.node, progress.model, progress.stage
+            self.publish(FleetEvent("progress", message, node, model, stage=stage))
 
     def publish(self, event: FleetEvent) -> None:
         self._seq += 1

@@ -82,7 +82,7 @@ class Fleet:
         nodes = {n.name: NodeState(n.name, n.endpoint, n.token) for n in config.neurons}
         strategy, placement = config.eviction.strategy, config.placement.strategy
         self.snapshot = Snapshot(nodes, models, strategy=strategy, placement=placement)
-        self.in_flight = InFlight()
+        self.in_flight = InFlight(count_uses=config.eviction.strategy == "gdsf")
         self.events = FleetEvents()  # the lifecycle, for GET /fleet/events
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         # The owner's own bookkeeping: only the owner task reads or writes these.

@@ -26,9 +26,12 @@ from cortex.gateway.state import DECAY, Busy, LastUsed, Uses
 
 
 class InFlight:
-    __slots__ = ("_busy", "_last_used", "_uses", "busy", "last_used", "uses")
+    __slots__ = ("_busy", "_count_uses", "_last_used", "_uses", "busy", "last_used", "uses")
 
-    def __init__(self) -> None:
+    def __init__(self, count_uses: bool = False) -> None:
+        """``count_uses``: keep the decayed request counts (only ``gdsf`` reads them; the
+        hot path skips them otherwise)."""
+        self._count_uses = count_uses
         self._busy: dict[tuple[str, str], int] = {}
         self._last_used: dict[tuple[str, str], float] = {}
         self._uses: dict[tuple[str, str], tuple[float, float]] = {}
@@ -38,9 +41,11 @@ class InFlight:
 
     def acquire(self, node: str, model: str) -> None:
         """Count one request on ``node`` for ``model`` (release it when it ends), and one
-        more use in its decayed request count (``state.frequency``)."""
+        more use in its decayed request count (``state.frequency``) if those are kept."""
         key = (node, model)
         self._busy[key] = self._busy.get(key, 0) + 1
+        if not self._count_uses:
+            return
         now = clock.wall()
         count, at = self._uses.get(key, (0.0, now))
         self._uses[key] = (count * math.exp((at - now) * DECAY) + 1.0, now)

@@ -70,14 +70,17 @@ def free_bytes(snapshot: Snapshot, node: str) -> int:
 DEFAULT_LOAD_SPEED = 1e9  # bytes/s assumed of a node before any load there was timed
 
 
-def load_seconds(snapshot: Snapshot, node: str, size: int) -> float:
+def typical_load_speed(snapshot: Snapshot) -> float:
+    """What a node not yet measured is assumed to load at: the fleet's median measured
+    speed, else ``DEFAULT_LOAD_SPEED``."""
+    known = sorted(snapshot.load_speed.values())
+    return known[len(known) // 2] if known else DEFAULT_LOAD_SPEED
+
+
+def load_seconds(snapshot: Snapshot, node: str, size: int, typical: float) -> float:
     """How long ``node`` should take to have ``size`` more bytes loaded: after the loads
-    already in flight there, by its measured speed (else the fleet's median, else
-    ``DEFAULT_LOAD_SPEED``)."""
-    speed = snapshot.load_speed.get(node)
-    if speed is None:
-        known = sorted(snapshot.load_speed.values())
-        speed = known[len(known) // 2] if known else DEFAULT_LOAD_SPEED
+    already in flight there, by its measured speed (else ``typical``)."""
+    speed = snapshot.load_speed.get(node, typical)
     queued = sum(p.needed for p in snapshot.pending.values() if p.node == node)
     return (queued + size) / speed
 
@@ -164,12 +167,13 @@ def _best_fit(
     recent: LastUsed | None,
     uses: Uses | None,
 ) -> Placement | None:
+    typical = typical_load_speed(snapshot)
     fits: list[tuple[float, int, int, str]] = []
     for order, node in enumerate(up):
         needed = needed_bytes(snapshot, model, node)
         room = free_bytes(snapshot, node)
         if needed <= room:
-            fits.append((load_seconds(snapshot, node, needed), room - needed, order, node))
+            fits.append((load_seconds(snapshot, node, needed, typical), room - needed, order, node))
     if fits:
         node = min(fits)[3]
         return Placement(node, needed_bytes(snapshot, model, node))
@@ -182,7 +186,7 @@ def _best_fit(
         if victims is not None:
             cost = victims_cost(snapshot, node, victims, recent, uses)
             options.append(
-                (cost, load_seconds(snapshot, node, needed), order, node, needed, victims)
+                (cost, load_seconds(snapshot, node, needed, typical), order, node, needed, victims)
             )
     if not options:
         return None

@@ -20,7 +20,7 @@ import typer
 
 from cortex.sim.policies import BASELINE, POLICIES
 from cortex.sim.run import fleet_of, run
-from cortex.sim.trace import DAY, Trace, generate, read_jsonl, write_jsonl
+from cortex.sim.trace import Trace, generate, read_jsonl, write_jsonl
 
 
 def sim(
@@ -169,4 +169,4 @@ def main() -> None:
     typer.run(sim)
 
 
-__all__ = ["DAY", "main", "sim"]
+__all__ = ["main", "sim"]

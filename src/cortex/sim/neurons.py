@@ -61,9 +61,6 @@ class Replica:
 class Counters:
     loads: int = 0
     wakes: int = 0
-    refused_loads: int = 0  # 507: the gateway's estimate was wrong
-    unloads: int = 0
-    sleeps: int = 0
 
 
 class SimNode:
@@ -152,7 +149,6 @@ class SimNeurons:
         if model in sim.replicas:
             raise ModelLoadFailed(f"{model} is already on {node.name}")
         if sim.used + size > sim.spec.memory:
-            self.counters.refused_loads += 1
             raise InsufficientMemory(
                 f"{model} needs {size} bytes, {sim.spec.memory - sim.used} free on {node.name}",
                 extra={"needed_bytes": size},
@@ -179,7 +175,6 @@ class SimNeurons:
             sim.host_used -= replica.size
         else:
             sim.used -= replica.size
-        self.counters.unloads += 1
 
     async def sleep(self, node: NodeState, model: str) -> None:
         sim = self.nodes[node.name]
@@ -188,7 +183,6 @@ class SimNeurons:
         replica.asleep, replica.ready = True, False
         sim.used -= replica.size
         sim.host_used += replica.size
-        self.counters.sleeps += 1
 
     async def wake(self, node: NodeState, model: str) -> ModelRecord:
         sim = self.nodes[node.name]

@@ -156,11 +156,17 @@ def fleet_config(
         neurons=neurons,
     )
     homes = home_nodes(trace, specs) if policy.home else {}
+
+    def allowed(model: str) -> list[str]:
+        if not policy.home:
+            return []  # any node
+        return [homes[model]] if model in homes else ["(none)"]  # fits no node: refused
+
     profiles = [
         ModelProfile(
             id=model,
             memory=size,
-            neurons=[homes[model]] if model in homes else ([] if not policy.home else ["-"]),
+            neurons=allowed(model),
         )
         for model, size in zip(trace.models, trace.sizes, strict=True)
     ]
@@ -267,8 +273,7 @@ async def simulate(
     result.replica_loads = fleet.replicas
     result.cold_loads = neurons.counters.loads - fleet.replicas
     result.wakes = neurons.counters.wakes
-    for family in metrics.evictions.children.items():
-        (_, _, reason), value = family
+    for (_, _, reason), value in metrics.evictions.children.items():
         result.evictions[reason] = result.evictions.get(reason, 0) + int(value.value)
     result.wall_seconds = time.perf_counter() - started
     return result

@@ -54,7 +54,7 @@ def arrivals(count: int, duration: float, kind: str, rng: np.random.Generator) -
 
     ``steady``: a Poisson process. ``diurnal``: its rate follows the day, from a fifth of the
     mean at night to 1.8× in the afternoon. ``bursty``: steady, but a third of the requests
-    come in bursts (two-minute storms at random times, ten an hour-long day).
+    come in bursts (two-minute storms at random times, ten an hour).
     """
     if kind == "steady":
         times = rng.uniform(0.0, duration, count)
