@@ -27,12 +27,17 @@ def test_durations(text: str | int, seconds: float) -> None:
 
 def test_defaults_and_file_values(tmp_path: Path) -> None:
     file = tmp_path / "neuron.toml"
-    file.write_text(f'name = "beast"\nmodel_dirs = ["{tmp_path}"]\nmemory_budget = "64MiB"\n')
+    file.write_text(
+        f'name = "beast"\nmodel_dirs = ["{tmp_path}"]\nmemory_budget = "64MiB"\n'
+        'load_speed = "2.5GB/s"\n'
+    )
     config = load_neuron_config(file)
     assert config.name == "beast"
     assert config.port == 13131
     assert config.model_dirs == [tmp_path]
     assert config.memory_budget == 64 * 1024**2
+    assert config.load_speed == 2_500_000_000
+    assert load_neuron_config().load_speed is None
 
 
 def test_overrides_win_over_the_file(tmp_path: Path) -> None:
@@ -55,6 +60,8 @@ def test_client_chat_templates_are_off_unless_allowed(tmp_path: Path) -> None:
     ("content", "key", "reason"),
     [
         ('memory_budget = "lots"', "memory_budget", "not a size"),
+        ('load_speed = "fast"', "load_speed", "not a speed"),
+        ("load_speed = 0", "load_speed", "more than 0"),
         ('listen = "nohost"', "listen", "HOST:PORT"),
         ('colour = "blue"', "colour", "unknown key"),
         ('model_dirs = ["/does/not/exist"]', "model_dirs", "not a directory"),

@@ -164,3 +164,21 @@ def test_a_queue_past_replica_after_brings_a_second_replica() -> None:
     assert two["replica_loads"] == 1
     assert two["queue_wait_p95_s"] < one["queue_wait_p95_s"] / 2
     assert two["evictions"] == {}
+
+
+def test_best_fit_loads_on_the_node_that_reads_fastest_once_it_is_known() -> None:
+    # Two nodes, one reading at 1 GB/s and one at 6 GB/s; one 12 GB model, asked for twice:
+    # at 0 s and again after the first node's first poll.
+    slow = NodeSpec("slow", 100 * GB, 1 * GB, HBM)
+    fast = NodeSpec("fast", 100 * GB, 6 * GB, HBM)
+    trace = _trace([(0, 0, 0, 10)], [12])
+    best = Policy("cortex-best-lru", placement="best-fit")
+    # Known (neuron.toml's load_speed): the fast node, 3 s + 12 GB at 6 GB/s.
+    known = run(trace, [slow, fast], best, speeds="known").summary()
+    assert known["cold_start_p95_s"] == pytest.approx(LOAD_OVERHEAD + 2.0, abs=0.01)
+    # Unknown until timed: both look alike, and the tighter fit, the first in order, wins.
+    blind = run(trace, [slow, fast], best, speeds="timed").summary()
+    assert blind["cold_start_p95_s"] == pytest.approx(LOAD_OVERHEAD + 12.0, abs=0.01)
+    # first-fit takes the first node whatever it knows.
+    first = run(trace, [slow, fast], Policy("cortex-lru"), speeds="known").summary()
+    assert first["cold_start_p95_s"] == pytest.approx(LOAD_OVERHEAD + 12.0, abs=0.01)

@@ -41,6 +41,7 @@ def test_concurrent_loads_join_one_load_and_unload_frees_it(neuron: Neuron) -> N
     assert _loads(neuron, "tiny-b") == 1
 
     node = neuron.get("/node").json()
+    assert node["load_speed"] > 0  # bytes per second, timed over its loads
     record = _node_models(neuron)["tiny-b"]
     assert record["state"] == "ready"
     assert record["memory_bytes"] > 0

@@ -30,10 +30,12 @@ from cortex.gateway.state import (
     Snapshot,
     frequency,
     learn_speed,
+    reload_seconds,
     settle,
 )
 from cortex.protocol.lifecycle import DeviceInfo, ModelRecord, NodeStatus
 
+GB = 10**9
 MODELS = [f"m{i}" for i in range(6)]
 NODES = ["a", "b", "c"]
 
@@ -93,6 +95,9 @@ def fleets(draw: Any) -> tuple[Snapshot, dict[tuple[str, str], int]]:
         placement=draw(st.sampled_from(["first-fit", "best-fit"])),
         load_speed={
             n: draw(st.sampled_from([1e8, 1e9, 5e9])) for n in NODES if draw(st.booleans())
+        },
+        load_start={
+            n: draw(st.sampled_from([0.0, 3.0, 40.0])) for n in NODES if draw(st.booleans())
         },
     )
     return snapshot, busy
@@ -283,6 +288,23 @@ def test_gdsf_evicts_the_least_requested_per_byte_lately() -> None:
     assert lru == ["small-hot", "mid", "big-rare"]
 
 
+def test_gdsf_counts_the_seconds_a_model_takes_to_load_again_where_they_are_known() -> None:
+    now = clock.wall()
+    node = _node("a", 100 * GB, {"small-rare": (1 * GB, 1.0), "big-busy": (70 * GB, 2.0)})
+    status = node.status
+    assert status is not None
+    node = replace(node, status=status.model_copy(update={"load_speed": 1e9}))
+    uses = {("a", "small-rare"): (1.0, now), ("a", "big-busy"): (10.0, now)}
+    classic = Snapshot({"a": node}, ModelsConfig(), strategy="gdsf")
+    # Per byte alone, the 70 GB model goes first: 10 requests over 70 GB against 1 over 1 GB.
+    assert next(r.id for r in eviction_order(classic, "a", {}, None, uses)) == "big-busy"
+    # With a 10 s start-up timed, the small model's reload is 11 s for its 1 request; the big
+    # one's is 80 s, for 10 requests: 11 against 800 seconds of loading, over their bytes.
+    timed = replace(classic, load_start={"a": 10.0})
+    order = [r.id for r in eviction_order(timed, "a", {}, None, uses)]
+    assert order == ["small-rare", "big-busy"]
+
+
 def test_best_fit_loads_where_it_is_ready_soonest_and_fits_tightest() -> None:
     models = ModelsConfig(models=[ModelProfile(id="new", memory=300)])
     nodes = {
@@ -296,6 +318,19 @@ def test_best_fit_loads_where_it_is_ready_soonest_and_fits_tightest() -> None:
     assert plan(best, "new", {}) == Placement("slow", 300)  # all unmeasured: tightest fit
     measured = replace(best, load_speed={"slow": 1e8, "roomy": 1e9, "tight": 1e9})
     assert plan(measured, "new", {}) == Placement("tight", 300)  # faster, then tighter
+    # What a neuron reports of its read speed wins over what the gateway timed.
+    slow = nodes["slow"]
+    assert slow.status is not None
+    status = slow.status.model_copy(update={"load_speed": 1e10})
+    reported = replace(measured, nodes={**nodes, "slow": replace(slow, status=status)})
+    assert plan(reported, "new", {}) == Placement("slow", 300)
+    # A load already queued on a node counts: its start-up as learnt, and its bytes.
+    queued = replace(
+        reported,
+        pending={"other": PendingLoad("other", "slow", 100, (), 0.0)},
+        load_start={"slow": 1.0},
+    )
+    assert plan(queued, "new", {}) == Placement("tight", 300)
 
 
 def test_best_fit_evicts_where_it_costs_least_across_the_fleet() -> None:
@@ -315,13 +350,26 @@ def test_best_fit_evicts_where_it_costs_least_across_the_fleet() -> None:
 
 
 def test_a_node_s_load_speed_is_learnt_from_its_loads() -> None:
-    snapshot = Snapshot({}, ModelsConfig())
+    snapshot = Snapshot({"a": _node("a", 10 * GB, {})}, ModelsConfig())
     load = PendingLoad("m", "a", 4_000_000_000, (), 0.0)
     once = learn_speed(snapshot, load, 4.0)
     assert once.load_speed == {"a": 1e9}
     twice = learn_speed(once, load, 1.0)
     assert twice.load_speed == {"a": 2.5e9}  # the average of the two
     assert learn_speed(twice, replace(load, wake=True), 0.1) is twice  # a wake is no load
+
+
+def test_where_a_neuron_reports_its_read_speed_the_gateway_learns_its_start_up() -> None:
+    node = _node("a", 10 * GB, {})
+    assert node.status is not None
+    node = replace(node, status=node.status.model_copy(update={"load_speed": 2e9}))
+    snapshot = Snapshot({"a": node}, ModelsConfig())
+    load = PendingLoad("m", "a", 4_000_000_000, (), 0.0)
+    once = learn_speed(snapshot, load, 5.0)  # 2 s of reading at 2 GB/s, 3 s of start-up
+    assert once.load_start == {"a": 3.0}
+    assert once.load_speed == {}
+    assert learn_speed(once, load, 3.0).load_start == {"a": 2.0}  # (3 + 1) / 2
+    assert reload_seconds(once, "a", 2_000_000_000) == 4.0  # 3 s, then 1 s of bytes
 
 
 def test_in_flight_counts_uses_with_a_half_life() -> None:

@@ -63,6 +63,19 @@ async def test_requests_wait_for_a_loading_model_and_loads_join(
     await registry.aclose()
 
 
+async def test_the_read_speed_is_as_configured_until_a_load_is_timed(
+    tiny_model: Path, slow_loads: list[str]
+) -> None:
+    registry = _registry(tiny_model, load_speed="3GB/s")
+    assert registry.load_speed.value == 3e9
+    await registry.load(LoadRequest(model="m", source=str(tiny_model)))
+    # The weights took at least the 0.3 s the fixture adds: well under 3 GB/s.
+    timed = registry.load_speed.value
+    assert timed is not None
+    assert 0 < timed <= registry.record("m").memory_bytes / 0.3
+    await registry.aclose()
+
+
 async def test_unknown_model_and_unknown_source(tmp_path: Path) -> None:
     registry = _registry(model_dirs=[tmp_path])
     with pytest.raises(ModelNotFound):

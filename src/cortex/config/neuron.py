@@ -15,7 +15,15 @@ from pydantic import (
     field_validator,
 )
 
-from cortex.config.values import Duration, Size, check_token, parse_listen, raise_first, read_toml
+from cortex.config.values import (
+    Duration,
+    Size,
+    Speed,
+    check_token,
+    parse_listen,
+    raise_first,
+    read_toml,
+)
 from cortex.tls import TlsCert, TlsKey
 
 
@@ -32,6 +40,9 @@ class NeuronConfig(BaseModel):
     allowed_paths: list[Path] = Field(default_factory=list)
     preload: list[str] = Field(default_factory=list)
     memory_budget: Size | None = None
+    # How fast this machine reads a model's weights to its device ("2GB/s"), reported on
+    # /node for the gateway's placement until the neuron has timed a load of its own.
+    load_speed: Speed | None = None
     admin_token: str | None = None
     # Which routes need admin_token: "admin" (lifecycle and admin routes) or "all" (every
     # route but /health); "all" without a token is refused.

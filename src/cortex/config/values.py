@@ -54,6 +54,19 @@ def parse_size(value: object) -> int:
     raise ValueError(f"{value!r} is not a size; use a number of bytes or e.g. 64MiB, 20GiB, 1.5GB")
 
 
+def parse_speed(value: object) -> int:
+    """Bytes per second from ``2000000000``, ``"2GB/s"`` or ``"2GB"``; ValueError otherwise."""
+    if isinstance(value, str) and value.strip().lower().endswith("/s"):
+        value = value.strip()[:-2]
+    try:
+        speed = parse_size(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a speed; use bytes per second or e.g. 2GB/s") from None
+    if speed == 0:
+        raise ValueError("a speed must be more than 0")
+    return speed
+
+
 def parse_duration(value: object) -> float:
     """Seconds from ``2``, ``"2s"``, ``"500ms"``, ``"5m"``; raises ValueError otherwise."""
     if isinstance(value, bool):
@@ -82,6 +95,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Speed = Annotated[int, BeforeValidator(parse_speed)]
 
 
 def check_token(value: str | None) -> str | None:

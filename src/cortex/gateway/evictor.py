@@ -6,18 +6,29 @@ neuron's figures are as old as its last reading: when the gateway released a req
 on that model after the reading was taken, they still count that request, so they are
 not trusted until the next reading.
 ``lru`` takes the least recently used first; ``priority`` the lowest priority first,
-then lru; ``gdsf`` the least requested per byte it holds, lately (a GreedyDual-Size-Frequency
-order, where a model's requests decay with a half-life instead of the classic running
-inflation; ties by lru).
+then lru; ``gdsf`` the lowest recent requests × cost of loading it again, per byte it holds
+(a GreedyDual-Size-Frequency order, where a model's requests decay with a half-life instead
+of the classic running inflation; ties by lru). The cost is the load's seconds where the
+node's start-up and speed are known (``state.reload_seconds``): small models load mostly in
+start-up, so a big one is not always the first to go; else 1, the classic GDSF.
 
 ``victims_cost`` says what evicting a set of victims loses, in the strategy's own measure, so
-that best-fit placement can take room where it costs least across the fleet.
+that best-fit placement can take room where it costs least across the fleet: for ``gdsf``
+in seconds of loading the victims are expected to cost again.
 """
 
 from __future__ import annotations
 
 from cortex.gateway import clock
-from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot, Uses, frequency
+from cortex.gateway.state import (
+    Busy,
+    LastUsed,
+    ModelState,
+    Snapshot,
+    Uses,
+    frequency,
+    reload_seconds,
+)
 from cortex.protocol.lifecycle import ModelRecord
 
 
@@ -62,8 +73,11 @@ def eviction_order(
     elif snapshot.strategy == "gdsf":
         now = clock.wall()
 
+        timed = node in snapshot.load_start  # its start-up and speed known: cost in seconds
+
         def per_byte(r: ModelRecord) -> float:
-            return frequency(uses, node, r.id, now) / max(r.memory_bytes, 1)
+            cost = reload_seconds(snapshot, node, r.memory_bytes) if timed else 1.0
+            return frequency(uses, node, r.id, now) * cost / max(r.memory_bytes, 1)
 
         candidates.sort(key=lambda r: (per_byte(r), last_used(r, node, recent), r.id))
     else:
@@ -115,7 +129,11 @@ def victims_cost(
     latest = max((last_used(r, node, recent) for r in records), default=0.0)
     if snapshot.strategy == "gdsf":
         now = clock.wall()
-        return (sum(frequency(uses, node, r.id, now) for r in records), latest)
+        lost = sum(
+            frequency(uses, node, r.id, now) * reload_seconds(snapshot, node, r.memory_bytes)
+            for r in records
+        )
+        return (lost, latest)
     if snapshot.strategy == "priority":
         return (max((snapshot.priority(r.id) for r in records), default=0), latest)
     return (latest,)

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from cortex.config import PlacementSection
 from cortex.errors import CortexError, ModelNotFound, NeuronUnavailable, NoCapacity
 from cortex.gateway.evictor import choose_victims, evictable_bytes, victims_cost
-from cortex.gateway.state import Busy, LastUsed, ModelState, Snapshot, Uses
+from cortex.gateway.state import (
+    DEFAULT_LOAD_SPEED,
+    Busy,
+    LastUsed,
+    ModelState,
+    Snapshot,
+    Uses,
+    node_speed,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,22 +75,21 @@ def free_bytes(snapshot: Snapshot, node: str) -> int:
     return snapshot.nodes[node].free_bytes() - reserved
 
 
-DEFAULT_LOAD_SPEED = 1e9  # bytes/s assumed of a node before any load there was timed
-
-
 def typical_load_speed(snapshot: Snapshot) -> float:
-    """What a node not yet measured is assumed to load at: the fleet's median measured
+    """What a node of unknown speed is assumed to load at: the fleet's median known
     speed, else ``DEFAULT_LOAD_SPEED``."""
-    known = sorted(snapshot.load_speed.values())
+    known = sorted(s for s in (node_speed(snapshot, n) for n in snapshot.nodes) if s)
     return known[len(known) // 2] if known else DEFAULT_LOAD_SPEED
 
 
 def load_seconds(snapshot: Snapshot, node: str, size: int, typical: float) -> float:
-    """How long ``node`` should take to have ``size`` more bytes loaded: after the loads
-    already in flight there, by its measured speed (else ``typical``)."""
-    speed = snapshot.load_speed.get(node, typical)
-    queued = sum(p.needed for p in snapshot.pending.values() if p.node == node)
-    return (queued + size) / speed
+    """How long ``node`` should take to have ``size`` more bytes loaded, after the loads
+    already in flight there: each one's start-up (where learnt) and all their bytes at the
+    node's speed (else ``typical``)."""
+    speed = node_speed(snapshot, node) or typical
+    start = snapshot.load_start.get(node, 0.0)
+    queued = [p.needed for p in snapshot.pending.values() if p.node == node]
+    return (len(queued) + 1) * start + (sum(queued) + size) / speed
 
 
 def plan(
@@ -185,6 +192,8 @@ def _best_fit(
         )
         if victims is not None:
             cost = victims_cost(snapshot, node, victims, recent, uses)
+            if snapshot.strategy == "gdsf":  # both in seconds of loading: add them up
+                cost = (cost[0] + load_seconds(snapshot, node, needed, typical), *cost[1:])
             options.append(
                 (cost, load_seconds(snapshot, node, needed, typical), order, node, needed, victims)
             )

@@ -166,7 +166,11 @@ class Snapshot:
     pins: Mapping[str, bool] = field(default_factory=dict)  # runtime overrides (/fleet/pin)
     # Bytes a model needs on a node, learnt from a neuron's 507 answer.
     learnt_sizes: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    # Bytes per second each node loaded at (a moving average of its loads' own figures).
+    # How long loads take per node, learnt from the loads the gateway timed (moving
+    # averages): where the neuron reports its read speed (``NodeStatus.load_speed``), the
+    # seconds a load takes beyond its bytes at that speed (start-up); where it does not,
+    # bytes per second over the whole load.
+    load_start: Mapping[str, float] = field(default_factory=dict)
     load_speed: Mapping[str, float] = field(default_factory=dict)
     version: int = 0
     # ``ready_on``'s answers, worked out once per snapshot (a snapshot never changes; a
@@ -232,10 +236,39 @@ class Snapshot:
         return list(ready)
 
 
+def reported_speed(snapshot: Snapshot, node: str) -> float | None:
+    """The read speed ``node``'s neuron reports (bytes/s), if it does."""
+    status = snapshot.nodes[node].status
+    speed = status.load_speed if status is not None else None
+    return speed if speed else None
+
+
+def node_speed(snapshot: Snapshot, node: str) -> float | None:
+    """Bytes per second ``node`` loads at: as its neuron reports, else as learnt."""
+    return reported_speed(snapshot, node) or snapshot.load_speed.get(node)
+
+
+DEFAULT_LOAD_SPEED = 1e9  # bytes/s assumed of a node before any load there was timed
+
+
+def reload_seconds(snapshot: Snapshot, node: str, nbytes: int) -> float:
+    """How long loading ``nbytes`` again on ``node`` should take (its start-up, then the
+    bytes at its speed, else at ``DEFAULT_LOAD_SPEED``)."""
+    speed = node_speed(snapshot, node) or DEFAULT_LOAD_SPEED
+    return snapshot.load_start.get(node, 0.0) + nbytes / speed
+
+
 def learn_speed(snapshot: Snapshot, load: PendingLoad, seconds: float) -> Snapshot:
-    """``snapshot`` knowing how fast ``load``'s node loaded it (loads from storage only)."""
+    """``snapshot`` knowing how long ``load`` took on its node (loads from storage only):
+    its start-up where the neuron reports a read speed, else its bytes per second."""
     if load.wake or load.needed <= 0 or seconds <= 0:
         return snapshot
+    reported = reported_speed(snapshot, load.node)
+    if reported is not None:
+        start = max(0.0, seconds - load.needed / reported)
+        old = snapshot.load_start.get(load.node)
+        start = start if old is None else (old + start) / 2
+        return replace(snapshot, load_start={**snapshot.load_start, load.node: start})
     measured = load.needed / seconds
     old = snapshot.load_speed.get(load.node)
     speed = measured if old is None else (old + measured) / 2

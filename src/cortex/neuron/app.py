@@ -148,6 +148,7 @@ class NeuronApp:
             devices=self.registry.device_infos(),
             models=self.registry.records(),
             host_memory_free=int(psutil.virtual_memory().available),
+            load_speed=self.registry.load_speed.value,
         )
         return json_response(status)
 

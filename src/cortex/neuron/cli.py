@@ -106,6 +106,13 @@ def serve(
     memory_budget: Annotated[
         str | None, typer.Option(envvar="NEURON_MEMORY_BUDGET", help="Cap per device, e.g. 20GiB")
     ] = None,
+    load_speed: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NEURON_LOAD_SPEED",
+            help="How fast weights read from storage, e.g. 2GB/s (until a load is timed)",
+        ),
+    ] = None,
     admin_token: Annotated[
         str | None,
         typer.Option(envvar="NEURON_ADMIN_TOKEN", help="Bearer token for lifecycle/admin routes"),
@@ -192,6 +199,7 @@ def serve(
         "allowed_paths": allowed_path,
         "preload": preload,
         "memory_budget": memory_budget,
+        "load_speed": load_speed,
         "admin_token": admin_token,
         "protect": protect,
         "dtype": dtype,

@@ -86,3 +86,21 @@ def load_result(error: BaseException) -> str:
     if isinstance(error, InsufficientMemory):
         return "no_memory"
     return "not_found" if isinstance(error, NotFound) else "failed"
+
+
+class LoadSpeed:
+    """How fast this node reads weights to its device, in bytes per second: the configured
+    figure until a load is timed, then the running average of timed loads (each new one
+    counts for half)."""
+
+    def __init__(self, configured: float | None) -> None:
+        self.value = configured
+        self._timed = False
+
+    def observe(self, nbytes: int, seconds: float | None) -> None:
+        if not seconds or seconds <= 0 or nbytes <= 0:
+            return
+        measured = nbytes / seconds
+        old = self.value if self._timed else None
+        self.value = measured if old is None else (old + measured) / 2
+        self._timed = True

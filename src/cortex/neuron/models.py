@@ -41,7 +41,7 @@ from cortex.errors import (
 from cortex.neuron import engines, loader, sources
 from cortex.neuron.devices import Device
 from cortex.neuron.engine.worker import DeviceWorker
-from cortex.neuron.loaded import LoadedModel, LoadInFlight, ProgressListener, load_result
+from cortex.neuron.loaded import LoadedModel, LoadInFlight, LoadSpeed, ProgressListener, load_result
 from cortex.neuron.metrics import LiveFigures, NeuronMetrics
 from cortex.neuron.sleep import Sleeper
 from cortex.neuron.sleep import refusal as sleep_refusal
@@ -69,6 +69,7 @@ class ModelRegistry:
         self._ready: dict[str, LoadedModel] = {}
         self._loads: dict[str, LoadInFlight] = {}
         self._reserved: dict[str, int] = {}  # device label → bytes of loads in flight
+        self.load_speed = LoadSpeed(config.load_speed)  # reported on /node
         self._budgets = {d.label: config.memory_budget or d.default_budget() for d in devices}
         self._tokenizers = loader.TokenizerCache()
         self._workers: dict[str, DeviceWorker] = {}
@@ -226,6 +227,7 @@ class ModelRegistry:
         finally:
             self._reserved[device.label] -= needed
         weights, harness = started.weights, started.harness
+        self.load_speed.observe(weights.memory_bytes, started.read_seconds)
         allowed = self.config.allow_client_chat_template
         weights.template = weights.template.allowing_client_templates(allowed)
         now = time.time()

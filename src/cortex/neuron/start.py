@@ -8,6 +8,7 @@ Blocking parts go to threads; the registry calls ``start_model`` on the event lo
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class Started:
     engine: engines.Engine
     kv_cache_bytes: int
     context_length: int
+    read_seconds: float | None = None  # how long reading the weights took (not for vLLM)
 
 
 async def start_model(
@@ -60,7 +62,9 @@ async def start_model(
         return await _start_vllm(
             model_id, path, device, dtype, needed, budget_left(), request, config, stats, progress
         )
+    begun = time.monotonic()
     weights = await asyncio.to_thread(loader.load_weights, path, device, dtype)
+    read_seconds = time.monotonic() - begun
     try:
         free = budget_left() - weights.memory_bytes
         kv_cache_bytes = kv_budget(request, config, free, device.label)
@@ -83,7 +87,9 @@ async def start_model(
     except BaseException:
         await asyncio.to_thread(loader.free, weights, device)
         raise
-    return Started(weights, harness, engine, harness.kv_cache_bytes, harness.max_model_len)
+    return Started(
+        weights, harness, engine, harness.kv_cache_bytes, harness.max_model_len, read_seconds
+    )
 
 
 async def _start_vllm(

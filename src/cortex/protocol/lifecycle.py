@@ -113,6 +113,9 @@ class NodeStatus(BaseModel):
     models: list[ModelRecord]
     # The host's available memory, where a sleeping model's weights go (None: not reported).
     host_memory_free: int | None = None
+    # Bytes per second this node reads weights to its device: timed over its own loads,
+    # else as configured (neuron.toml load_speed); None: neither (placement learns it).
+    load_speed: float | None = None
 
 
 class AvailableModel(BaseModel):

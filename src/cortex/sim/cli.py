@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cortex.sim.neurons import SPEEDS
 from cortex.sim.policies import BASELINE, POLICIES
 from cortex.sim.run import fleet_of, run
 from cortex.sim.trace import Trace, generate, read_jsonl, write_jsonl
@@ -48,6 +49,13 @@ def sim(
         float, typer.Option(help="Seconds between the gateway's polls of each node")
     ] = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of the trace and the fleet")] = 0,
+    speeds: Annotated[
+        str,
+        typer.Option(
+            help="What neurons report of their read speed: known (configured load_speed), "
+            "timed (after their first load) or unknown"
+        ),
+    ] = "known",
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per policy")] = (
         False
     ),
@@ -58,6 +66,8 @@ def sim(
     """Replay a request trace through the fleet's real routing, placement and eviction on a
     simulated clock, under each policy, with the same trace and the same memory."""
     names = [p.strip() for p in policies.split(",") if p.strip()] or list(POLICIES)
+    if speeds not in SPEEDS:
+        raise typer.BadParameter(f"{speeds!r}: one of {', '.join(SPEEDS)}", param_hint="--speeds")
     unknown = [name for name in names if name not in POLICIES]
     if unknown:
         raise typer.BadParameter(
@@ -82,7 +92,12 @@ def sim(
     rows: list[dict[str, Any]] = []
     for name in names:
         result = run(
-            requested, specs, POLICIES[name], timeout=timeout, poll_interval=poll_interval
+            requested,
+            specs,
+            POLICIES[name],
+            timeout=timeout,
+            poll_interval=poll_interval,
+            speeds=speeds,
         ).summary()
         rows.append(result)
         if json_output:

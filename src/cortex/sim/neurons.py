@@ -63,9 +63,17 @@ class Counters:
     wakes: int = 0
 
 
+SPEEDS = ("known", "timed", "unknown")
+
+
 class SimNode:
-    def __init__(self, spec: NodeSpec) -> None:
+    def __init__(self, spec: NodeSpec, speeds: str = "known") -> None:
         self.spec = spec
+        # What its status says of its read speed, as a neuron's /node does: ``known`` from
+        # the start (neuron.toml load_speed, or a neuron that has loaded before), ``timed``
+        # after its first load, ``unknown`` never (the gateway times whole loads itself).
+        self.speeds = speeds
+        self.timed = False
         self.replicas: dict[str, Replica] = {}
         self.used = 0  # device bytes held by models (loading ones included)
         self.host_used = 0
@@ -95,7 +103,13 @@ class SimNode:
             devices=[device],
             models=records,
             host_memory_free=host_free,
+            load_speed=self._speed(),
         )
+
+    def _speed(self) -> float | None:
+        if self.speeds == "known" or (self.speeds == "timed" and self.timed):
+            return self.spec.load_bandwidth
+        return None
 
     def _record(self, r: Replica) -> ModelRecord:
         now = clock.monotonic()
@@ -121,8 +135,12 @@ class SimNode:
 class SimNeurons:
     """The gateway's ``NeuronClient``, answered by ``SimNode``s."""
 
-    def __init__(self, specs: list[NodeSpec], sizes: Mapping[str, int]) -> None:
-        self.nodes = {spec.name: SimNode(spec) for spec in specs}
+    def __init__(
+        self, specs: list[NodeSpec], sizes: Mapping[str, int], speeds: str = "known"
+    ) -> None:
+        if speeds not in SPEEDS:
+            raise ValueError(f"unknown speeds {speeds!r}: {', '.join(SPEEDS)}")
+        self.nodes = {spec.name: SimNode(spec, speeds) for spec in specs}
         self.sizes = sizes
         self.counters = Counters()
 
@@ -161,6 +179,7 @@ class SimNeurons:
         await asyncio.sleep(LOAD_OVERHEAD + sim.reading_until - now)
         replica.ready = True
         replica.loaded_at = clock.wall()
+        sim.timed = True
         self.counters.loads += 1
         return sim._record(replica)
 

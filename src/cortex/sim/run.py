@@ -181,6 +181,7 @@ async def simulate(
     poll_interval: float = 60.0,
     timeout: float = 600.0,
     seed: int = 0,
+    speeds: str = "known",
 ) -> Result:
     if policy.sleep:
         specs = [replace(s, host_memory=s.host_memory or 4 * s.memory) for s in specs]
@@ -188,7 +189,7 @@ async def simulate(
         specs = [replace(s, host_memory=0) for s in specs]
     config, models = fleet_config(trace, specs, policy, poll_interval, timeout)
     sizes = dict(zip(trace.models, trace.sizes, strict=True))
-    neurons = SimNeurons(specs, sizes)
+    neurons = SimNeurons(specs, sizes, speeds)
     metrics = GatewayMetrics()
     fleet: SimFleet
     if policy.random:
