@@ -145,6 +145,18 @@ def test_the_command_line_prints_one_object_per_policy(tmp_path: Path) -> None:
         check=True,
     )
     assert "best cortex policy: cortex-lru" in table.stdout
+    per_host, cortex = (
+        next(r for r in rows if r["policy"] == name) for name in ("per-host-lru", "cortex-lru")
+    )
+    assert (
+        f"vs per-host-lru: cold loads {cortex['cold_loads']:,} against {per_host['cold_loads']:,}"
+        in table.stdout
+    )
+    bad_speeds = subprocess.run(
+        [sys.executable, "-m", "cortex.sim", "--speeds", "fast"], capture_output=True, text=True
+    )
+    assert bad_speeds.returncode == 2
+    assert "known, timed, unknown" in bad_speeds.stderr
     refused = subprocess.run(
         [sys.executable, "-m", "cortex.sim", "--policies", "nope"], capture_output=True, text=True
     )
@@ -182,3 +194,16 @@ def test_best_fit_loads_on_the_node_that_reads_fastest_once_it_is_known() -> Non
     # first-fit takes the first node whatever it knows.
     first = run(trace, [slow, fast], Policy("cortex-lru"), speeds="known").summary()
     assert first["cold_start_p95_s"] == pytest.approx(LOAD_OVERHEAD + 12.0, abs=0.01)
+
+
+def test_per_host_ttl_unloads_a_model_idle_past_keep_alive_and_loads_it_again() -> None:
+    # 1 GB, 10 tokens: each request takes 0.1 s. Idle 99.9 s, then 399.9 s: past the 300 s.
+    trace = _trace([(0, 0, 0, 10), (100, 0, 0, 10), (500, 0, 0, 10)], [1])
+    ttl = run(trace, [_node("n", 10)], POLICIES["per-host-ttl"]).summary()
+    assert ttl["cold_loads"] == 2
+    assert ttl["evictions"] == {"keep_alive": 1}
+    assert ttl["cold_starts"] == 2
+    assert ttl["cold_start_p95_s"] == pytest.approx(LOAD_OVERHEAD + 1.0, abs=0.01)
+    kept = run(trace, [_node("n", 10)], POLICIES["per-host-lru"]).summary()
+    assert kept["cold_loads"] == 1
+    assert kept["evictions"] == {}

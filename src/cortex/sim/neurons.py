@@ -61,6 +61,7 @@ class Replica:
 class Counters:
     loads: int = 0
     wakes: int = 0
+    expired: int = 0  # unloaded by the node itself after keep_alive idle
 
 
 SPEEDS = ("known", "timed", "unknown")
@@ -136,13 +137,25 @@ class SimNeurons:
     """The gateway's ``NeuronClient``, answered by ``SimNode``s."""
 
     def __init__(
-        self, specs: list[NodeSpec], sizes: Mapping[str, int], speeds: str = "known"
+        self,
+        specs: list[NodeSpec],
+        sizes: Mapping[str, int],
+        speeds: str = "known",
+        keep_alive: float = 0.0,
     ) -> None:
         if speeds not in SPEEDS:
             raise ValueError(f"unknown speeds {speeds!r}: {', '.join(SPEEDS)}")
         self.nodes = {spec.name: SimNode(spec, speeds) for spec in specs}
         self.sizes = sizes
         self.counters = Counters()
+        # Seconds a node keeps an idle model before unloading it on its own (Ollama's
+        # keep_alive; 0: never), and who hears of it (the gateway, as a proxy's 404 tells it).
+        self.keep_alive = keep_alive
+        self.on_gone: Callable[[str], None] | None = None
+
+    def holds(self, node: str, model: str) -> bool:
+        replica = self.nodes[node].replicas.get(model)
+        return replica is not None and replica.ready
 
     async def aclose(self) -> None:
         return None
@@ -242,3 +255,19 @@ class SimNeurons:
             start()  # the slot passes on
         else:
             replica.running -= 1
+            if self.keep_alive and not replica.running:
+                stamp = replica.last_used_at
+                loop = asyncio.get_running_loop()
+                loop.call_later(self.keep_alive, self._expire, node, replica, stamp)
+
+    def _expire(self, node: str, replica: Replica, stamp: float) -> None:
+        """``keep_alive`` after ``replica`` went idle: unloaded, unless it served since."""
+        sim = self.nodes[node]
+        idle = not replica.running and not replica.waiting and replica.last_used_at == stamp
+        if sim.replicas.get(replica.model) is not replica or not idle or not replica.ready:
+            return
+        del sim.replicas[replica.model]
+        sim.used -= replica.size
+        self.counters.expired += 1
+        if self.on_gone is not None:
+            self.on_gone(node)

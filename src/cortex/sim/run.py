@@ -47,6 +47,7 @@ class Policy:
     home: bool = False  # each model on one fixed node (per-host, llama-swap/Ollama style)
     random: bool = False  # each load on a random node where it may go
     sleep: bool = False  # nodes keep evicted models asleep in host memory where they can
+    keep_alive: float = 0.0  # nodes unload a model idle this long on their own (Ollama's TTL)
     about: str = ""
 
 
@@ -189,13 +190,14 @@ async def simulate(
         specs = [replace(s, host_memory=0) for s in specs]
     config, models = fleet_config(trace, specs, policy, poll_interval, timeout)
     sizes = dict(zip(trace.models, trace.sizes, strict=True))
-    neurons = SimNeurons(specs, sizes, speeds)
+    neurons = SimNeurons(specs, sizes, speeds, policy.keep_alive)
     metrics = GatewayMetrics()
     fleet: SimFleet
     if policy.random:
         fleet = RandomFleet(config, models, metrics, neurons, seed=seed)
     else:
         fleet = SimFleet(config, models, metrics, neurons)  # type: ignore[arg-type]
+    neurons.on_gone = fleet.poke  # as the proxy does when a neuron says it has no such model
     result = Result(policy.name, requests=len(trace))
     started = time.perf_counter()
     await fleet.start()
@@ -232,7 +234,7 @@ async def simulate(
 
     async def cold(i: int, model: str, arrived: float) -> None:
         try:
-            node = await asyncio.wait_for(fleet.ensure(model), timeout)
+            node = await asyncio.wait_for(ensure(model), timeout)
         except TimeoutError:
             result.timed_out += 1
             done()
@@ -244,10 +246,19 @@ async def simulate(
         result.cold_waits.append(the_loop.time() - arrived)
         dispatch(i, node, model, arrived)
 
+    async def ensure(model: str) -> str:
+        while True:
+            node = await fleet.ensure(model)
+            if neurons.holds(node, model):
+                return node
+            await asyncio.sleep(0.001)  # the poke's fresh reading is on its way
+
     def arrive(i: int) -> None:
         model = model_of[i]
         arrived = the_loop.time()
         node = pick_ready(fleet.snapshot, model, in_flight.busy)
+        if node is not None and not neurons.holds(node, model):
+            node = None  # gone on its own, and the gateway is hearing of it: a cold start
         if node is not None:
             in_flight.acquire(node, model)
             dispatch(i, node, model, arrived)
@@ -276,6 +287,8 @@ async def simulate(
     result.wakes = neurons.counters.wakes
     for (_, _, reason), value in metrics.evictions.children.items():
         result.evictions[reason] = result.evictions.get(reason, 0) + int(value.value)
+    if neurons.counters.expired:
+        result.evictions["keep_alive"] = neurons.counters.expired
     result.wall_seconds = time.perf_counter() - started
     return result
 
