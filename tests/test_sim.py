@@ -207,3 +207,15 @@ def test_per_host_ttl_unloads_a_model_idle_past_keep_alive_and_loads_it_again() 
     kept = run(trace, [_node("n", 10)], POLICIES["per-host-lru"]).summary()
     assert kept["cold_loads"] == 1
     assert kept["evictions"] == {}
+
+
+def test_a_keep_alive_expiry_during_an_eviction_of_the_same_model_is_one_unload() -> None:
+    # m0 (6 GB) is ready at 9 s and done at 9.6 s, so it would expire at 309.6 s; m1 arrives
+    # at 309.5 s and evicts it, an unload of 0.5 s that the expiry falls inside.
+    trace = _trace([(0, 0, 0, 10), (309.5, 1, 0, 10)], [6, 6])
+    result = run(trace, [_node("n", 10)], POLICIES["per-host-ttl"], poll_interval=2.0)
+    summary = result.summary()
+    assert result.served == 2
+    assert summary["timed_out"] == summary["refused"] == 0
+    assert summary["cold_loads"] == 2
+    assert summary["evictions"] == {"lru": 1}

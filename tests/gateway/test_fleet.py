@@ -190,6 +190,28 @@ async def test_a_load_that_fails_on_every_allowed_node_says_why() -> None:
     assert fakes.failed == ["a", "b"]  # each tried once
 
 
+class BuggyNeurons(FakeNeurons):
+    """A client whose load raises what no client should: a bug, not a CortexError."""
+
+    async def load(self, node: NodeState, model: str, *args: Any, **kwargs: Any) -> ModelRecord:
+        raise KeyError(model)
+
+
+async def test_a_bug_in_a_load_fails_its_waiters_instead_of_leaving_them_hanging() -> None:
+    fakes = BuggyNeurons({"a": 1000}, SIZES)
+    fleet = _fleet(fakes, [ModelProfile(id="m0", neurons=["a"])])
+
+    async def work() -> BaseException:
+        try:
+            await asyncio.wait_for(fleet.ensure("m0", lease=False), 5)
+        except NeuronUnavailable as exc:
+            return exc
+        raise AssertionError("loaded with a broken client")
+
+    error = await _with_fleet(fleet, work)
+    assert "KeyError('m0')" in str(error)
+
+
 async def test_model_states_follow_a_load_and_the_eviction_it_needs() -> None:
     fakes = FakeNeurons({"a": 500}, SIZES)  # room for one of m0, m1
     fleet = _fleet(fakes, [ModelProfile(id=m, memory=SIZES[m]) for m in ("m0", "m1")])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from cortex.errors import CortexError
+from cortex.errors import CortexError, NeuronUnavailable
 from cortex.gateway import clock
 from cortex.gateway.inbox import LoadDone, Message, Progress, Reading, Unload, UnloadDone
 from cortex.gateway.metrics import GatewayMetrics
@@ -64,6 +64,9 @@ class FleetTasks:
                 await self.client.load(node, load.model, source, relay, options=options)
         except CortexError as exc:
             error = exc
+        except Exception as exc:  # a bug must not leave the load's waiters hanging
+            log.exception("loading %s on %s failed", load.model, node.name)
+            error = NeuronUnavailable(f"Loading {load.model!r} on {node.name} failed: {exc!r}")
         reading = await read(self.client, node)
         self._post(LoadDone(load, reading, error, clock.monotonic() - started))
 

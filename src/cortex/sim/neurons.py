@@ -52,6 +52,7 @@ class Replica:
     loaded_at: float
     ready: bool = False
     asleep: bool = False
+    leaving: bool = False  # an unload is under way
     last_used_at: float | None = None
     running: int = 0
     waiting: deque[tuple[float, Callable[[], None]]] = field(default_factory=deque)
@@ -199,8 +200,9 @@ class SimNeurons:
     async def unload(self, node: NodeState, model: str, *, force: bool = False) -> None:
         sim = self.nodes[node.name]
         replica = sim.replicas.get(model)
-        if replica is None:
+        if replica is None or replica.leaving:
             return
+        replica.leaving = True
         await asyncio.sleep(UNLOAD_SECONDS)
         del sim.replicas[model]
         if replica.asleep:
@@ -264,7 +266,9 @@ class SimNeurons:
         """``keep_alive`` after ``replica`` went idle: unloaded, unless it served since."""
         sim = self.nodes[node]
         idle = not replica.running and not replica.waiting and replica.last_used_at == stamp
-        if sim.replicas.get(replica.model) is not replica or not idle or not replica.ready:
+        if sim.replicas.get(replica.model) is not replica or not idle:
+            return
+        if not replica.ready or replica.leaving:
             return
         del sim.replicas[replica.model]
         sim.used -= replica.size
