@@ -219,3 +219,22 @@ def test_a_keep_alive_expiry_during_an_eviction_of_the_same_model_is_one_unload(
     assert summary["timed_out"] == summary["refused"] == 0
     assert summary["cold_loads"] == 2
     assert summary["evictions"] == {"lru": 1}
+
+
+def test_the_best_cortex_policy_is_one_that_meets_the_goal_before_one_with_fewest_loads() -> None:
+    from cortex.sim.cli import _comparison
+
+    def row(policy: str, loads: int, p95: float) -> dict[str, object]:
+        per_1000 = loads / 1000
+        return {"policy": policy, "cold_loads": loads, "cold_loads_per_1000": per_1000,
+                "cold_start_p95_s": p95}  # fmt: skip
+
+    rows = [row("per-host-lru", 1000, 36.5), row("cortex-a", 400, 60.0), row("cortex-b", 500, 15.0)]
+    lines = _comparison(rows)
+    assert lines[0] == "best cortex policy: cortex-b"  # 50% fewer and sooner; a is not sooner
+    assert lines[1] == (
+        "vs per-host-lru: cold loads 500 against 1,000 (50% fewer), "
+        "cold-start p95 15.0 s against 36.5 s"
+    )
+    # When none meets both, the fewest cold loads.
+    assert _comparison(rows[:2])[0] == "best cortex policy: cortex-a"

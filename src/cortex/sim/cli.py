@@ -163,13 +163,20 @@ def _line(row: dict[str, Any]) -> str:
 
 
 def _comparison(rows: list[dict[str, Any]]) -> list[str]:
-    """The best cortex policy against each baseline, as the goal is put: cold loads (fewer by
-    30% or more) and cold-start wait p95 (lower)."""
+    """The best cortex policy against each baseline, as the goal is put against per-host LRU:
+    30% fewer cold loads or more, and a lower cold-start wait p95."""
     ours = [r for r in rows if r["policy"].startswith("cortex")]
     bases = [r for r in rows if not r["policy"].startswith("cortex")]
     if not ours or not bases:
         return []
-    best = min(ours, key=lambda r: (r["cold_loads_per_1000"], r["cold_start_p95_s"]))
+    goal = next((r for r in bases if r["policy"] == "per-host-lru"), bases[0])
+
+    def rank(row: dict[str, Any]) -> tuple[bool, float, float]:
+        fewer = row["cold_loads"] <= 0.7 * goal["cold_loads"]
+        sooner = row["cold_start_p95_s"] < goal["cold_start_p95_s"]
+        return (not (fewer and sooner), row["cold_loads_per_1000"], row["cold_start_p95_s"])
+
+    best = min(ours, key=rank)  # the goal met against per-host LRU first, then fewest loads
     lines = [f"best cortex policy: {best['policy']}"]
     for base in bases:
         theirs, mine = base["cold_loads"], best["cold_loads"]
