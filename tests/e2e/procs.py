@@ -65,7 +65,10 @@ class Process:
         """Until the neuron's ``model`` is ready (health answers before a preload ends)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            models = httpx.get(f"{self.url}/node", timeout=5.0, verify=self.verify).json()
+            try:  # a busy machine can hold /node past a poll's timeout while a load starts
+                models = httpx.get(f"{self.url}/node", timeout=5.0, verify=self.verify).json()
+            except httpx.TimeoutException:
+                continue
             if any(m["id"] == model and m["state"] == "ready" for m in models["models"]):
                 return
             time.sleep(0.05)
