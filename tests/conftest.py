@@ -33,3 +33,11 @@ def tiny_tokenizer(tiny_model: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+@pytest.fixture(scope="session")
+def fim_model(model_cache: Path) -> Path:
+    """The tiny model trained to fill in the middle (``cortex.testing.fim``)."""
+    from cortex.testing.fim import cached_fim_model
+
+    return cached_fim_model(cache_dir=model_cache)

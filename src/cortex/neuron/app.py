@@ -32,12 +32,14 @@ from cortex.config import NeuronConfig
 from cortex.errors import CortexError, Unauthorized
 from cortex.neuron import defrag, engines, sources
 from cortex.neuron.chat_service import ChatService
+from cortex.neuron.completions_service import CompletionsService
 from cortex.neuron.devices import Device, discover
 from cortex.neuron.metrics import CONTENT_TYPE, NeuronMetrics
 from cortex.neuron.models import ModelRegistry
 from cortex.neuron.prompt import cancel_scope, render
 from cortex.neuron.responses_service import ResponsesService
 from cortex.protocol import openai
+from cortex.protocol.completions import CompletionRequest
 from cortex.protocol.lifecycle import (
     DefragResult,
     LoadProgress,
@@ -87,6 +89,7 @@ class NeuronApp:
         )
         self.chat = ChatService(self.registry)
         self.responses = ResponsesService(self.registry)
+        self.completions = CompletionsService(self.registry)
 
     def build(self) -> Starlette:
         routes: list[tuple[str, Handler, str, Access]] = [
@@ -103,6 +106,7 @@ class NeuronApp:
             ("/v1/models", self.openai_models, "GET", "data"),
             ("/v1/chat/completions", self.chat_completions, "POST", "data"),
             ("/v1/responses", self.create_response, "POST", "data"),
+            ("/v1/completions", self.text_completions, "POST", "data"),
         ]
         return Starlette(
             routes=[
@@ -224,6 +228,18 @@ class NeuronApp:
         if completion is None:  # the client left; nobody reads this
             return Response(status_code=499)
         return json_response(completion.model_dump(exclude_none=True))
+
+    async def text_completions(self, request: Request) -> Response:
+        body = openai.parse_request(CompletionRequest, await self._body(request))
+        prepared = await self._rendering(request, self.completions.prepare(body))
+        if prepared is None:
+            return Response(status_code=499)
+        if body.stream:
+            return sse_response(self.completions.stream(prepared))
+        result = await unless_disconnected(request, self.completions.complete(prepared))
+        if result is None:  # the client left; nobody reads this
+            return Response(status_code=499)
+        return json_response(result)
 
     async def create_response(self, request: Request) -> Response:
         body = parse_responses_request(await self._body(request))
