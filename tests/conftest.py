@@ -33,3 +33,19 @@ def tiny_tokenizer(tiny_model: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+@pytest.fixture(scope="session")
+def fim_model(model_cache: Path) -> Path:
+    """The tiny model trained to fill in the middle (``cortex.testing.fim``)."""
+    from cortex.testing.fim import cached_fim_model
+
+    return cached_fim_model(cache_dir=model_cache)
+
+
+@pytest.fixture(scope="session")
+def embedding_models(model_cache: Path) -> dict[str, Path]:
+    """The tiny sentence-embedding models by pooling: ``mean``, ``cls``, ``lasttoken``."""
+    from cortex.testing.embedding import POOLINGS, cached_embedding_model
+
+    return {pooling: cached_embedding_model(pooling, model_cache) for pooling in POOLINGS}

@@ -183,6 +183,9 @@ class ModelProfile(BaseModel):
     # The engine its loads ask for ("auto", "vllm", "transformers"); unset: the neuron's.
     engine: Literal["auto", "vllm", "transformers"] | None = None
     memory: Size | None = None  # estimate used for placement before the neuron knows better
+    # What it serves, for /v1/models and to refuse the wrong endpoint before a load; unset:
+    # as the neurons that hold or have it report ("chat" until one does).
+    type: Literal["chat", "embedding"] | None = None
     # Memory for its KV cache, sent with each load; unset: the neuron's own choice
     # (its kv_cache_bytes, else kv_cache_fraction of what is left after the weights).
     kv_cache_bytes: Size | None = None

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 HOT_ROUTES: dict[str, Dialect] = {
     "/v1/chat/completions": OpenAIDialect("chat"),
     "/v1/responses": OpenAIDialect("responses"),
+    "/v1/completions": OpenAIDialect("completions"),
+    "/v1/embeddings": OpenAIDialect("embeddings"),
     "/v1/messages": AnthropicDialect(),
 }
 

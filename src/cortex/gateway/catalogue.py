@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from cortex.errors import InvalidRequest
 from cortex.gateway.auth import Key
 from cortex.gateway.state import ModelState, Snapshot
 from cortex.protocol.fleet import (
@@ -21,6 +22,7 @@ from cortex.protocol.fleet import (
     ModelPlacement,
     NodeView,
 )
+from cortex.protocol.lifecycle import ModelType
 
 _STATE_RANK: dict[str, int] = {"ready": 0, "sleeping": 1, "loading": 2, "unloading": 3, "failed": 4}
 _WORD: dict[ModelState, CatalogueState] = {
@@ -63,6 +65,7 @@ def _placement(snapshot: Snapshot, model: str, aliases: list[str]) -> ModelPlace
         best = "loading"  # a load is in flight (its node may not report it yet, or be down)
     profile = snapshot.profile(model)
     return ModelPlacement(
+        type=snapshot.model_type(model),
         id=model,
         state=best,
         nodes=nodes,
@@ -72,6 +75,26 @@ def _placement(snapshot: Snapshot, model: str, aliases: list[str]) -> ModelPlace
         priority=snapshot.priority(model),
         aliases=aliases,
     )
+
+
+def check_serves(snapshot: Snapshot, model: str, name: str, wanted: ModelType) -> None:
+    """A 400 before any load when ``model`` is known to serve another endpoint."""
+    if snapshot.model_type(model) == wanted:
+        return
+    if wanted == "chat":
+        raise InvalidRequest(
+            f"The model {name!r} is an embedding model: it serves POST /v1/embeddings only",
+            param="model",
+        )
+    raise InvalidRequest(
+        f"The model {name!r} generates text; it does not serve embeddings", param="model"
+    )
+
+
+ENDPOINTS: dict[ModelType, list[str]] = {
+    "chat": ["/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/completions"],
+    "embedding": ["/v1/embeddings"],
+}
 
 
 def fleet_view(snapshot: Snapshot) -> FleetView:
@@ -124,6 +147,8 @@ class Catalogue:
                     "nodes": p.nodes,
                     "placeable_on": p.placeable_on,
                     "aliases": p.aliases,
+                    "type": p.type,
+                    "endpoints": ENDPOINTS[p.type],
                 }
                 for p in placements(snapshot)
                 if key is None or key.may_list(p.id, p.aliases)

@@ -18,7 +18,7 @@ from enum import StrEnum
 from fnmatch import fnmatchcase
 
 from cortex.config import ModelProfile, ModelsConfig
-from cortex.protocol.lifecycle import AvailableModel, ModelRecord, NodeStatus
+from cortex.protocol.lifecycle import AvailableModel, ModelRecord, ModelType, NodeStatus
 
 # Requests the gateway itself has in flight, by (node, model) (see ``inflight``).
 Busy = Mapping[tuple[str, str], int]
@@ -178,6 +178,9 @@ class Snapshot:
     _ready: dict[str, tuple[str, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _types: dict[str, ModelType] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def profile(self, model: str) -> ModelProfile | None:
         return self.models.profile(model)
@@ -223,6 +226,28 @@ class Snapshot:
 
     def state(self, node: str, model: str) -> ModelState | None:
         return self.nodes[node].states.get(model)
+
+    def model_type(self, model: str) -> ModelType:
+        """What ``model`` serves: as its profile says, else as a neuron reports it (a
+        record, else a model on its disk), else ``chat``. Worked out once per snapshot."""
+        known = self._types.get(model)
+        if known is None:
+            known = self._types[model] = self._find_type(model)
+        return known
+
+    def _find_type(self, model: str) -> ModelType:
+        profile = self.profile(model)
+        if profile is not None and profile.type is not None:
+            return profile.type
+        for node in self.nodes.values():
+            record = node.record(model)
+            if record is not None:
+                return record.type
+        for node in self.nodes.values():
+            for item in node.available:
+                if item.id == model:
+                    return item.type
+        return "chat"
 
     def ready_on(self, model: str) -> list[str]:
         """Up nodes where ``model`` is READY (so not being evicted)."""

@@ -32,12 +32,16 @@ from cortex.config import NeuronConfig
 from cortex.errors import CortexError, Unauthorized
 from cortex.neuron import defrag, engines, sources
 from cortex.neuron.chat_service import ChatService
+from cortex.neuron.completions_service import CompletionsService
 from cortex.neuron.devices import Device, discover
+from cortex.neuron.embedding.service import EmbeddingsService
 from cortex.neuron.metrics import CONTENT_TYPE, NeuronMetrics
 from cortex.neuron.models import ModelRegistry
 from cortex.neuron.prompt import cancel_scope, render
 from cortex.neuron.responses_service import ResponsesService
 from cortex.protocol import openai
+from cortex.protocol.completions import CompletionRequest
+from cortex.protocol.embeddings import parse_embedding_request
 from cortex.protocol.lifecycle import (
     DefragResult,
     LoadProgress,
@@ -87,6 +91,8 @@ class NeuronApp:
         )
         self.chat = ChatService(self.registry)
         self.responses = ResponsesService(self.registry)
+        self.embedder = EmbeddingsService(self.registry)
+        self.completions = CompletionsService(self.registry)
 
     def build(self) -> Starlette:
         routes: list[tuple[str, Handler, str, Access]] = [
@@ -103,6 +109,8 @@ class NeuronApp:
             ("/v1/models", self.openai_models, "GET", "data"),
             ("/v1/chat/completions", self.chat_completions, "POST", "data"),
             ("/v1/responses", self.create_response, "POST", "data"),
+            ("/v1/embeddings", self.create_embeddings, "POST", "data"),
+            ("/v1/completions", self.text_completions, "POST", "data"),
         ]
         return Starlette(
             routes=[
@@ -161,7 +169,9 @@ class NeuronApp:
 
     async def openai_models(self, request: Request) -> Response:
         cards = [
-            openai.ModelCard(id=r.id, created=int(r.loaded_at or 0), owned_by=self.config.name)
+            openai.ModelCard(
+                id=r.id, created=int(r.loaded_at or 0), owned_by=self.config.name, type=r.type
+            )
             for r in self.registry.records()
             if r.state == "ready"
         ]
@@ -225,6 +235,18 @@ class NeuronApp:
             return Response(status_code=499)
         return json_response(completion.model_dump(exclude_none=True))
 
+    async def text_completions(self, request: Request) -> Response:
+        body = openai.parse_request(CompletionRequest, await self._body(request))
+        prepared = await self._rendering(request, self.completions.prepare(body))
+        if prepared is None:
+            return Response(status_code=499)
+        if body.stream:
+            return sse_response(self.completions.stream(prepared))
+        result = await unless_disconnected(request, self.completions.complete(prepared))
+        if result is None:  # the client left; nobody reads this
+            return Response(status_code=499)
+        return json_response(result)
+
     async def create_response(self, request: Request) -> Response:
         body = parse_responses_request(await self._body(request))
         prepared = await self._rendering(request, self.responses.prepare(body))
@@ -236,6 +258,13 @@ class NeuronApp:
         if result is None:
             return Response(status_code=499)
         return json_response(result, headers=prepared.headers)
+
+    async def create_embeddings(self, request: Request) -> Response:
+        body = parse_embedding_request(await self._body(request))
+        result = await unless_disconnected(request, self.embedder.create(body))
+        if result is None:  # the client left; its inputs were dropped
+            return Response(status_code=499)
+        return json_response(result)
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 ``engine`` is ``auto``, ``vllm`` or ``transformers`` (neuron.toml, then each load's own).
 ``auto`` picks vLLM where it is installed and can run the model on its device, else
 cortex's own transformers engine; ``vllm`` asked for where it cannot run is a 400 saying
-why. ``tp`` and ``quant`` need vLLM: the transformers engine refuses them with a 400.
+why. ``tp`` and ``quant`` need vLLM: the transformers engine refuses them with a 400. A
+sentence-embedding model (``embedding.spec``) runs on the transformers engine only.
 
 Cheap checks come first (is vLLM installed at all; on a CPU, is the model's head size one
 vLLM's CPU attention takes), so a node whose models vLLM cannot run never pays for
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 from cortex.errors import InvalidRequest
 from cortex.neuron.devices import Device
+from cortex.neuron.embedding.spec import read_spec
 from cortex.protocol.lifecycle import LoadRequest
 
 Engine = Literal["vllm", "transformers"]
@@ -56,6 +58,16 @@ def choose(wanted: str, path: Path, device: Device, request: LoadRequest) -> Eng
     needs_vllm = [f"tp={request.tp}"] if request.tp != 1 else []
     if request.quant not in (None, "none"):
         needs_vllm.append(f"quant={request.quant}")
+    if read_spec(path) is not None:
+        # A sentence-embedding model runs on cortex's own embedding runner (transformers).
+        if wanted == "vllm" or needs_vllm:
+            asked = ", ".join(needs_vllm) or "the vLLM engine"
+            raise InvalidRequest(
+                f"{request.model!r} is a sentence-embedding model, which cortex runs on its "
+                f"transformers engine only; it cannot load with {asked}",
+                param="engine",
+            )
+        return "transformers"
     if wanted == "transformers":
         if needs_vllm:
             raise InvalidRequest(

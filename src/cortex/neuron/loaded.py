@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cortex.errors import InsufficientMemory, NotFound
+from cortex.errors import InsufficientMemory, InvalidRequest, NotFound
 from cortex.neuron.devices import Device
 from cortex.neuron.engine.base import Harness
 from cortex.neuron.loader import LoadedWeights
-from cortex.protocol.lifecycle import LoadProgress, ModelRecord
+from cortex.protocol.lifecycle import LoadProgress, ModelRecord, ModelType
 
 ProgressListener = Callable[[LoadProgress], None]
 
@@ -32,6 +32,24 @@ class LoadedModel:
     @property
     def tokenizer(self) -> Any:
         return self.weights.tokenizer
+
+    def check_serves(self, wanted: ModelType) -> None:
+        """A 400 when a request asks the model for what it does not do: text from an
+        embedding model, embeddings from a generative one."""
+        name = self.record.id
+        if self.record.type == wanted:
+            return
+        if self.record.type == "embedding":
+            raise InvalidRequest(
+                f"The model {name!r} is an embedding model: it does not generate text. "
+                "Send it to POST /v1/embeddings",
+                param="model",
+            )
+        raise InvalidRequest(
+            f"The model {name!r} does not serve embeddings: it is a generative model. "
+            "Ask an embedding model",
+            param="model",
+        )
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:

@@ -87,16 +87,21 @@ class TokenizerCache:
             return self._cached.setdefault(path, tokenizer)
 
 
-def load_weights(path: Path, device: Device, dtype: torch.dtype) -> LoadedWeights:
-    from transformers import AutoModelForCausalLM
+def load_weights(
+    path: Path, device: Device, dtype: torch.dtype, *, head: bool = True
+) -> LoadedWeights:
+    """``head=False``: the bare model without its language-model head (``AutoModel``), as
+    sentence-embedding models are run."""
+    from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     # A daemon's log is no place for progress bars.
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     tokenizer = load_tokenizer(path)
+    auto: Any = AutoModelForCausalLM if head else AutoModel
     with _FROM_PRETRAINED:
-        model: Any = AutoModelForCausalLM.from_pretrained(
+        model: Any = auto.from_pretrained(
             str(path), dtype=dtype, local_files_only=True, low_cpu_mem_usage=True
         )
     model.to(device.torch_device)

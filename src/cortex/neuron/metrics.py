@@ -223,3 +223,9 @@ class _ModelStats(EngineStats):
             self._prompt.inc(seq.num_prompt_tokens)
         self._generated.inc(seq.num_completion_tokens)
         self._e2e.observe(now - seq.arrival_time)
+
+    def embedded(self, inputs: int, tokens: int, seconds: float) -> None:
+        # Each input is a sequence that ends once embedded: finish_reason "embedded".
+        self._metrics.requests.labels(self._model, "embedded").inc(inputs)
+        self._prompt.inc(tokens)
+        self._e2e.observe(seconds)

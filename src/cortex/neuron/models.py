@@ -52,6 +52,7 @@ from cortex.protocol.lifecycle import (
     LoadProgress,
     LoadRequest,
     ModelRecord,
+    ModelType,
 )
 
 log = logging.getLogger(__name__)
@@ -234,15 +235,16 @@ class ModelRegistry:
         record.state, record.error = "ready", None
         record.memory_bytes = weights.memory_bytes + started.kv_cache_bytes
         record.context_length = started.context_length
-        record.engine = engine
+        record.engine, record.type = engine, started.type
         record.tp, record.quant = request.tp, request.quant
         fmt = weights.template.format
-        record.capabilities = Capabilities(
-            tools=fmt.can_call_tools,
-            reasoning=fmt.can_reason,
-            tool_format=fmt.tool_format,
-            reasoning_format=fmt.reasoning_format,
-        )
+        if started.type == "chat":  # an embedding model writes nothing: it has none
+            record.capabilities = Capabilities(
+                tools=fmt.can_call_tools,
+                reasoning=fmt.can_reason,
+                tool_format=fmt.tool_format,
+                reasoning_format=fmt.reasoning_format,
+            )
         record.loaded_at = record.last_used_at = now
         loaded = LoadedModel(record=record, device=device, weights=weights, harness=harness)
         loaded.idle.set()
@@ -286,8 +288,8 @@ class ModelRegistry:
             await asyncio.to_thread(worker.close)
         self._workers.clear()
 
-    async def acquire(self, model_id: str) -> LoadedModel:
-        """A ready model; waits (bounded) while it loads. Count its use with ``session()``."""
+    async def acquire(self, model_id: str, serving: ModelType = "chat") -> LoadedModel:
+        """A ready model serving ``serving`` (else 400), waited for (bounded); see session()."""
         loaded = self._ready.get(model_id)
         if loaded is None:
             loaded = await self._wait_for(model_id)
@@ -295,6 +297,7 @@ class ModelRegistry:
             await self.sleeper.wake(model_id)
         if loaded.record.state != "ready":
             raise NeuronUnavailable(f"The model {model_id!r} is being unloaded")
+        loaded.check_serves(serving)
         return loaded
 
     async def tokenizer_for(self, model_id: str, source: str | None = None) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from cortex.errors import ContextLengthExceeded, InvalidRequest
 from cortex.neuron.engine.base import InferenceRequest, InferenceStream, SamplingParams
@@ -111,7 +111,7 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
             )
         return TextOutput(model.tokenizer, request.stop_strings)
 
-    token_text = _token_text(model.tokenizer) if params.logprobs is not None else None
+    text_of = token_text(model.tokenizer) if params.logprobs is not None else None
     inferences = [
         InferenceRequest(
             request_id=f"{request_id}-{i}",
@@ -123,7 +123,7 @@ def prepare(request: ChatCompletionRequest, model: LoadedModel, request_id: str)
             else params,
             output=output(),
             eos_token_ids=weights.eos_token_ids,
-            token_text=token_text,
+            token_text=text_of,
             constraint=_constraint(model, constrained, where, fmt, params.max_tokens)
             if constrained
             else None,
@@ -141,8 +141,11 @@ async def run(generation: Generation) -> AsyncGenerator[tuple[int, InferenceEven
     """
     model = generation.model
     with model.session():
-        streams = [model.harness.submit(inference) for inference in generation.inferences]
+        streams: list[InferenceStream] = []
         try:
+            for inference in generation.inferences:
+                # A full queue raises here: the streams already submitted are closed below.
+                streams.append(model.harness.submit(inference))
             if len(streams) == 1:
                 async for event in streams[0]:
                     generation.completion_tokens[0] = streams[0].completion_tokens
@@ -172,7 +175,9 @@ async def _pump(
         into.put_nowait((index, event))
 
 
-def _token_text(tokenizer: Any) -> Callable[[int], str]:
+def token_text(tokenizer: Any) -> Callable[[int], str]:
+    """How one token id reads, special tokens included (for logprobs)."""
+
     def text(token: int) -> str:
         return str(tokenizer.decode([token], skip_special_tokens=False))
 
@@ -315,17 +320,40 @@ def template_kwargs(request: ChatCompletionRequest) -> dict[str, Any]:
     return {**kwargs, **(request.chat_template_kwargs or {})}
 
 
+class SamplingRequest(Protocol):
+    """What ``sampling_params`` reads of a request (chat completions, text completions)."""
+
+    @property
+    def completion_limit(self) -> int | None: ...
+    @property
+    def logprob_count(self) -> int | None: ...
+
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    seed: int | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    repetition_penalty: float | None
+    min_tokens: int | None
+    ignore_eos: bool
+    stop_token_ids: list[int] | None
+
+
 def sampling_params(
-    request: ChatCompletionRequest, model: LoadedModel, prompt_tokens: int
+    request: SamplingRequest, model: LoadedModel, prompt_tokens: int, *, what: str = "messages"
 ) -> SamplingParams:
-    """Request fields, else the model's generation_config defaults, else OpenAI's."""
+    """Request fields, else the model's generation_config defaults, else OpenAI's.
+
+    ``what`` names the request's prompt field in a context-length error."""
     # The model's context, or less where its KV cache holds fewer tokens (the record's).
     context = model.record.context_length or model.weights.context_length
     if prompt_tokens >= context:
         raise ContextLengthExceeded(
-            f"This model's maximum context length is {context} tokens. However, your messages "
-            f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
-            param="messages",
+            f"This model's maximum context length is {context} tokens. However, your {what} "
+            f"resulted in {prompt_tokens} tokens. Please reduce the length of the {what}.",
+            param=what,
             extra={"prompt_tokens": prompt_tokens, "context_length": context},
         )
     # A completion limit past the context is clamped (finish_reason "length"), not refused:
@@ -366,5 +394,5 @@ def sampling_params(
         min_tokens=min_tokens,
         ignore_eos=request.ignore_eos,
         stop_token_ids=tuple(request.stop_token_ids or ()),
-        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        logprobs=request.logprob_count,
     )

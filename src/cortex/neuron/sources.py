@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cortex.errors import CortexError, InvalidRequest, SourceNotFound
-from cortex.protocol.lifecycle import AvailableModel, ModelRecord
+from cortex.neuron.embedding.spec import read_spec
+from cortex.protocol.lifecycle import AvailableModel, ModelRecord, ModelType
 
 # Bytes per element of each safetensors dtype.
 _DTYPE_BYTES = {
@@ -273,7 +274,16 @@ def _available(model_id: str, source: str, path: Path) -> AvailableModel:
         size = estimate_bytes(path)
     except (OSError, ValueError):
         size = None
-    return AvailableModel(id=model_id, source=source, path=str(path), size_bytes=size)
+    return AvailableModel(
+        id=model_id, source=source, path=str(path), size_bytes=size, type=_model_type(path)
+    )
+
+
+def _model_type(path: Path) -> ModelType:
+    try:
+        return "chat" if read_spec(path) is None else "embedding"
+    except InvalidRequest:  # an embedding model whose modules cortex cannot run
+        return "embedding"
 
 
 def _hf_cache_models() -> list[tuple[str, Path]]:

@@ -1,6 +1,6 @@
 """Bringing a model up on its engine once the registry has checked its memory: the
 weights (or, for vLLM, what cortex needs beside them), the KV cache's share of the budget,
-and the harness that generates.
+and the harness that generates (or, for a sentence-embedding model, that embeds).
 
 Blocking parts go to threads; the registry calls ``start_model`` on the event loop.
 """
@@ -19,6 +19,8 @@ from cortex.config import NeuronConfig
 from cortex.errors import InsufficientMemory
 from cortex.neuron import engines, loader
 from cortex.neuron.devices import Device
+from cortex.neuron.embedding.harness import EmbeddingHarness
+from cortex.neuron.embedding.spec import EmbeddingSpec, read_spec
 from cortex.neuron.engine.base import Harness
 from cortex.neuron.engine.harness import TransformersHarness
 from cortex.neuron.engine.stats import EngineStats
@@ -26,7 +28,7 @@ from cortex.neuron.engine.vllm_harness import VllmHarness
 from cortex.neuron.engine.worker import DeviceWorker
 from cortex.neuron.loader import LoadedWeights
 from cortex.neuron.sizing import kv_budget
-from cortex.protocol.lifecycle import LoadRequest
+from cortex.protocol.lifecycle import LoadRequest, ModelType
 
 Progress = Callable[..., None]
 
@@ -39,6 +41,7 @@ class Started:
     kv_cache_bytes: int
     context_length: int
     read_seconds: float | None = None  # how long reading the weights took (not for vLLM)
+    type: ModelType = "chat"
 
 
 async def start_model(
@@ -62,6 +65,9 @@ async def start_model(
         return await _start_vllm(
             model_id, path, device, dtype, needed, budget_left(), request, config, stats, progress
         )
+    spec = await asyncio.to_thread(read_spec, path)
+    if spec is not None:
+        return await _start_embedding(model_id, path, spec, device, dtype, config, stats, worker)
     begun = time.monotonic()
     weights = await asyncio.to_thread(loader.load_weights, path, device, dtype)
     read_seconds = time.monotonic() - begun
@@ -89,6 +95,45 @@ async def start_model(
         raise
     return Started(
         weights, harness, engine, harness.kv_cache_bytes, harness.max_model_len, read_seconds
+    )
+
+
+async def _start_embedding(
+    model_id: str,
+    path: Path,
+    spec: EmbeddingSpec,
+    device: Device,
+    dtype: torch.dtype,
+    config: NeuronConfig,
+    stats: EngineStats,
+    worker: Callable[[], DeviceWorker],
+) -> Started:
+    """A sentence-embedding model: the bare model (no LM head) and no KV cache."""
+    begun = time.monotonic()
+    weights = await asyncio.to_thread(loader.load_weights, path, device, dtype, head=False)
+    read_seconds = time.monotonic() - begun
+    try:
+        weights.context_length = min(
+            weights.context_length, spec.max_seq_length or weights.context_length
+        )
+        pad_id = weights.tokenizer.pad_token_id
+        harness = EmbeddingHarness(
+            weights.model,
+            spec,
+            device.torch_device,
+            worker(),
+            pad_id=pad_id if isinstance(pad_id, int) else 0,  # masked out: any id will do
+            max_batch_tokens=config.max_prefill_tokens,
+            max_batch_size=config.max_num_seqs,
+            max_queue=config.max_queue,
+            stats=stats,
+            name=model_id,
+        )
+    except BaseException:
+        await asyncio.to_thread(loader.free, weights, device)
+        raise
+    return Started(
+        weights, harness, "transformers", 0, weights.context_length, read_seconds, "embedding"
     )
 
 

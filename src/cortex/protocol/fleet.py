@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cortex.protocol.lifecycle import DeviceInfo, ModelRecord
+from cortex.protocol.lifecycle import DeviceInfo, ModelRecord, ModelType
 
 _SHAPE = ConfigDict(extra="ignore")
 _REQUEST = ConfigDict(extra="forbid", strict=True)
@@ -45,6 +45,9 @@ class ModelPlacement(BaseModel):
     pinned: bool = False
     priority: int = 0
     aliases: list[str] = Field(default_factory=list)
+    # What it serves: "chat" (chat, Responses, Messages, completions) or "embedding"; as its
+    # profile says, else as a neuron that holds or has it reports.
+    type: ModelType = "chat"
 
 
 class FleetProgress(BaseModel):

@@ -14,6 +14,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from cortex.protocol.openai import ChatMessage, Tool
 
 ModelState = Literal["loading", "ready", "sleeping", "unloading", "failed"]
+# What a model serves: text generation (chat, responses, completions) or embeddings.
+ModelType = Literal["chat", "embedding"]
 # Which engine runs a model: "auto" picks vLLM where it can run the model, else transformers.
 EngineName = Literal["auto", "vllm", "transformers"]
 
@@ -77,6 +79,7 @@ class ModelRecord(BaseModel):
     id: str
     state: ModelState
     source: str
+    type: ModelType = "chat"
     path: str | None = None
     devices: list[str] = Field(default_factory=list)
     memory_bytes: int = 0
@@ -127,6 +130,7 @@ class AvailableModel(BaseModel):
     path: str
     size_bytes: int | None = None
     state: ModelState | Literal["available"] = "available"
+    type: ModelType = "chat"  # from its folder: sentence-transformers files make "embedding"
 
 
 class ModelsView(BaseModel):

@@ -211,6 +211,11 @@ class ChatCompletionRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens
 
     @property
+    def logprob_count(self) -> int | None:
+        """How many alternatives each token's logprobs list; None: no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()

@@ -107,6 +107,30 @@ class ErrorEnvelope(BaseModel):
     error: ErrorDetail | None = None
 
 
+class TextChunkChoice(BaseModel):
+    model_config = _READ
+    index: int = 0
+    text: str | None = None
+    finish_reason: str | None = None
+
+
+class TextCompletionChunk(BaseModel):
+    """One ``text_completion`` chunk of a ``/v1/completions`` stream, or its error event."""
+
+    model_config = _READ
+    choices: list[TextChunkChoice] = Field(default_factory=list)
+    usage: TokenCounts | None = None
+    error: ErrorDetail | None = None
+
+    @property
+    def has_output(self) -> bool:
+        return any(choice.text for choice in self.choices)
+
+    @property
+    def is_usage_only(self) -> bool:
+        return not self.choices and self.usage is not None
+
+
 class Counted(BaseModel):
     """The usage of a whole reply: a ``chat.completion`` or a Responses ``response``."""
 

@@ -25,6 +25,7 @@ from cortex.errors import (
     NeuronUnavailable,
     NoCapacity,
 )
+from cortex.gateway.catalogue import check_serves
 from cortex.gateway.dialects.anthropic_reply import from_openai, prompt_too_long
 from cortex.gateway.dialects.anthropic_request import to_openai, to_tokenize
 from cortex.gateway.dialects.anthropic_stream import Event, StreamTranslator
@@ -68,6 +69,7 @@ class AnthropicDialect:
     def parse(self, request: HttpRequest, snapshot: Snapshot) -> Routed:
         parsed = parse_messages_request(request.body)
         model = snapshot.resolve(parsed.model)
+        check_serves(snapshot, model, parsed.model, "chat")
         body = to_openai(parsed, model)
         body["reasoning_field"] = "reasoning_content"  # one copy of reasoning is enough here
         return Routed(

@@ -1,4 +1,5 @@
-"""The OpenAI dialects at the gateway: chat completions and the Responses API, relayed.
+"""The OpenAI dialects at the gateway: chat completions, the Responses API, text completions
+and embeddings, relayed.
 
 Reads only ``model``, ``stream`` and ``stream_options`` from the body. The neuron's
 answer is relayed as it came: a whole reply byte for byte, a stream event by event
@@ -7,9 +8,13 @@ for usage and time-to-first-token and written on with its data unchanged. The bo
 re-serialised only for an alias, or to ask the neuron for the usage chunk (removed again
 when the client did not ask).
 
+A request for a model known to serve the other kind (an embedding model asked to chat, a
+chat model asked for embeddings) is a 400 before any load; embeddings are never streamed.
+
 A stream that fails after it started (the neuron died, went silent past
 ``request_timeout``, or sent what does not parse) ends with the dialect's terminal error:
-for chat an error chunk (``data: {"error": …}``) then ``data: [DONE]``; for Responses a
+for chat and completions an error chunk (``data: {"error": …}``) then ``data: [DONE]``;
+for Responses a
 ``response.failed`` event carrying the response the stream opened with (or a fresh one)
 and the next ``sequence_number``.
 """
@@ -25,6 +30,7 @@ import orjson
 
 from cortex import sse
 from cortex.errors import BadUpstream, CortexError, InvalidRequest, NeuronUnavailable
+from cortex.gateway.catalogue import check_serves
 from cortex.gateway.dialects.relay import count_reply, count_usage, parse_event, upstream_events
 from cortex.gateway.http import HttpRequest, Responder
 from cortex.gateway.metrics import RequestRecorder
@@ -32,13 +38,13 @@ from cortex.gateway.proxy import Outcome, Routed, dump_body, send_error
 from cortex.gateway.state import Snapshot
 from cortex.gateway.upstream import UpstreamError, UpstreamResponse
 from cortex.protocol.openai import error_body, error_from_body
-from cortex.protocol.openai_reply import ChatCompletionChunk
+from cortex.protocol.openai_reply import ChatCompletionChunk, TextCompletionChunk
 from cortex.protocol.responses import StreamEvent
 
 
 class OpenAIDialect:
     def __init__(self, name: str) -> None:
-        self.name = name  # "chat" or "responses"
+        self.name = name  # "chat", "responses", "completions" or "embeddings"
 
     def parse(self, request: HttpRequest, snapshot: Snapshot) -> Routed:
         body = request.body
@@ -53,12 +59,18 @@ class OpenAIDialect:
             raise InvalidRequest("model: Field required (a model name)", param="model")
         model = snapshot.resolve(name)
         stream = data.get("stream") is True
+        if self.name == "embeddings":
+            if stream:
+                raise InvalidRequest("stream: embeddings are not streamed", param="stream")
+            check_serves(snapshot, model, name, "embedding")
+        else:
+            check_serves(snapshot, model, name, "chat")
         options = data.get("stream_options")
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         rewrite = model != name
         if rewrite:
             data["model"] = model
-        if stream and self.name == "chat" and not wants_usage:
+        if stream and self.name in ("chat", "completions") and not wants_usage:
             data["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
@@ -81,9 +93,9 @@ class OpenAIDialect:
 
     def _failed(self, err: CortexError, trail: _Trail, model: str = "") -> bytes:
         """The dialect's terminal error event for a stream that already started."""
-        if self.name == "chat":
-            return sse.encode(error_body(err)) + sse.DONE
-        return response_failed(err, trail, model)
+        if self.name == "responses":
+            return response_failed(err, trail, model)
+        return sse.encode(error_body(err)) + sse.DONE
 
     def keepalive(self, routed: Routed) -> bytes:
         return sse.comment(f"loading {routed.model}")
@@ -116,7 +128,9 @@ class OpenAIDialect:
             return outcome
         if not started:
             responder.start(200, [*sse.RAW_HEADERS, (b"x-cortex-node", node.encode())])
-        relay = self._chat_event if self.name == "chat" else self._responses_event
+        relay = {"responses": self._responses_event, "completions": self._text_event}.get(
+            self.name, self._chat_event
+        )
         try:
             async for events in upstream_events(response):
                 out = b"".join(relay(event, request, recorder, outcome, trail) for event in events)
@@ -141,6 +155,21 @@ class OpenAIDialect:
         if event.is_done():
             return sse.DONE
         chunk = parse_event(ChatCompletionChunk, event)
+        if chunk.usage is not None:
+            count_usage(outcome, chunk.usage)
+            if chunk.is_usage_only and not request.wants_usage:
+                return b""  # asked for by the gateway, not by the client
+        if chunk.has_output:
+            recorder.chunk()
+        return sse.frame(event.data)
+
+    @staticmethod
+    def _text_event(
+        event: sse.Event, request: Routed, recorder: RequestRecorder, outcome: Outcome, _: _Trail
+    ) -> bytes:
+        if event.is_done():
+            return sse.DONE
+        chunk = parse_event(TextCompletionChunk, event)
         if chunk.usage is not None:
             count_usage(outcome, chunk.usage)
             if chunk.is_usage_only and not request.wants_usage:

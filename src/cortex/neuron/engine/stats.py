@@ -63,3 +63,6 @@ class EngineStats:
 
     def finished(self, seq: Sequence, now: float) -> None:
         """A sequence ended (any reason); its counts and end-to-end latency."""
+
+    def embedded(self, inputs: int, tokens: int, seconds: float) -> None:
+        """An embeddings request was answered: its inputs, their tokens, arrival to answer."""
