@@ -487,3 +487,31 @@ def test_a_dead_engine_fails_its_model_alone_and_a_load_brings_it_back(
     assert reloaded.json()["state"] == "ready"
     assert _chat(neuron, "v2", **_fixture_body("plain"), max_tokens=8)["usage"]["completion_tokens"]
     assert neuron.post("/models/unload", json={"model": "v2"}).status_code == 200
+
+
+def test_a_neuron_answers_its_status_while_its_first_vllm_engine_starts(
+    vllm_dir: Path, start_neuron: Any
+) -> None:
+    # The first vLLM load imports vLLM's engine (seconds of it): the event loop must keep
+    # answering, or a gateway polling every 2 s marks the node down during the load.
+    neuron = start_neuron("--model-dir", str(vllm_dir), "--engine", "vllm", "--kv-cache-bytes", KV)
+    answers: list[float] = []
+    done = threading.Event()
+
+    def load() -> None:
+        try:
+            neuron.post("/models/load", json={"model": "v2"})
+        finally:
+            done.set()
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    while not done.is_set():
+        began = time.monotonic()
+        assert neuron.get("/node").status_code == 200
+        answers.append(time.monotonic() - began)
+        time.sleep(0.1)
+    loader.join()
+    assert neuron.get("/node").json()["models"][0]["state"] == "ready"
+    assert len(answers) > 10
+    assert max(answers) < 2.0, f"/node took {max(answers):.1f} s during the load"

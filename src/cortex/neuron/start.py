@@ -8,6 +8,7 @@ Blocking parts go to threads; the registry calls ``start_model`` on the event lo
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,6 +168,9 @@ async def _start_vllm(
             extra={"needed_bytes": per_token, "free_bytes": kv_cache_bytes, "device": device.label},
         )
     progress("loading", f"starting vLLM with a KV cache of {kv_cache_bytes} bytes", needed)
+    # vLLM's engine modules take seconds to import: not on the event loop, which must keep
+    # answering /node (the gateway's polls) and other models' requests meanwhile.
+    await asyncio.to_thread(importlib.import_module, "cortex.neuron.engine.vllm_start")
     from cortex.neuron.engine import vllm_start
 
     load = vllm_start.VllmLoad(
