@@ -128,9 +128,7 @@ class OpenAIDialect:
             return outcome
         if not started:
             responder.start(200, [*sse.RAW_HEADERS, (b"x-cortex-node", node.encode())])
-        relay = {"responses": self._responses_event, "completions": self._text_event}.get(
-            self.name, self._chat_event
-        )
+        relay = self._responses_event if self.name == "responses" else self._chunk_event
         try:
             async for events in upstream_events(response):
                 out = b"".join(relay(event, request, recorder, outcome, trail) for event in events)
@@ -148,28 +146,23 @@ class OpenAIDialect:
         responder.end()
         return outcome
 
-    @staticmethod
-    def _chat_event(
-        event: sse.Event, request: Routed, recorder: RequestRecorder, outcome: Outcome, _: _Trail
+    def _chunk_event(
+        self,
+        event: sse.Event,
+        request: Routed,
+        recorder: RequestRecorder,
+        outcome: Outcome,
+        _: _Trail,
     ) -> bytes:
+        """A chat or text completion chunk: usage counted (the chunk the gateway asked for
+        dropped again unless the client did too), output timed, the data relayed as is."""
         if event.is_done():
             return sse.DONE
-        chunk = parse_event(ChatCompletionChunk, event)
-        if chunk.usage is not None:
-            count_usage(outcome, chunk.usage)
-            if chunk.is_usage_only and not request.wants_usage:
-                return b""  # asked for by the gateway, not by the client
-        if chunk.has_output:
-            recorder.chunk()
-        return sse.frame(event.data)
-
-    @staticmethod
-    def _text_event(
-        event: sse.Event, request: Routed, recorder: RequestRecorder, outcome: Outcome, _: _Trail
-    ) -> bytes:
-        if event.is_done():
-            return sse.DONE
-        chunk = parse_event(TextCompletionChunk, event)
+        chunk: ChatCompletionChunk | TextCompletionChunk
+        if self.name == "completions":
+            chunk = parse_event(TextCompletionChunk, event)
+        else:
+            chunk = parse_event(ChatCompletionChunk, event)
         if chunk.usage is not None:
             count_usage(outcome, chunk.usage)
             if chunk.is_usage_only and not request.wants_usage:
