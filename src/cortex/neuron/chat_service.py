@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from cortex import sse
 from cortex.errors import EngineFailure
@@ -26,7 +27,7 @@ from cortex.neuron.wire.chat_projection import (
     ReasoningField,
     completion,
 )
-from cortex.neuron.wire.events import Done, Error
+from cortex.neuron.wire.events import Done, Error, InferenceEvent
 from cortex.protocol.openai import ChatCompletion, ChatCompletionRequest, error_body
 
 
@@ -52,20 +53,9 @@ class ChatService:
 
     async def complete(self, chat: PreparedChat) -> ChatCompletion:
         """The whole reply; cancelling this coroutine cancels the generation."""
-        n = len(chat.generation.inferences)
-        collectors = [ChatCollector(reasoning_field=chat.reasoning_field) for _ in range(n)]
-        dones: list[Done | None] = [None] * n
-        async with aclosing(prepare.run(chat.generation)) as events:
-            async for index, event in events:
-                if isinstance(event, Error):
-                    raise EngineFailure(event.message)
-                if isinstance(event, Done):
-                    dones[index] = event
-                else:
-                    collectors[index].add(event)
-        finished = [(c, d) for c, d in zip(collectors, dones, strict=True) if d is not None]
-        if len(finished) < n:
-            raise EngineFailure("generation ended without a result")
+        field = chat.reasoning_field
+        collectors = [ChatCollector(reasoning_field=field) for _ in chat.generation.inferences]
+        finished = await collect(chat.generation, collectors)
         return completion(chat.completion_id, chat.request.model, chat.created, finished)
 
     async def stream(self, chat: PreparedChat) -> AsyncIterator[bytes]:
@@ -88,3 +78,28 @@ class ChatService:
                     yield sse.encode(error_body(EngineFailure(event.message))) + sse.DONE
                     return
                 yield projector.project(index, event, chat.generation.completion_tokens[index])
+
+
+class Collects(Protocol):
+    def add(self, event: InferenceEvent) -> None: ...
+
+
+C = TypeVar("C", bound=Collects)
+
+
+async def collect(generation: Generation, collectors: list[C]) -> list[tuple[C, Done]]:
+    """Each choice's events into its collector (one per choice), paired with how it ended;
+    an engine error fails the whole reply. Cancelling this cancels the generation."""
+    dones: list[Done | None] = [None] * len(collectors)
+    async with aclosing(prepare.run(generation)) as events:
+        async for index, event in events:
+            if isinstance(event, Error):
+                raise EngineFailure(event.message)
+            if isinstance(event, Done):
+                dones[index] = event
+            else:
+                collectors[index].add(event)
+    finished = [(c, d) for c, d in zip(collectors, dones, strict=True) if d is not None]
+    if len(finished) < len(collectors):
+        raise EngineFailure("generation ended without a result")
+    return finished

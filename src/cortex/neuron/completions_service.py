@@ -23,6 +23,7 @@ from typing import Any
 from cortex import sse
 from cortex.errors import CortexError, EngineFailure, InvalidRequest
 from cortex.neuron import fim, prepare
+from cortex.neuron.chat_service import collect
 from cortex.neuron.engine.base import InferenceRequest
 from cortex.neuron.loaded import LoadedModel
 from cortex.neuron.models import ModelRegistry
@@ -33,7 +34,7 @@ from cortex.neuron.wire.completion_projection import (
     LegacyLogprobs,
     completion,
 )
-from cortex.neuron.wire.events import Done, Error
+from cortex.neuron.wire.events import Error
 from cortex.neuron.wire.output import TextOutput
 from cortex.protocol.completions import Completion, CompletionRequest
 from cortex.protocol.openai import error_body
@@ -70,18 +71,7 @@ class CompletionsService:
             CompletionCollector(echo, LegacyLogprobs(len(echo)) if asked else None)
             for echo in prepared.echoes
         ]
-        dones: list[Done | None] = [None] * len(collectors)
-        async with aclosing(prepare.run(prepared.generation)) as events:
-            async for index, event in events:
-                if isinstance(event, Error):
-                    raise EngineFailure(event.message)
-                if isinstance(event, Done):
-                    dones[index] = event
-                else:
-                    collectors[index].add(event)
-        finished = [(c, d) for c, d in zip(collectors, dones, strict=True) if d is not None]
-        if len(finished) < len(collectors):
-            raise EngineFailure("generation ended without a result")
+        finished = await collect(prepared.generation, collectors)
         return completion(
             prepared.completion_id,
             prepared.request.model,
